@@ -63,7 +63,6 @@ class ModelConfig:
     o2w_weight: float = 0.6  # lambda in MS = f_w2r + lambda * f_o2w
     reg_weight: float = 0.01  # delta: weight of the squared L2 norm of the weights
     negative_attention: str = "uniform"  # eq. 8: uniform | softmax on negative pairs in training
-    dropout: float = 0.0
 
 
 @dataclass
@@ -270,8 +269,6 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.temperature: must be positive, got {config.train.temperature}")
     if not set(config.model.branches) or not set(config.model.branches) <= {"w2r", "o2w"}:
         raise ConfigError(f"model.branches: must be a non-empty subset of [w2r, o2w], got {config.model.branches}")
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -79,6 +79,10 @@ class Matcher(nn.Module):
     def score_block(self, images: State, captions: State) -> torch.Tensor:
         raise NotImplementedError
 
+    def pair_bytes(self, images: State, steps: int) -> int:
+        """Approximate bytes of per-pair temporaries in ``score_block`` (sizes the engine's tiles)."""
+        return 8 * sum(v[0].numel() for v in images.values()) * 4
+
     def forward(self, regions: torch.Tensor, objects: torch.Tensor, captions: Captions,
                 uniform: torch.Tensor | None = None, return_attention: bool = False) -> PairScores:
         """Score aligned pairs. ``uniform`` (B,) bool marks pairs whose attention is replaced by the

@@ -1,0 +1,52 @@
+"""``itm eval``: standard retrieval evaluation of a checkpoint on any Karpathy-format dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "evaluate a checkpoint: R@1/5/10, median and mean rank, rsum (both directions)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (uses best.pt)")
+    parser.add_argument("--data", required=True, help="dataset folder (Karpathy JSON + images, or precomp)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--protocol", default="flickr", help="flickr | coco1k | coco5k")
+    parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the metrics as JSON")
+    parser.add_argument("--memory-mb", type=int, default=None, help="memory budget of the scoring engine")
+    parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images, with a report")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from itm.data.load import load_dataset
+    from itm.errors import ItmError
+    from itm.evaluation.evaluate import evaluate_model
+    from itm.evaluation.metrics import format_table
+    from itm.evaluation.protocols import PROTOCOLS
+    from itm.pipeline import feature_config, prepare_split
+    from itm.training.checkpoint import load_checkpoint
+
+    PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
+    ckpt = load_checkpoint(args.checkpoint)
+    config = ckpt.config
+    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
+    dataset = load_dataset(args.data, args.split).split(args.split)
+    if not len(dataset):
+        raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")
+    split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress)
+    result = evaluate_model(ckpt.model, split.features, split.captions, split.caption_to_image, args.protocol,
+                            args.memory_mb or config.eval.memory_budget_mb, config.eval.caption_tile,
+                            progress=not args.no_progress)
+    title = (f"{config.model.name} on {args.data} [{args.split}, {args.protocol}]: "
+             f"{result['n_images']} images, {result['n_captions']} captions, {result['seconds']:.1f} s")
+    print(format_table(result, title))
+    if args.json_out:
+        out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
+        out["checkpoint"] = str(args.checkpoint)
+        out["model"] = config.model.name
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
+    return 0

@@ -1,0 +1,32 @@
+"""``itm train``: train a matcher on a Karpathy-format or precomp dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a model (BSSAN by default); --resume continues a killed run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="bssan_cpu", help="YAML file or name in configs/ (default: bssan_cpu)")
+    parser.add_argument("--data", help="dataset folder (Karpathy JSON + images, or SCAN precomp)")
+    parser.add_argument("--out", help="run folder to create")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set model.w2r_hidden=256 (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from itm.config import load_config
+    from itm.errors import ItmError
+    from itm.training.run import train_run
+
+    if args.resume:
+        train_run(None, None, args.resume, resume=True, progress=not args.no_progress)
+        return 0
+    if not args.data or not args.out:
+        raise ItmError("itm train needs --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
+    config = load_config(args.config, args.overrides)
+    train_run(config, args.data, args.out, progress=not args.no_progress)
+    return 0

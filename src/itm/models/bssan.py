@@ -1,0 +1,293 @@
+"""BSSAN: Bi-directional Spatial-Semantic Attention Networks (Huang et al., IEEE TIP 2019).
+
+Two branches score a pair, MS = f_w2r + lambda * f_o2w (eq. 19); ``../shared/docs/bssan.md`` pins
+the paper down and names our decisions.
+
+- W2R (eq. 1-6): each word attends over the D grid regions with a bilinear tanh score; the attended
+  region feature, concatenated with the word vector, feeds an LSTM run over the real words only; an
+  MLP with batch norm and tanh maps the last real state to a scalar (linear output).
+- O2W (eq. 9-16): a BiLSTM (directions averaged) reads the caption; each object attends over the
+  real words; [object; attended context] goes through a per-object MLP; the scores are averaged.
+
+Eq. 8: on negative pairs in training, attention is replaced by the uniform distribution
+(``uniform`` mask); every pair uses softmax attention at test time.
+
+All-pairs scoring (``score_block``) reuses what is per image or per caption: t_k^T W and the LSTM's
+word-input part are per caption, the LSTM's region-input part W_u r_j is per image, so a pair needs
+only the L x D attention, one (L x D)(D x 4H) product and the recurrence; in O2W the BiLSTM and the
+MLP's word-context projection are per caption and o_j^T W' with the MLP's object part per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from itm.config import ModelConfig
+from itm.data.types import Captions
+from itm.models.base import Matcher, PairScores, State, WordEmbedder, length_mask
+from itm.models.registry import InputDims, register_model
+
+
+def mlp_layers(sizes: list[int]) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """Linear layers for sizes [in, h1, ..., 1]; a batch norm after every hidden layer."""
+    linears = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    norms = [nn.BatchNorm1d(b) for b in sizes[1:-1]]
+    return nn.ModuleList(linears), nn.ModuleList(norms)
+
+
+def run_mlp(linears: nn.ModuleList, norms: nn.ModuleList, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Linear -> BatchNorm -> tanh per hidden layer, linear output. With start=1, ``x`` is already
+    the first layer's pre-activation (the all-pairs path computes it in per-image/caption parts)."""
+    for i in range(start, len(linears)):
+        if i > 0:
+            x = torch.tanh(norms[i - 1](x))
+        x = linears[i](x)
+    return x
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last dim with False positions excluded (weight exactly 0)."""
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def uniform_like(weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The uniform distribution over the (real) positions of the last dim, shaped like ``weights``."""
+    if mask is None:
+        return torch.full_like(weights, 1.0 / weights.shape[-1])
+    m = mask.to(weights.dtype).expand_as(weights)
+    return m / m.sum(-1, keepdim=True)
+
+
+def lstm_step(gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: torch.Tensor):
+    """One nn.LSTM step with the input part (incl. both biases) precomputed: gates (N, 4H)."""
+    gates = torch.addmm(gates_in, h, w_hh_t)  # (N, 4H)
+    hidden = h.shape[1]
+    act = torch.sigmoid(gates)  # i, f, o use it; g's slice is recomputed with tanh (fewer passes)
+    i, f, o = act[:, :hidden], act[:, hidden : 2 * hidden], act[:, 3 * hidden :]
+    c = torch.addcmul(f * c, i, torch.tanh(gates[:, 2 * hidden : 3 * hidden]))
+    h = o * torch.tanh(c)
+    return h, c
+
+
+def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
+    """LSTM over precomputed input gates (N, L, 4H) from a zero state; the state at each row's last
+    real step (N, H). Rows past their length keep stepping (their extra states are never read):
+    the engine sorts captions by length, so a tile's lengths are nearly equal and little is wasted,
+    while masking each step or regrouping rows would cost a full pass over the state per step."""
+    n, steps, _ = gates.shape
+    w_hh_t = w_hh.t()
+    h = gates.new_zeros(n, w_hh.shape[1])
+    c = torch.zeros_like(h)
+    h_last = h
+    last = lengths - 1  # (N,)
+    finishing = set(last.tolist())
+    for k in range(steps):
+        h, c = lstm_step(gates[:, k], h, c, w_hh_t)
+        if k in finishing:
+            h_last = torch.where((last == k)[:, None], h, h_last)
+    return h_last
+
+
+class W2R(nn.Module):
+    """Word-to-regions branch (eq. 1-6)."""
+
+    def __init__(self, word_dim: int, region_dim: int, hidden: int, mlp: list[int]):
+        super().__init__()
+        self.bilinear = nn.Parameter(torch.empty(word_dim, region_dim))  # W in R^{E x M}
+        self.bias = nn.Parameter(torch.zeros(()))  # b
+        nn.init.xavier_uniform_(self.bilinear)
+        self.region_dim = region_dim
+        self.lstm = nn.LSTM(region_dim + word_dim, hidden, batch_first=True)
+        self.linears, self.norms = mlp_layers([hidden, *mlp, 1])
+
+    def forward(self, regions, words, lengths, uniform=None):
+        """Aligned pairs: regions (B, D, M), words (B, L, E) -> score (B,), attention (B, L, D)."""
+        keys = words @ self.bilinear  # (B, L, M)
+        alpha = torch.softmax(torch.tanh(keys @ regions.transpose(1, 2) + self.bias), dim=-1)  # (B, L, D)
+        if uniform is not None:
+            alpha = torch.where(uniform[:, None, None], uniform_like(alpha, None), alpha)
+        attended = alpha @ regions  # (B, L, M)
+        inputs = torch.cat([attended, words], dim=-1)  # (B, L, M+E)
+        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h_last, _) = self.lstm(packed)  # (1, B, H): the state at each caption's last real word
+        alpha = alpha * length_mask(lengths, words.shape[1])[:, :, None]  # padding words: no attention
+        return run_mlp(self.linears, self.norms, h_last[0]).squeeze(-1), alpha
+
+    def prepare_images(self, regions):
+        w_u = self.lstm.weight_ih_l0[:, : self.region_dim]  # (4H, M): the LSTM's region-input part
+        return {
+            "w2r_keys": regions @ self.bilinear.t(),  # (N, D, E): W r_j, so a pair needs only L x D x E
+            "w2r_gates": regions @ w_u.t(),  # (N, D, 4H)
+        }
+
+    def prepare_captions(self, words, lengths):
+        w_t = self.lstm.weight_ih_l0[:, self.region_dim :]  # (4H, E)
+        bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
+        return {"w2r_words": words, "w2r_gates": words @ w_t.t() + bias}  # (N, L, E), (N, L, 4H)
+
+    def score_block(self, images: State, captions: State, lengths, uniform=None):
+        """Every image x caption pair: (Ni, Nc) scores; pairs run as one batched recurrence."""
+        keys, region_gates = images["w2r_keys"], images["w2r_gates"]  # (Ni, D, E), (Ni, D, 4H)
+        words, word_gates = captions["w2r_words"], captions["w2r_gates"]  # (Nc, L, E), (Nc, L, 4H)
+        ni, d = keys.shape[:2]
+        nc, steps = words.shape[:2]
+        flat_words = words.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E)
+        logits = torch.tanh(flat_words @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
+        alpha = torch.softmax(logits, dim=-1)
+        if uniform is not None:
+            alpha = torch.where(uniform.repeat_interleave(steps, 1)[:, :, None], 1.0 / d, alpha)
+        gates = (alpha @ region_gates).view(ni, nc, steps, -1) + word_gates[None]  # (Ni, Nc, L, 4H)
+        gates = gates.reshape(ni * nc, steps, -1)  # pairs as the batch dimension
+        h_last = run_recurrence(gates, lengths.repeat(ni), self.lstm.weight_hh_l0)  # (Ni*Nc, H)
+        return run_mlp(self.linears, self.norms, h_last).view(ni, nc)
+
+
+class O2W(nn.Module):
+    """Object-to-words branch (eq. 9-16)."""
+
+    def __init__(self, word_dim: int, object_dim: int, hidden: int, mlp: list[int]):
+        super().__init__()
+        self.bilstm = nn.LSTM(word_dim, hidden, batch_first=True, bidirectional=True)
+        self.bilinear = nn.Parameter(torch.empty(object_dim, hidden))  # W' in R^{Q x B}
+        self.bias = nn.Parameter(torch.zeros(()))  # b'
+        nn.init.xavier_uniform_(self.bilinear)
+        self.object_dim = object_dim
+        self.linears, self.norms = mlp_layers([object_dim + hidden, *mlp, 1])
+
+    def encode_words(self, words, lengths):
+        """BiLSTM over the real words, directions averaged ("average" merge): (N, L, B)."""
+        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.bilstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])  # (N, L, 2B)
+        forward, backward = out.chunk(2, dim=-1)
+        return (forward + backward) / 2  # (N, L, B), zeros at padding
+
+    def forward(self, objects, words, lengths, uniform=None):
+        """Aligned pairs: objects (B, P, Q), words (B, L, E) -> score (B,), attention (B, P, L)."""
+        states = self.encode_words(words, lengths)  # (B, L, Bh)
+        mask = length_mask(lengths, words.shape[1])[:, None, :]  # (B, 1, L)
+        logits = torch.tanh((objects @ self.bilinear) @ states.transpose(1, 2) + self.bias)  # (B, P, L)
+        beta = masked_softmax(logits, mask)
+        if uniform is not None:
+            beta = torch.where(uniform[:, None, None], uniform_like(beta, mask), beta)
+        context = beta @ states  # (B, P, Bh)
+        joint = torch.cat([objects, context], dim=-1)  # (B, P, Q+Bh)
+        b, p, _ = joint.shape
+        per_object = run_mlp(self.linears, self.norms, joint.reshape(b * p, -1)).view(b, p)
+        return per_object.mean(dim=1), beta
+
+    def _first_layer_parts(self):
+        weight = self.linears[0].weight  # (H1, Q+Bh)
+        return weight[:, : self.object_dim], weight[:, self.object_dim :]
+
+    def prepare_images(self, objects):
+        w_obj, _ = self._first_layer_parts()
+        return {
+            "o2w_keys": objects @ self.bilinear,  # (N, P, Bh)
+            "o2w_first": objects @ w_obj.t() + self.linears[0].bias,  # (N, P, H1)
+        }
+
+    def prepare_captions(self, words, lengths):
+        states = self.encode_words(words, lengths)  # (N, L, Bh)
+        _, w_ctx = self._first_layer_parts()
+        return {"o2w_states": states, "o2w_first": states @ w_ctx.t()}  # (N, L, Bh), (N, L, H1)
+
+    def score_block(self, images: State, captions: State, lengths, uniform=None):
+        keys, obj_first = images["o2w_keys"], images["o2w_first"]  # (Ni, P, Bh), (Ni, P, H1)
+        states, ctx_first = captions["o2w_states"], captions["o2w_first"]  # (Nc, L, Bh), (Nc, L, H1)
+        ni, p, nc = keys.shape[0], keys.shape[1], states.shape[0]
+        mask = length_mask(lengths, states.shape[1])[None, :, None, :]  # (1, Nc, 1, L)
+        logits = torch.tanh(torch.einsum("ipb,clb->icpl", keys, states) + self.bias)  # (Ni, Nc, P, L)
+        beta = masked_softmax(logits, mask)
+        if uniform is not None:
+            beta = torch.where(uniform[:, :, None, None], uniform_like(beta, mask), beta)
+        # first MLP layer of [o_j ; sum_k beta_jk s_k] = object part + beta @ (per-caption context part)
+        first = obj_first[:, None] + torch.einsum("icpl,clh->icph", beta, ctx_first)  # (Ni, Nc, P, H1)
+        per_object = run_mlp(self.linears, self.norms, first.reshape(ni * nc * p, -1), start=1)
+        return per_object.view(ni, nc, p).mean(dim=-1)  # (Ni, Nc)
+
+
+class BSSAN(Matcher):
+    """W2R and/or O2W branches; MS = f_w2r + lambda * f_o2w."""
+
+    def __init__(self, config: ModelConfig, dims: InputDims, words: WordEmbedder):
+        super().__init__()
+        self.words = words
+        self.o2w_weight = config.o2w_weight
+        self.reg_weight = config.reg_weight
+        self.negative_attention = config.negative_attention
+        self.branches = nn.ModuleDict()
+        if "w2r" in config.branches:
+            self.branches["w2r"] = W2R(dims.word_dim, dims.region_dim, config.w2r_hidden, config.w2r_mlp)
+        if "o2w" in config.branches:
+            self.branches["o2w"] = O2W(dims.word_dim, dims.object_dim, config.o2w_hidden, config.o2w_mlp)
+
+    def branch_weights(self) -> dict[str, float]:
+        return {name: (1.0 if name == "w2r" else self.o2w_weight) for name in self.branches}
+
+    def _combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = self.branch_weights()
+        return sum(weights[name] * score for name, score in parts.items())
+
+    def forward(self, regions, objects, captions: Captions, uniform=None, return_attention=False):
+        words = self.words(captions)  # (B, L, E)
+        lengths = captions.lengths
+        inputs = {"w2r": regions.float(), "o2w": objects.float()}
+        if self.negative_attention == "softmax" or not self.training:
+            uniform = None  # eq. 8 applies to training negatives only, and only when configured
+        parts, attention = {}, {}
+        for name, branch in self.branches.items():
+            parts[name], attention[name] = branch(inputs[name], words, lengths, uniform)
+        return PairScores(self._combine(parts), parts, attention if return_attention else {})
+
+    def prepare_images(self, regions, objects) -> State:
+        inputs = {"w2r": regions.float(), "o2w": objects.float()}
+        state: State = {}
+        for name, branch in self.branches.items():
+            state.update(branch.prepare_images(inputs[name]))
+        return state
+
+    def prepare_captions(self, captions: Captions) -> State:
+        words = self.words(captions)
+        state: State = {"lengths": captions.lengths}
+        for branch in self.branches.values():
+            state.update(branch.prepare_captions(words, captions.lengths))
+        return state
+
+    def score_block(self, images: State, captions: State, uniform=None, parts=False):
+        """(Ni, Nc) scores of every pair of the two prepared blocks (or the per-branch parts)."""
+        if self.negative_attention == "softmax" or not self.training:
+            uniform = None
+        lengths = captions["lengths"]
+        steps = int(lengths.max())  # trim padding shared by the whole caption block
+        captions = {k: (v[:, :steps] if v.dim() >= 2 else v) for k, v in captions.items()}
+        scores = {name: branch.score_block(images, captions, lengths, uniform)
+                  for name, branch in self.branches.items()}
+        return scores if parts else self._combine(scores)
+
+    def pair_bytes(self, images: State, steps: int) -> int:
+        floats = 0
+        if "w2r" in self.branches:
+            d, four_h = images["w2r_gates"].shape[1:]  # (D, 4H)
+            floats += 3 * steps * d + 2 * steps * four_h + 3 * four_h
+        if "o2w" in self.branches:
+            p, h1 = images["o2w_first"].shape[1:]
+            floats += 3 * p * steps + 4 * p * h1
+        return 4 * floats
+
+    def regularization(self) -> torch.Tensor:
+        return self.reg_weight * super().regularization() if self.reg_weight else torch.zeros(())
+
+
+def build_bssan(config: ModelConfig, dims: InputDims, words: WordEmbedder) -> BSSAN:
+    return BSSAN(config, dims, words)
+
+
+register_model("bssan", build_bssan, "BSSAN: W2R + lambda * O2W, weight regulariser (the paper's model)")
+register_model("bssan_w2r", build_bssan, "BSSAN, word-to-regions branch only", branches=["w2r"])
+register_model("bssan_o2w", build_bssan, "BSSAN, object-to-words branch only", branches=["o2w"])
+register_model("bssan_no_reg", build_bssan, "BSSAN without the weight regulariser (delta = 0)", reg_weight=0.0)

@@ -1,0 +1,97 @@
+"""From a dataset on disk to model-ready tensors: features, encoded captions, ground truth.
+
+Shared by ``itm train``, ``itm eval``, ``itm demo`` and ``itm explain`` so that each of them only
+decides *what* to prepare, never how.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from itm.config import Config, FeatureConfig
+from itm.data.encode import encode_captions
+from itm.data.types import Captions, Dataset, ImageFeatures
+from itm.data.vocab import Vocab
+from itm.models.registry import InputDims
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedSplit:
+    """Images (features), captions (encoded) and which image each caption belongs to."""
+
+    dataset: Dataset
+    features: ImageFeatures
+    captions: Captions
+    caption_to_image: np.ndarray  # (n_captions,) int64
+
+    def head(self, n_images: int) -> PreparedSplit:
+        """The first ``n_images`` images and their captions (e.g. a cheaper validation set)."""
+        if n_images >= len(self.dataset):
+            return self
+        keep = np.flatnonzero(self.caption_to_image < n_images)
+        return PreparedSplit(self.dataset.head(n_images), self.features.select(slice(0, n_images)),
+                             self.captions.select(torch.as_tensor(keep)), self.caption_to_image[keep])
+
+
+def cache_root(config: Config) -> Path:
+    """Where features and caption vectors are cached: config, then $ITM_CACHE, then ~/.cache/itm."""
+    if config.features.cache_dir:
+        return Path(config.features.cache_dir).expanduser()
+    return Path(os.environ.get("ITM_CACHE", Path.home() / ".cache" / "itm"))
+
+
+def feature_config(settings: dict) -> FeatureConfig:
+    """The FeatureConfig stored in a checkpoint's feature settings (unknown keys ignored)."""
+    known = {f for f in FeatureConfig.__dataclass_fields__}
+    return FeatureConfig(**{k: v for k, v in settings.items() if k in known})
+
+
+def word_vectors(token_lists: list[list[str]], config: Config, progress: bool) -> list[np.ndarray] | None:
+    """Contextual word vectors (MiniLM) per caption when configured, else None (GloVe ids)."""
+    if config.text.source != "minilm":
+        return None
+    from itm.data.minilm import encode_cached
+
+    vectors, _ = encode_cached(token_lists, cache_root(config) / "minilm")
+    return vectors
+
+
+def prepare_split(dataset: Dataset, config: Config, vocab: Vocab, skip_bad: bool = False,
+                  progress: bool = True) -> PreparedSplit:
+    """Extract (or read cached) features for the dataset's images and encode its captions."""
+    from itm.features.extract import extract_features
+
+    features, kept, _ = extract_features(dataset, config.features, cache_root(config) / "features",
+                                         skip_bad=skip_bad, progress=progress)
+    tokens, owner = kept.caption_tokens()
+    captions = encode_captions(tokens, vocab, config.data.max_words, word_vectors(tokens, config, progress))
+    return PreparedSplit(kept, features, captions, owner)
+
+
+def build_vocab(train: Dataset, config: Config) -> Vocab:
+    """The vocabulary of the TRAIN split only: test words must never leak into it."""
+    tokens, _ = train.caption_tokens()
+    return Vocab.build(tokens, min_count=config.data.min_word_count)
+
+
+def initial_word_table(vocab: Vocab, config: Config) -> tuple[torch.Tensor | None, int, str]:
+    """(GloVe table or None for MiniLM, word dim, a coverage line for the user)."""
+    if config.text.source == "minilm":
+        return None, 384, "word vectors: MiniLM (contextual, 384-d; see the contamination caveat)"
+    from itm.data.glove import coverage_message, load_glove
+
+    table, coverage = load_glove(vocab.to_list(), config.text.glove_path)
+    return table, int(table.shape[1]), coverage_message(coverage, len(vocab))
+
+
+def input_dims(split: PreparedSplit, vocab: Vocab, word_dim: int) -> InputDims:
+    return InputDims(word_dim=word_dim, region_dim=int(split.features.regions.shape[-1]),
+                     object_dim=int(split.features.objects.shape[-1]), vocab_size=len(vocab))

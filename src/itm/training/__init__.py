@@ -1,0 +1,1 @@
+"""Training: the loop (``loop.train``) and atomic, resumable checkpoints (``checkpoint``)."""

@@ -1,0 +1,91 @@
+"""Checkpoints: atomic writes, plain-data payloads (never a pickled argparse object).
+
+A checkpoint holds the model weights, the resolved config as a dict, the vocabulary, the input
+dimensions and the feature-extractor settings — everything needed to rebuild the model and to
+extract matching features for a new dataset. ``last.pt`` adds the optimiser and loop state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from itm.config import Config
+from itm.data.vocab import Vocab
+from itm.errors import ItmError
+from itm.models.base import Matcher, WordEmbedder
+from itm.models.registry import InputDims, build_model
+
+FORMAT_VERSION = 1
+
+
+def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
+    """Write to a temporary file in the same folder, flush to disk, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def new_model(config: Config, dims: InputDims, word_init: torch.Tensor | None = None) -> Matcher:
+    """Build the configured matcher with its word embedder (GloVe table or precomputed vectors)."""
+    words = WordEmbedder(dims.vocab_size, dims.word_dim, init=word_init, trainable=config.text.trainable,
+                         precomputed=config.text.source == "minilm")
+    return build_model(config.model, dims, words)
+
+
+def model_payload(model: Matcher, config: Config, vocab: Vocab, dims: InputDims,
+                  feature_settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "config": config.to_dict(),
+        "vocab": vocab.to_list(),
+        "dims": dataclasses.asdict(dims),
+        "feature_settings": feature_settings,
+    }
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: Matcher
+    config: Config
+    vocab: Vocab
+    dims: InputDims
+    feature_settings: dict[str, Any]
+    payload: dict[str, Any]
+
+
+def read_payload(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise ItmError(f"checkpoint {path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise ItmError(f"checkpoint {path}: not a readable itm checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise ItmError(f"checkpoint {path}: not an itm checkpoint (format {FORMAT_VERSION} expected)")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder."""
+    payload = read_payload(path)
+    config = Config.from_dict(payload["config"], f"checkpoint {path}")
+    dims = InputDims(**payload["dims"])
+    model = new_model(config, dims)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
+                            payload["feature_settings"], payload)

@@ -1,0 +1,237 @@
+"""The training loop: siamese hinge (the paper) or in-batch objectives, validation, checkpoints.
+
+Resumable at any point: ``last.pt`` (written atomically at the end of every epoch and every
+``checkpoint_minutes`` within one) holds the weights, the optimiser, the epoch, the step within it
+and the negative sampler's random state; the epoch's caption order is a pure function of the seed
+and the epoch, so a resumed run continues with exactly the batches the killed one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from itm.config import Config, TrainConfig
+from itm.data.types import Captions
+from itm.errors import ItmError
+from itm.evaluation.engine import score_all_pairs
+from itm.evaluation.metrics import retrieval_metrics
+from itm.losses import LOSSES
+from itm.models.base import Matcher
+from itm.pipeline import PreparedSplit
+from itm.registry import Registry
+from itm.training.checkpoint import save_atomic
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.add("sgd", lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum),
+               "SGD with momentum (the paper: lr 0.01, momentum 0.9)")
+OPTIMIZERS.add("adam", lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr), "Adam")
+
+CHECKPOINT_MINUTES = 5.0
+
+
+class TrainingDiverged(ItmError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class LoopState:
+    """What a resumed run needs besides weights and optimiser."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    step: int = 0  # batches of that epoch already done
+    best_rsum: float = -1.0
+    epochs_without_gain: int = 0
+    elapsed: float = 0.0  # training seconds before this process
+    loss_sum: float = 0.0  # running sum over the epoch in progress
+    sampler_state: torch.Tensor | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The caption order of one epoch: depends only on (seed, epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def sample_negatives(owner: torch.Tensor, images: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k caption indices per row whose image differs from ``images`` (B,): (B, k)."""
+    neg = torch.randint(len(owner), (len(images), k), generator=gen)
+    clash = owner[neg] == images[:, None]
+    while clash.any():  # rare: redraw only the clashing ones
+        neg[clash] = torch.randint(len(owner), (int(clash.sum()),), generator=gen)
+        clash = owner[neg] == images[:, None]
+    return neg
+
+
+def batch_captions(captions: Captions, index: torch.Tensor) -> Captions:
+    """Selected captions with the padding trimmed to the batch's longest."""
+    picked = captions.select(index)
+    steps = int(picked.lengths.max())
+    vectors = None if picked.vectors is None else picked.vectors[:, :steps]
+    return Captions(picked.ids[:, :steps], picked.lengths, vectors)
+
+
+def siamese_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
+                 cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Eq. 7 + 17: each positive pair against ``negatives`` sampled unmatched captions, one forward."""
+    images = owner[caps]  # (B,)
+    neg = sample_negatives(owner, images, cfg.negatives, gen)  # (B, K)
+    all_images = torch.cat([images, images.repeat(cfg.negatives)])  # (B + B*K,)
+    all_caps = torch.cat([caps, neg.t().reshape(-1)])  # negatives laid out (K, B)
+    uniform = torch.arange(len(all_caps)) >= len(caps)  # eq. 8 applies to the negatives
+    feats = split.features
+    out = model(feats.regions[all_images], feats.objects[all_images],
+                batch_captions(split.captions, all_caps), uniform=uniform)
+    b = len(caps)
+    weights = model.branch_weights()
+    return sum(weights[name] * LOSSES.get("pairwise_hinge")(s[:b], s[b:].view(cfg.negatives, b).t(), cfg.margin)
+               for name, s in out.parts.items())
+
+
+def in_batch_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
+                  cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """InfoNCE / VSE++ over the B x B block of the batch's images and captions."""
+    images = owner[caps]  # (B,)
+    positives = images[:, None] == images[None, :]  # (B, B) matched pairs, incl. same-image captions
+    feats = split.features
+    image_state = model.prepare_images(feats.regions[images], feats.objects[images])
+    caption_state = model.prepare_captions(batch_captions(split.captions, caps))
+    parts = model.score_block(image_state, caption_state, uniform=~positives, parts=True)
+    loss_fn = LOSSES.get(cfg.loss)
+    extra = cfg.temperature if cfg.loss == "infonce" else cfg.margin
+    weights = model.branch_weights()
+    return sum(weights[name] * loss_fn(s, positives, extra) for name, s in parts.items())
+
+
+STEP_LOSSES = {"pairwise_hinge": siamese_loss, "infonce": in_batch_loss, "vse_hardest": in_batch_loss}
+
+
+def validate(model: Matcher, split: PreparedSplit, config: Config) -> dict[str, Any]:
+    scores = score_all_pairs(model, split.features, split.captions, config.eval.memory_budget_mb,
+                             config.eval.caption_tile)
+    return retrieval_metrics(scores, split.caption_to_image)
+
+
+class Trainer:
+    """Runs epochs over a prepared train split, validates, checkpoints into ``run_dir``."""
+
+    def __init__(self, model: Matcher, config: Config, run_dir: Path, meta: Callable[[], dict[str, Any]]):
+        self.model = model
+        self.config = config
+        self.cfg = config.train
+        self.run_dir = Path(run_dir)
+        self.meta = meta  # -> the plain-data checkpoint payload of the current weights
+        if self.cfg.loss not in STEP_LOSSES:
+            raise ItmError(f"train.loss: '{self.cfg.loss}' is not one of {', '.join(STEP_LOSSES)}")
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS.get(self.cfg.optimizer)(params, self.cfg)
+        self.state = LoopState()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_last(self) -> None:
+        payload = self.meta()
+        payload["optimizer"] = self.optimizer.state_dict()
+        payload["loop"] = {k: v for k, v in vars(self.state).items()}
+        save_atomic(payload, self.run_dir / "last.pt")
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = LoopState(**payload["loop"])
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self, train: PreparedSplit, val: PreparedSplit, progress: bool = True) -> dict[str, Any]:
+        owner = torch.as_tensor(train.caption_to_image)
+        n_caps = len(owner)
+        steps_per_epoch = math.ceil(n_caps / self.cfg.batch_size)
+        step_loss = STEP_LOSSES[self.cfg.loss]
+        started = time.time() - self.state.elapsed
+        last_save = time.time()
+        while self.state.epoch < self.cfg.epochs:
+            epoch = self.state.epoch
+            order = epoch_order(n_caps, self.cfg.seed, epoch)
+            gen = torch.Generator().manual_seed(self.cfg.seed * 7 + epoch)
+            if self.state.sampler_state is not None:
+                gen.set_state(self.state.sampler_state)
+            self.model.train()
+            bar = tqdm(total=steps_per_epoch, initial=self.state.step, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                       unit="batch", disable=not progress, dynamic_ncols=True)
+            out_of_time = False
+            while self.state.step < steps_per_epoch:
+                s = self.state.step
+                caps = order[s * self.cfg.batch_size : (s + 1) * self.cfg.batch_size]
+                loss = step_loss(self.model, train, caps, owner, self.cfg, gen) + self.model.regularization()
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "
+                        f"last good checkpoint: {self.run_dir / 'last.pt'} (try a lower train.lr)")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                self.optimizer.step()
+                self.state.step += 1
+                self.state.loss_sum += loss.item()
+                self.state.sampler_state = gen.get_state()
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.state.loss_sum / self.state.step:.4f}")
+                self.state.elapsed = time.time() - started
+                if time.time() - last_save > CHECKPOINT_MINUTES * 60:
+                    self.save_last()
+                    last_save = time.time()
+                if self.cfg.max_minutes and self.state.elapsed > self.cfg.max_minutes * 60:
+                    out_of_time = True
+                    break
+            bar.close()
+            self.end_epoch(val, steps_done=self.state.step)
+            last_save = time.time()
+            if out_of_time or self.state.epochs_without_gain >= self.cfg.patience:
+                break
+        return {"best_rsum": self.state.best_rsum, "epochs": self.state.epoch,
+                "seconds": self.state.elapsed, "history": self.state.history}
+
+    def end_epoch(self, val: PreparedSplit, steps_done: int) -> None:
+        t0 = time.time()
+        metrics = validate(self.model, val, self.config)
+        record = {"epoch": self.state.epoch + 1, "steps": steps_done,
+                  "train_loss": self.state.loss_sum / max(steps_done, 1),
+                  "val": metrics, "rsum": metrics["rsum"], "val_seconds": round(time.time() - t0, 2),
+                  "elapsed": round(self.state.elapsed, 2)}
+        improved = metrics["rsum"] > self.state.best_rsum
+        if improved:
+            self.state.best_rsum = metrics["rsum"]
+            self.state.epochs_without_gain = 0
+            save_atomic(self.meta(), self.run_dir / "best.pt")
+        else:
+            self.state.epochs_without_gain += 1
+        record["best"] = improved
+        self.state.history.append(record)
+        write_metrics_log(self.state.history, self.run_dir / "metrics.jsonl")
+        print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val rsum {metrics['rsum']:.1f}"
+              f"{'  (best)' if improved else ''}", flush=True)
+        self.state.epoch += 1
+        self.state.step = 0
+        self.state.loss_sum = 0.0
+        self.state.sampler_state = None
+        self.save_last()
+
+
+def write_metrics_log(history: list[dict[str, Any]], path: Path) -> None:
+    """Rewrite the per-epoch JSONL log from the saved history (a resumed run never duplicates lines)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    tmp.replace(path)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)

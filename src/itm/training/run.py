@@ -1,0 +1,79 @@
+"""One training run end to end: data -> vocabulary -> model -> epochs -> ``RUN_DIR``.
+
+``RUN_DIR`` holds config.yaml (the resolved config), run.json (the data folder), metrics.jsonl
+(one line per epoch), best.pt (best validation rsum), last.pt (resume point) and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from itm.config import Config, save_config
+from itm.data.load import load_dataset
+from itm.errors import ItmError
+from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
+from itm.training.checkpoint import model_payload, new_model, read_payload
+from itm.training.loop import Trainer, seed_everything
+
+
+def _start(config: Config, data_dir: Path, run_dir: Path) -> None:
+    if (run_dir / "last.pt").exists():
+        raise ItmError(f"run folder {run_dir} already holds a run: resume it with --resume {run_dir} "
+                       "or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    (run_dir / "run.json").write_text(json.dumps({"data": str(Path(data_dir).resolve())}), encoding="utf-8")
+
+
+def resume_inputs(run_dir: Path) -> tuple[Config, Path, dict[str, Any]]:
+    """The config, data folder and last checkpoint of an interrupted run."""
+    payload = read_payload(run_dir / "last.pt")
+    config = Config.from_dict(payload["config"], f"run {run_dir}")
+    data_dir = Path(json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["data"])
+    return config, data_dir, payload
+
+
+def train_run(config: Config, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
+              progress: bool = True, log=print) -> dict[str, Any]:
+    """Train (or resume) a run; returns the summary also written to RUN_DIR/summary.json."""
+    run_dir = Path(run_dir)
+    payload = None
+    if resume:
+        config, data_dir, payload = resume_inputs(run_dir)
+        log(f"resuming {run_dir} at epoch {payload['loop']['epoch'] + 1}, step {payload['loop']['step']}")
+    else:
+        _start(config, Path(data_dir), run_dir)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    t0 = time.time()
+    dataset = load_dataset(data_dir)
+    train_set, val_set = dataset.split("train"), dataset.split("val")
+    if not len(train_set) or not len(val_set):
+        raise ItmError(f"dataset {data_dir}: needs train and val images (found {len(train_set)}, {len(val_set)})")
+    vocab = build_vocab(train_set, config)
+    table, word_dim, coverage = initial_word_table(vocab, config)
+    log(f"vocabulary: {len(vocab)} words from the train split; {coverage}")
+    train = prepare_split(train_set, config, vocab, progress=progress)
+    val = prepare_split(val_set, config, vocab, progress=progress).head(config.train.val_images)
+    dims = input_dims(train, vocab, word_dim)
+    log(f"data ready in {time.time() - t0:.0f} s: {len(train.dataset)} train images, "
+        f"{len(train.captions)} captions; validation on {len(val.dataset)} images")
+    seed_everything(config.train.seed)
+    model = new_model(config, dims, table)
+    settings = train.features.settings or {}
+    trainer = Trainer(model, config, run_dir, lambda: model_payload(model, config, vocab, dims, settings))
+    if payload is not None:
+        trainer.restore(payload)
+    result = trainer.fit(train, val, progress=progress)
+    summary = {"best_val_rsum": result["best_rsum"], "epochs": result["epochs"],
+               "train_seconds": round(result["seconds"], 1), "model": config.model.name,
+               "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    log(f"done: best validation rsum {summary['best_val_rsum']:.1f} after {summary['epochs']} epochs, "
+        f"{summary['train_seconds']:.0f} s of training; best checkpoint {run_dir / 'best.pt'}")
+    return summary
