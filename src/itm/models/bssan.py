@@ -20,6 +20,8 @@ MLP's word-context projection are per caption and o_j^T W' with the MLP's object
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -32,7 +34,7 @@ from itm.models.registry import InputDims, register_model
 
 def mlp_layers(sizes: list[int]) -> tuple[nn.ModuleList, nn.ModuleList]:
     """Linear layers for sizes [in, h1, ..., 1]; a batch norm after every hidden layer."""
-    linears = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+    linears = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
     norms = [nn.BatchNorm1d(b) for b in sizes[1:-1]]
     return nn.ModuleList(linears), nn.ModuleList(norms)
 
