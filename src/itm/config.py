@@ -8,6 +8,7 @@ never as a pickled object.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class TrainConfig:
     val_images: int = 1000  # validation images scored every epoch (all their captions)
     max_minutes: float | None = None  # stop after this wall time (the epoch in progress ends first)
     threads: int | None = None  # torch threads; None: torch's default
+    checkpoint_minutes: float = 5.0  # also write last.pt this often within an epoch (0: after every batch)
 
 
 @dataclass
@@ -139,8 +141,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -202,7 +209,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- the model variant's presets <- YAML file <- dotted overrides, validated."""
+    """Defaults <- the model variant's presets <- YAML file <- dotted overrides, validated.
+
+    When an override chooses the variant (``--set model.name=bssan_no_reg``), its presets also
+    replace the YAML file's values for those fields; values set by overrides always win."""
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -214,16 +224,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config {file}: not valid YAML ({exc.__class__.__name__})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {file}: expected a mapping at the top level")
+    overridden: dict[str, Any] = {}  # the overrides alone: which model fields the user set last
     for text in overrides or []:
         keys, value = parse_override(text)
         _set_path(raw, keys, value, text)
+        _set_path(overridden, keys, value, text)
         source = f"{source} + overrides"
     model = raw.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError(f"{source}: 'model' must be a mapping")
     from itm.models.registry import model_presets  # late: the models import this module
 
-    raw["model"] = {**model_presets(model.get("name", ModelConfig.name)), **model}
+    name = model.get("name", ModelConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"model.name: expected a string, got {name!r}")
+    try:
+        presets = model_presets(name)
+    except ConfigError as exc:
+        raise ConfigError(f"model.name: {exc}") from None
+    user_model = overridden.get("model")
+    if isinstance(user_model, dict) and "name" in user_model:
+        # the variant was chosen by an override: its presets replace the file's values for those
+        # fields (bssan_cpu.yaml sets reg_weight, which must not undo bssan_no_reg), not the overrides'
+        presets = {k: v for k, v in presets.items() if k not in user_model}
+        raw["model"] = {**model, **presets}
+    else:
+        raw["model"] = {**presets, **model}
     config = Config.from_dict(raw, source)
     validate(config)
     return config
@@ -263,12 +289,43 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value <= 0:
             raise ConfigError(f"{section}.{key}: must be positive, got {value}")
-    if config.train.lr <= 0:
-        raise ConfigError(f"train.lr: must be positive, got {config.train.lr}")
-    if config.train.temperature <= 0:
-        raise ConfigError(f"train.temperature: must be positive, got {config.train.temperature}")
+    for section, key in [("model", "w2r_mlp"), ("model", "o2w_mlp")]:
+        sizes = getattr(getattr(config, section), key)
+        if any(size <= 0 for size in sizes):
+            raise ConfigError(f"{section}.{key}: layer sizes must be positive, got {sizes}")
+    strictly_positive = [("train", "lr"), ("train", "temperature"), ("train", "patience"),
+                         ("data", "min_word_count")]
+    non_negative = [("train", "margin"), ("train", "momentum"), ("train", "grad_clip"),
+                    ("train", "checkpoint_minutes"), ("model", "o2w_weight"), ("model", "reg_weight")]
+    for section, key in strictly_positive:
+        value = getattr(getattr(config, section), key)
+        if value <= 0:
+            raise ConfigError(f"{section}.{key}: must be positive, got {value}")
+    for section, key in non_negative:
+        value = getattr(getattr(config, section), key)
+        if value < 0:
+            raise ConfigError(f"{section}.{key}: must not be negative, got {value}")
+    for section, key in [("train", "max_minutes"), ("train", "threads")]:
+        value = getattr(getattr(config, section), key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{section}.{key}: must be positive or null, got {value}")
+    from itm.losses import LOSSES  # late: keeps this module free of torch at import
+    from itm.models.registry import MODELS, _load_all
+
+    _load_all()
+    for (section, key), registry in {("model", "name"): MODELS, ("train", "loss"): LOSSES}.items():
+        value = getattr(getattr(config, section), key)
+        if value not in registry:
+            raise ConfigError(f"{section}.{key}: '{value}' is not one of {', '.join(registry.names())}")
     if not set(config.model.branches) or not set(config.model.branches) <= {"w2r", "o2w"}:
         raise ConfigError(f"model.branches: must be a non-empty subset of [w2r, o2w], got {config.model.branches}")
+
+
+def validate_features(features: FeatureConfig) -> None:
+    """Checks of the feature settings alone (``itm features`` has no full config)."""
+    for key in ("image_size", "num_objects"):
+        if getattr(features, key) <= 0:
+            raise ConfigError(f"features.{key}: must be positive, got {getattr(features, key)}")
 
 
 def save_config(config: Config, path: str | Path) -> None:

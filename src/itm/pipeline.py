@@ -7,7 +7,6 @@ decides *what* to prepare, never how.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +42,9 @@ class PreparedSplit:
 
 def cache_root(config: Config) -> Path:
     """Where features and caption vectors are cached: config, then $ITM_CACHE, then ~/.cache/itm."""
-    if config.features.cache_dir:
-        return Path(config.features.cache_dir).expanduser()
-    return Path(os.environ.get("ITM_CACHE", Path.home() / ".cache" / "itm"))
+    from itm.features.cache import cache_home
+
+    return Path(config.features.cache_dir).expanduser() if config.features.cache_dir else cache_home()
 
 
 def feature_config(settings: dict) -> FeatureConfig:

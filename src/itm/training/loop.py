@@ -1,7 +1,7 @@
 """The training loop: siamese hinge (the paper) or in-batch objectives, validation, checkpoints.
 
 Resumable at any point: ``last.pt`` (written atomically at the end of every epoch and every
-``checkpoint_minutes`` within one) holds the weights, the optimiser, the epoch, the step within it
+``train.checkpoint_minutes`` within one) holds the weights, the optimiser, the epoch, the step within it
 and the negative sampler's random state; the epoch's caption order is a pure function of the seed
 and the epoch, so a resumed run continues with exactly the batches the killed one would have seen.
 """
@@ -35,8 +35,6 @@ OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer
 OPTIMIZERS.add("sgd", lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum),
                "SGD with momentum (the paper: lr 0.01, momentum 0.9)")
 OPTIMIZERS.add("adam", lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr), "Adam")
-
-CHECKPOINT_MINUTES = 5.0
 
 
 class TrainingDiverged(ItmError):
@@ -137,7 +135,19 @@ class Trainer:
         self.state = LoopState()
 
     # -- checkpoints ------------------------------------------------------------------------------
+    def last_good(self) -> str:
+        last = self.run_dir / "last.pt"
+        return f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+
+    def check_finite_weights(self, when: str) -> None:
+        """TrainingDiverged if a weight or buffer is NaN/inf: such weights never reach a checkpoint."""
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise TrainingDiverged(f"weights became non-finite ({name}) {when}; {self.last_good()} "
+                                       "(try a lower train.lr)")
+
     def save_last(self) -> None:
+        self.check_finite_weights(f"at epoch {self.state.epoch + 1} step {self.state.step}")
         payload = self.meta()
         payload["optimizer"] = self.optimizer.state_dict()
         payload["loop"] = {k: v for k, v in vars(self.state).items()}
@@ -171,13 +181,15 @@ class Trainer:
                 caps = order[s * self.cfg.batch_size : (s + 1) * self.cfg.batch_size]
                 loss = step_loss(self.model, train, caps, owner, self.cfg, gen) + self.model.regularization()
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "
-                        f"last good checkpoint: {self.run_dir / 'last.pt'} (try a lower train.lr)")
+                    raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "
+                                           f"{self.last_good()} (try a lower train.lr)")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                # the total gradient norm (clipped to grad_clip when set); NaN/inf must not reach the weights
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+                if not torch.isfinite(grad_norm):
+                    raise TrainingDiverged(f"gradient became {grad_norm.item()} at epoch {epoch + 1} step {s + 1}; "
+                                           f"{self.last_good()} (try a lower train.lr)")
                 self.optimizer.step()
                 self.state.step += 1
                 self.state.loss_sum += loss.item()
@@ -185,7 +197,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.state.loss_sum / self.state.step:.4f}")
                 self.state.elapsed = time.time() - started
-                if time.time() - last_save > CHECKPOINT_MINUTES * 60:
+                if time.time() - last_save >= self.cfg.checkpoint_minutes * 60:
                     self.save_last()
                     last_save = time.time()
                 if self.cfg.max_minutes and self.state.elapsed > self.cfg.max_minutes * 60:
@@ -200,6 +212,7 @@ class Trainer:
                 "seconds": self.state.elapsed, "history": self.state.history}
 
     def end_epoch(self, val: PreparedSplit, steps_done: int) -> None:
+        self.check_finite_weights(f"in epoch {self.state.epoch + 1}")
         t0 = time.time()
         metrics = validate(self.model, val, self.config)
         record = {"epoch": self.state.epoch + 1, "steps": steps_done,

@@ -1,0 +1,114 @@
+"""``itm explain``: attention pictures for a pair, or top-5 retrieval sheets for a query."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "draw a pair's attention (W2R heat maps, O2W chart) or a query's top-5 retrieval sheet"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    parser.add_argument("--out", required=True, help="folder for the PNGs")
+    parser.add_argument("--image", help="pair mode: an image file")
+    parser.add_argument("--caption", help="pair mode: the caption text")
+    parser.add_argument("--data", help="retrieval mode: a Karpathy-format dataset folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--query-image", help="retrieval mode: image file name in the split -> top-5 captions")
+    parser.add_argument("--query-caption", help="retrieval mode: caption text -> top-5 images")
+    parser.add_argument("--top", type=int, default=5)
+
+
+def run(args: argparse.Namespace) -> int:
+    from itm.errors import ItmError
+
+    if args.image or args.caption:
+        if not (args.image and args.caption):
+            raise ItmError("pair mode needs both --image PATH and --caption TEXT")
+        explain_pair_command(args)
+    elif args.data and (args.query_image or args.query_caption):
+        explain_retrieval_command(args)
+    else:
+        raise ItmError("give --image PATH --caption TEXT, or --data DIR with --query-image NAME / --query-caption TEXT")
+    return 0
+
+
+def _single_image_dataset(image: str, caption: str):
+    from itm.data.tokenize import tokenize
+    from itm.data.types import Dataset, ImageRecord
+    from itm.errors import DataError
+
+    path = Path(image)
+    if not path.is_file():
+        raise DataError(f"image {path}: no such file")
+    record = ImageRecord(path.name, path.resolve(), "query", [caption], [tokenize(caption)])
+    return Dataset("query", path.parent, [record])
+
+
+def explain_pair_command(args: argparse.Namespace) -> None:
+    from itm.data.tokenize import tokenize
+    from itm.pipeline import feature_config, prepare_split
+    from itm.training.checkpoint import load_checkpoint
+    from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
+    from itm.viz.render import save_figure
+
+    ckpt = load_checkpoint(args.checkpoint)
+    tokens = tokenize(args.caption)
+    check_known_words(tokens, ckpt.vocab, args.caption)
+    config = ckpt.config
+    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
+    prepared = prepare_split(_single_image_dataset(args.image, args.caption), config, ckpt.vocab, progress=False)
+    explanation = explain_pair(ckpt.model, prepared.features, 0, prepared.captions, 0, tokens)
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
+    print(f"score {explanation.score:.3f} ({parts})")
+    out = Path(args.out)
+    for branch, fig in pair_figures(explanation, image_array(args.image), prepared.features, 0,
+                                    title=args.caption).items():
+        print(f"wrote {save_figure(fig, out / f'{branch}.png')}")
+
+
+def explain_retrieval_command(args: argparse.Namespace) -> None:
+    from itm.data.encode import encode_captions
+    from itm.data.load import load_dataset
+    from itm.data.tokenize import tokenize
+    from itm.errors import ItmError
+    from itm.evaluation.engine import score_all_pairs
+    from itm.pipeline import feature_config, prepare_split, word_vectors
+    from itm.training.checkpoint import load_checkpoint
+    from itm.viz.explain import (
+        LazyImages,
+        check_known_words,
+        image_array,
+        top_captions_figure,
+        top_images_figure,
+    )
+    from itm.viz.render import save_figure
+
+    ckpt = load_checkpoint(args.checkpoint)
+    config = ckpt.config
+    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
+    split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab)
+    images = split.dataset.images
+    out = Path(args.out)
+    if args.query_image:
+        names = [im.filename for im in images]
+        if args.query_image not in names:
+            raise ItmError(f"--query-image {args.query_image}: not an image of split '{args.split}' in {args.data}")
+        i = names.index(args.query_image)
+        row = score_all_pairs(ckpt.model, split.features.select(slice(i, i + 1)), split.captions)[0]
+        texts = [" ".join(t) for im in images for t in im.tokens]
+        fig = top_captions_figure(row, image_array(images[i].path), texts, split.caption_to_image == i,
+                                  k=args.top, title=args.query_image)
+        print(f"wrote {save_figure(fig, out / 'top_captions.png')}")
+    if args.query_caption:
+        tokens = tokenize(args.query_caption)
+        check_known_words(tokens, ckpt.vocab, args.query_caption)
+        captions = encode_captions([tokens], ckpt.vocab, config.data.max_words,
+                                   word_vectors([tokens], config, progress=False))
+        column = score_all_pairs(ckpt.model, split.features, captions)[:, 0]
+        truth = next((i for i, im in enumerate(images) if tokens in im.tokens), None)
+        fig = top_images_figure(column, args.query_caption, LazyImages([im.path for im in images]), truth,
+                                k=args.top, title=None)
+        print(f"wrote {save_figure(fig, out / 'top_images.png')}" + ("" if truth is not None else
+              " (the caption is not in the split: no image is marked correct)"))

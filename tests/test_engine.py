@@ -1,0 +1,235 @@
+"""The all-pairs engine: exact against one-pair-at-a-time forward, for every registered matcher.
+
+Exactness over memory budgets and tile sizes (down to one image and one caption per tile), unsorted
+caption orders and varied lengths; the engine leaves the caller's train/eval modes alone; the
+per-branch parts of ``score_block`` combine with lambda; ``evaluate_model`` under the flickr protocol
+is ``retrieval_metrics`` of the full matrix.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from itm.config import load_config
+from itm.data.types import Captions, ImageFeatures
+from itm.evaluation.engine import plan_tiles, score_all_pairs, score_pairs_naive
+from itm.evaluation.evaluate import JSON_KEYS, evaluate_model
+from itm.evaluation.metrics import retrieval_metrics
+from itm.models import MODELS
+from itm.models.registry import InputDims, _load_all
+from itm.training.checkpoint import new_model
+
+_load_all()
+VARIANTS = MODELS.names()
+
+E, M, Q, D, P, V = 6, 5, 7, 4, 3, 30
+DIMS = InputDims(word_dim=E, region_dim=M, object_dim=Q, vocab_size=V)
+TINY = ["model.w2r_hidden=8", "model.w2r_mlp=[6]", "model.o2w_hidden=5", "model.o2w_mlp=[6, 4]"]
+N_IMAGES = 5
+LENGTHS = [4, 1, 7, 3, 7, 2, 5, 3, 6]  # unsorted, ties, a single word; 9 captions
+OWNER = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3])  # images 0-3 own two captions, image 4 one
+# (memory budget MB, caption tile): 0 MB forces one image per chunk and per tile
+TILINGS = [(0, 1), (0, 4), (1, 2), (1, 512), (1024, 3), (1024, 512)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def randomise_non_weights(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial batch-norm statistics/affines and attention biases (defaults hide mistakes)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen))
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.weight.copy_(torch.randn(n, generator=gen))
+                module.bias.copy_(torch.randn(n, generator=gen))
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") and param.dim() == 0:
+                param.fill_(0.3)
+
+
+def tiny_model(name: str, *overrides: str):
+    config = load_config(None, [f"model.name={name}", *TINY, *overrides])
+    torch.manual_seed(0)
+    model = new_model(config, DIMS)
+    randomise_non_weights(model)
+    return model.eval(), config
+
+
+def make_data(lengths=LENGTHS, n_images=N_IMAGES, seed=0, vectors=False):
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 2  # extra padding columns: the engine must trim or ignore them
+    ids = torch.randint(1, V, (len(lengths), width), generator=gen)
+    lengths_t = torch.tensor(lengths)
+    pad = torch.arange(width)[None, :] >= lengths_t[:, None]
+    ids[pad] = 0
+    vecs = None
+    if vectors:
+        vecs = torch.randn(len(lengths), width, E, generator=gen).half()
+        vecs[pad] = 0
+    features = ImageFeatures(torch.randn(n_images, D, M, generator=gen).half(),  # float16, as cached
+                             torch.randn(n_images, P, Q, generator=gen).half())
+    return features, Captions(ids, lengths_t, vecs)
+
+
+@functools.lru_cache(maxsize=None)
+def reference(name: str, source: str = "glove"):
+    """(model, features, captions, naive scores (n_images, n_captions)) for one variant."""
+    model, _ = tiny_model(name, f"text.source={source}")
+    features, captions = make_data(vectors=source == "minilm")
+    pairs = [(i, c) for i in range(len(features)) for c in range(len(captions))]
+    naive = score_pairs_naive(model, features, captions, pairs).reshape(len(features), len(captions))
+    return model, features, captions, naive
+
+
+@pytest.mark.parametrize("budget,tile", TILINGS, ids=[f"{b}MB-tile{t}" for b, t in TILINGS])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_all_pairs_equal_one_pair_at_a_time(name, budget, tile):
+    model, features, captions, naive = reference(name)
+    scores = score_all_pairs(model, features, captions, memory_budget_mb=budget, caption_tile=tile)
+    assert scores.shape == (N_IMAGES, len(LENGTHS))
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, naive, rtol=1e-4, atol=1e-4)
+
+
+def test_precomputed_word_vectors_path_is_exact():
+    model, features, captions, naive = reference("bssan", "minilm")
+    assert model.words.precomputed
+    for budget, tile in [(0, 1), (1024, 512)]:
+        scores = score_all_pairs(model, features, captions, memory_budget_mb=budget, caption_tile=tile)
+        np.testing.assert_allclose(scores, naive, rtol=1e-4, atol=1e-4)
+
+
+def test_tiny_budget_gives_one_image_tiles():
+    model, features, captions, _ = reference("bssan")
+    plan = plan_tiles(model, features, captions, memory_budget_mb=0, caption_tile=1)
+    assert (plan.image_chunk, plan.image_tile, plan.caption_tile) == (1, 1, 1)
+    roomy = plan_tiles(model, features, captions, memory_budget_mb=1024, caption_tile=512)
+    assert roomy.image_chunk == N_IMAGES and roomy.image_tile == N_IMAGES
+    assert roomy.caption_tile == len(LENGTHS)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_caption_order_is_the_callers(name):
+    model, features, captions, naive = reference(name)
+    perm = torch.tensor([5, 2, 8, 0, 7, 1, 4, 3, 6])
+    scores = score_all_pairs(model, features, captions.select(perm), memory_budget_mb=1, caption_tile=2)
+    np.testing.assert_allclose(scores, naive[:, perm.numpy()], rtol=1e-4, atol=1e-4)
+
+
+def _modes(model: torch.nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+def _set_mixed_modes(model: torch.nn.Module) -> None:
+    """Training, except the batch norms (a caller freezing their statistics)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.eval()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_engine_never_changes_train_eval_modes(mode):
+    model, config = tiny_model("bssan")
+    {"train": model.train, "eval": model.eval, "mixed": lambda: _set_mixed_modes(model)}[mode]()
+    before = _modes(model)
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    features, captions = make_data()
+    scores = score_all_pairs(model, features, captions, memory_budget_mb=1, caption_tile=4)
+    assert _modes(model) == before
+    score_pairs_naive(model, features, captions, [(0, 0), (1, 3)])
+    assert _modes(model) == before
+    evaluate_model(model, features, captions, OWNER, "flickr", memory_budget_mb=1, caption_tile=4)
+    assert _modes(model) == before
+    for key, value in model.state_dict().items():  # no batch-norm statistics were updated
+        assert torch.equal(value, stats[key]), key
+    model.eval()
+    np.testing.assert_array_equal(score_all_pairs(model, features, captions, 1, 4), scores)
+
+
+def test_engine_restores_modes_when_scoring_fails(monkeypatch):
+    model, _ = tiny_model("bssan")
+    _set_mixed_modes(model)
+    before = _modes(model)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model, "score_block", broken)
+    features, captions = make_data()
+    with pytest.raises(RuntimeError, match="boom"):
+        score_all_pairs(model, features, captions)
+    assert _modes(model) == before
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_score_block_parts_combine_with_lambda(name):
+    model, config = tiny_model(name, "model.o2w_weight=0.37")
+    features, captions = make_data()
+    with torch.no_grad():
+        images = model.prepare_images(features.regions, features.objects)
+        caps = model.prepare_captions(captions)
+        parts = model.score_block(images, caps, parts=True)
+        combined = model.score_block(images, caps)
+    assert set(parts) == set(config.model.branches)
+    for part in parts.values():
+        assert part.shape == (N_IMAGES, len(LENGTHS))
+    expected = parts.get("w2r", 0) + 0.37 * parts.get("o2w", 0)
+    torch.testing.assert_close(combined, expected)
+    # and the block's parts are the forward's parts, pair by pair
+    for c in range(len(LENGTHS)):
+        one = captions.select(slice(c, c + 1))
+        n = int(one.lengths[0])
+        one = Captions(one.ids[:, :n], one.lengths)
+        for i in range(N_IMAGES):
+            with torch.no_grad():
+                out = model(features.regions[i : i + 1], features.objects[i : i + 1], one)
+            for branch, value in out.parts.items():
+                torch.testing.assert_close(parts[branch][i, c], value[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_score_block_eq8_uniform_matches_forward(name):
+    """The in-batch losses' path (score_block with a uniform mask, training mode) applies eq. 8 to
+    exactly the pairs the forward path does (batch norms frozen so both see the same statistics)."""
+    model, _ = tiny_model(name)
+    _set_mixed_modes(model)
+    features, captions = make_data()
+    uniform = torch.rand(N_IMAGES, len(LENGTHS), generator=torch.Generator().manual_seed(3)) < 0.5
+    with torch.no_grad():
+        images = model.prepare_images(features.regions, features.objects)
+        block = model.score_block(images, model.prepare_captions(captions), uniform=uniform)
+        ii, cc = torch.meshgrid(torch.arange(N_IMAGES), torch.arange(len(LENGTHS)), indexing="ij")
+        ii, cc = ii.reshape(-1), cc.reshape(-1)
+        picked = captions.select(cc)
+        pair = model(features.regions[ii], features.objects[ii], picked, uniform=uniform.reshape(-1)).score
+    torch.testing.assert_close(block.reshape(-1), pair, rtol=1e-4, atol=1e-4)
+    assert uniform.any() and (~uniform).any()
+
+
+@pytest.mark.parametrize("name", ["bssan", "bssan_w2r"])
+def test_evaluate_model_flickr_is_retrieval_metrics_of_the_full_matrix(name):
+    model, features, captions, naive = reference(name)
+    result = evaluate_model(model, features, captions, OWNER, "flickr", memory_budget_mb=1, caption_tile=2)
+    expected = retrieval_metrics(score_all_pairs(model, features, captions), OWNER)
+    for direction in ("i2t", "t2i"):
+        assert result[direction] == pytest.approx(expected[direction])
+    assert result["rsum"] == pytest.approx(expected["rsum"])
+    assert set(JSON_KEYS) <= set(result)
+    assert (result["n_images"], result["n_captions"]) == (N_IMAGES, len(LENGTHS))
+    assert result["protocol"] == "flickr"
+    # and the naive matrix ranks the same way (ties aside, which random scores do not have)
+    assert retrieval_metrics(naive, OWNER)["rsum"] == pytest.approx(result["rsum"])

@@ -1,0 +1,283 @@
+"""Every registered matcher (timm-style: parametrised over ``itm.models.MODELS``), at tiny sizes.
+
+Shapes and finiteness, gradients, the regulariser, attention maps (normalisation, padding, eq. 8's
+uniform attention on training negatives), padding invariance, and ``itm models``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from itm import cli
+from itm.config import load_config
+from itm.data.types import Captions
+from itm.models import MODELS
+from itm.models.registry import InputDims, _load_all
+from itm.training.checkpoint import new_model
+
+_load_all()
+VARIANTS = MODELS.names()
+EXPECTED = {"bssan", "bssan_w2r", "bssan_o2w", "bssan_no_reg"}
+
+E, M, Q, D, P, V = 6, 5, 7, 4, 3, 30  # word, region, object dims; regions, objects; vocabulary
+DIMS = InputDims(word_dim=E, region_dim=M, object_dim=Q, vocab_size=V)
+TINY = ["model.w2r_hidden=8", "model.w2r_mlp=[6]", "model.o2w_hidden=5", "model.o2w_mlp=[6, 4]"]
+LENGTHS = [3, 5, 1, 4, 2]  # varied, one single-word caption
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tiny ops only lose time to thread hand-offs on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(name: str, *overrides: str, seed: int = 0):
+    config = load_config(None, [f"model.name={name}", *TINY, *overrides])
+    torch.manual_seed(seed)
+    return new_model(config, DIMS), config
+
+
+def make_captions(lengths: list[int], width: int | None = None, seed: int = 0) -> Captions:
+    """Random word ids 1..V-1 at real positions, 0 (padding) after each caption's length."""
+    gen = torch.Generator().manual_seed(seed)
+    width = width or max(lengths)
+    ids = torch.randint(1, V, (len(lengths), width), generator=gen)
+    lengths_t = torch.tensor(lengths)
+    ids[torch.arange(width)[None, :] >= lengths_t[:, None]] = 0
+    return Captions(ids, lengths_t)
+
+
+def make_images(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D, M, generator=gen), torch.randn(n, P, Q, generator=gen)
+
+
+def branches_of(name: str) -> list[str]:
+    return list(tiny_model(name)[1].model.branches)
+
+
+def test_registry_holds_the_bssan_variants():
+    assert EXPECTED <= set(VARIANTS)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_presets_pick_the_branches(name):
+    model, config = tiny_model(name)
+    assert list(model.branches) == config.model.branches
+    expected = {"bssan_w2r": ["w2r"], "bssan_o2w": ["o2w"]}.get(name, ["w2r", "o2w"])
+    assert config.model.branches == expected
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_forward_shapes_finite_and_weighted_sum(name, training):
+    model, config = tiny_model(name)
+    model.train(training)
+    regions, objects = make_images(len(LENGTHS))
+    out = model(regions, objects, make_captions(LENGTHS))
+    assert out.score.shape == (len(LENGTHS),)
+    assert torch.isfinite(out.score).all()
+    assert set(out.parts) == set(config.model.branches)
+    for part in out.parts.values():
+        assert part.shape == (len(LENGTHS),)
+        assert torch.isfinite(part).all()
+    expected = out.parts.get("w2r", 0) + config.model.o2w_weight * out.parts.get("o2w", 0)
+    torch.testing.assert_close(out.score, expected)
+    assert out.attention == {}  # only on request
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_trainable_parameter_gets_a_gradient(name):
+    model, _ = tiny_model(name, "text.trainable=true")
+    model.train()
+    regions, objects = make_images(len(LENGTHS))
+    uniform = torch.tensor([True, False, True, False, False])
+    out = model(regions, objects, make_captions(LENGTHS), uniform=uniform)
+    weights = torch.linspace(-1.0, 2.0, len(LENGTHS))  # not a plain sum: batch norm cancels that
+    (out.score * weights).sum().add(model.regularization()).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.startswith("words.") for n, _ in trainable)  # the table is trainable here
+    for param_name, param in trainable:
+        assert param.grad is not None, f"{param_name}: no gradient"
+        assert torch.isfinite(param.grad).all(), f"{param_name}: non-finite gradient"
+        assert param.grad.abs().sum() > 0, f"{param_name}: zero gradient"
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_frozen_word_table_gets_no_gradient(name):
+    model, _ = tiny_model(name)  # text.trainable defaults to false
+    assert not model.words.table.weight.requires_grad
+    assert all(not n.startswith("words.") for n, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_regularization_is_delta_times_squared_weight_norm(name):
+    model, config = tiny_model(name, "text.trainable=true")
+    reg = model.regularization()
+    expected = sum(p.pow(2).sum() for n, p in model.named_parameters()
+                   if p.dim() >= 2 and not n.startswith("words."))
+    if name == "bssan_no_reg":
+        assert config.model.reg_weight == 0.0
+        assert reg.item() == 0.0
+    else:
+        assert config.model.reg_weight == pytest.approx(0.01)
+        torch.testing.assert_close(reg, config.model.reg_weight * expected)
+        assert reg.item() > 0
+    # biases, norms and the word table are not regularised
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() < 2 or n.startswith("words."):
+                p.add_(3.0)
+    torch.testing.assert_close(model.regularization(), reg)
+
+
+# -- attention maps -------------------------------------------------------------------------------
+
+W2R_VARIANTS = [n for n in VARIANTS if "w2r" in branches_of(n)]
+O2W_VARIANTS = [n for n in VARIANTS if "o2w" in branches_of(n)]
+
+
+def real_mask(captions: Captions) -> torch.Tensor:
+    return torch.arange(captions.ids.shape[1])[None, :] < captions.lengths[:, None]  # (B, L)
+
+
+@pytest.mark.parametrize("name", W2R_VARIANTS)
+def test_w2r_attention_is_a_distribution_over_regions_for_real_words(name):
+    model, _ = tiny_model(name)
+    model.eval()
+    captions = make_captions(LENGTHS, width=7)  # padding after every caption
+    regions, objects = make_images(len(LENGTHS))
+    alpha = model(regions, objects, captions, return_attention=True).attention["w2r"]
+    assert alpha.shape == (len(LENGTHS), 7, D)
+    real = real_mask(captions)
+    torch.testing.assert_close(alpha.sum(-1)[real], torch.ones(int(real.sum())))
+    assert (alpha >= 0).all()
+    assert (alpha[~real] == 0).all()  # exactly zero for padding words
+    # eq. 1-2 computed by hand: alpha_k = softmax_j tanh(t_k^T W r_j + b)
+    branch = model.branches["w2r"]
+    words = model.words(captions)
+    manual = torch.softmax(torch.tanh(words @ branch.bilinear @ regions.transpose(1, 2) + branch.bias), -1)
+    torch.testing.assert_close(alpha[real], manual[real])
+
+
+@pytest.mark.parametrize("name", O2W_VARIANTS)
+def test_o2w_attention_is_a_distribution_over_real_words(name):
+    model, _ = tiny_model(name)
+    model.eval()
+    captions = make_captions(LENGTHS, width=7)
+    regions, objects = make_images(len(LENGTHS))
+    beta = model(regions, objects, captions, return_attention=True).attention["o2w"]
+    assert beta.shape == (len(LENGTHS), P, 7)
+    real = real_mask(captions)[:, None, :].expand_as(beta)
+    torch.testing.assert_close(beta.sum(-1), torch.ones(len(LENGTHS), P))
+    assert (beta[~real] == 0).all()  # exactly zero weight on padding
+    assert (beta[real] > 0).all()
+    # eq. 10-11 by hand over the real words only
+    branch = model.branches["o2w"]
+    with torch.no_grad():
+        states = branch.encode_words(model.words(captions), captions.lengths)
+    for b, n in enumerate(LENGTHS):
+        logits = torch.tanh(objects[b] @ branch.bilinear @ states[b, :n].t() + branch.bias)  # (P, n)
+        torch.testing.assert_close(beta[b, :, :n], torch.softmax(logits, -1))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_extra_padding_does_not_change_the_score(name):
+    model, _ = tiny_model(name)
+    model.eval()
+    regions, objects = make_images(len(LENGTHS))
+    tight = make_captions(LENGTHS)
+    padded = Captions(torch.cat([tight.ids, torch.zeros(len(LENGTHS), 6, dtype=torch.long)], 1), tight.lengths)
+    with torch.no_grad():
+        a = model(regions, objects, tight).score
+        b = model(regions, objects, padded).score
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_eq8_uniform_attention_on_marked_pairs_in_training(name):
+    model, config = tiny_model(name)
+    model.train()
+    captions = make_captions(LENGTHS, width=6)
+    regions, objects = make_images(len(LENGTHS))
+    uniform = torch.tensor([True, False, True, False, True])
+    with torch.no_grad():
+        att = model(regions, objects, captions, uniform=uniform, return_attention=True).attention
+        soft = model(regions, objects, captions, return_attention=True).attention
+    real = real_mask(captions)
+    if "w2r" in config.model.branches:
+        alpha = att["w2r"]
+        for b in range(len(LENGTHS)):
+            n = LENGTHS[b]
+            if uniform[b]:
+                assert (alpha[b, :n] == 1.0 / D).all()  # exactly 1/D per region
+            else:
+                torch.testing.assert_close(alpha[b], soft["w2r"][b])  # the softmax
+                assert not torch.allclose(alpha[b, :n], torch.full((n, D), 1.0 / D))
+            assert (alpha[b][~real[b]] == 0).all()
+    if "o2w" in config.model.branches:
+        beta = att["o2w"]
+        for b in range(len(LENGTHS)):
+            n = LENGTHS[b]
+            if uniform[b]:
+                assert (beta[b, :, :n] == 1.0 / n).all()  # exactly 1/len over the real words
+            else:
+                torch.testing.assert_close(beta[b], soft["o2w"][b])
+                if n > 1:
+                    assert not torch.allclose(beta[b, :, :n], torch.full((P, n), 1.0 / n))
+            assert (beta[b, :, n:] == 0).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_eq8_uniform_is_ignored_in_eval_mode(name):
+    model, _ = tiny_model(name)
+    model.eval()
+    captions = make_captions(LENGTHS)
+    regions, objects = make_images(len(LENGTHS))
+    with torch.no_grad():
+        marked = model(regions, objects, captions, uniform=torch.ones(len(LENGTHS), dtype=torch.bool),
+                       return_attention=True)
+        plain = model(regions, objects, captions, return_attention=True)
+    torch.testing.assert_close(marked.score, plain.score, rtol=0, atol=0)
+    for key in plain.attention:
+        torch.testing.assert_close(marked.attention[key], plain.attention[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_softmax_negative_attention_ignores_uniform_in_training(name):
+    model, _ = tiny_model(name, "model.negative_attention=softmax")
+    model.train()
+    captions = make_captions(LENGTHS)
+    regions, objects = make_images(len(LENGTHS))
+    with torch.no_grad():
+        marked = model(regions, objects, captions, uniform=torch.ones(len(LENGTHS), dtype=torch.bool),
+                       return_attention=True)
+        plain = model(regions, objects, captions, return_attention=True)
+    torch.testing.assert_close(marked.score, plain.score, rtol=0, atol=0)
+    for key in plain.attention:
+        torch.testing.assert_close(marked.attention[key], plain.attention[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_uniform_changes_the_training_score(name):
+    """The converse of the two tests above: eq. 8 must actually act in training with 'uniform'."""
+    model, _ = tiny_model(name)
+    model.train()
+    captions = make_captions(LENGTHS)
+    regions, objects = make_images(len(LENGTHS))
+    with torch.no_grad():
+        marked = model(regions, objects, captions, uniform=torch.ones(len(LENGTHS), dtype=torch.bool))
+        plain = model(regions, objects, captions)
+    assert not torch.allclose(marked.score, plain.score)
+
+
+def test_cli_models_lists_every_variant(capsys):
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    listed = [line.split()[0] for line in lines]
+    assert sorted(listed) == sorted(VARIANTS)
+    assert any("branches=['w2r']" in line for line in lines if line.startswith("bssan_w2r"))
