@@ -68,7 +68,7 @@ def main() -> None:
     backbone = build_backbone(settings)
     images = [load_image(args.data / "images" / n) for n in names]
     pixels = torch.stack([image_tensor(im, args.image_size) for im in images])  # (B, 3, S, S)
-    fmaps = backbone.features(pixels)  # (B, C, h, w)
+    fmaps = backbone.feature_map(pixels)  # (B, C, h, w)
 
     fig, axes = plt.subplots(len(args.methods), len(names), figsize=(2.4 * len(names), 2.6 * len(args.methods)))
     axes = axes.reshape(len(args.methods), len(names))

@@ -10,8 +10,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 
-# two cores on CI: keep torch from oversubscribing when pytest runs alongside other work
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread: tests use tiny tensors, where 2 threads on a shared 2-core machine ran 15-20x slower
+torch.set_num_threads(1)
 
 
 @pytest.fixture

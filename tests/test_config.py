@@ -12,6 +12,7 @@ from itm.config import CONFIG_DIR, Config, apply_overrides, load_config, parse_o
 from itm.errors import ConfigError
 
 NAMED = ["bssan_cpu", "bssan_paper"]
+ALL_NAMED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))  # every shipped config, new ones included
 
 
 def leaves(raw: dict, prefix: str = ""):
@@ -29,7 +30,11 @@ def lookup(config: Config, dotted: str):
     return node
 
 
-@pytest.mark.parametrize("name", NAMED)
+def test_the_two_reference_configs_ship():
+    assert set(NAMED) <= set(ALL_NAMED)
+
+
+@pytest.mark.parametrize("name", ALL_NAMED)
 def test_named_config_loads_and_every_yaml_value_lands(name):
     config = load_config(name)
     raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
@@ -38,16 +43,21 @@ def test_named_config_loads_and_every_yaml_value_lands(name):
     assert load_config(CONFIG_DIR / f"{name}.yaml") == config  # by path too
 
 
-def test_named_config_values():
-    cpu, paper = load_config("bssan_cpu"), load_config("bssan_paper")
-    assert (cpu.model.w2r_hidden, cpu.model.w2r_mlp, cpu.train.epochs) == (128, [64, 16], 12)
-    assert cpu.features.backbone == "efficientnet_lite0" and cpu.train.max_minutes == 40.0
-    assert (paper.model.w2r_hidden, paper.model.o2w_hidden, paper.model.w2r_mlp) == (1024, 512, [512, 128])
-    assert paper.features.backbone == "vgg19" and paper.train.epochs == 30
-    for config in (cpu, paper):  # the paper's objective in both
-        assert (config.model.o2w_weight, config.model.reg_weight) == (0.6, 0.01)
-        assert config.model.negative_attention == "uniform" and config.train.loss == "pairwise_hinge"
-        assert config.model.branches == ["w2r", "o2w"]
+def test_paper_config_has_the_papers_settings():
+    config = load_config("bssan_paper")  # Table I and section V-B
+    assert (config.model.w2r_hidden, config.model.w2r_mlp) == (1024, [512, 128])
+    assert (config.model.o2w_hidden, config.model.o2w_mlp) == (512, [512, 256, 64])
+    assert (config.features.backbone, config.features.num_objects, config.data.max_words) == ("vgg19", 10, 30)
+    assert (config.train.optimizer, config.train.lr, config.train.momentum) == ("sgd", 0.01, 0.9)
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_reference_configs_keep_the_papers_objective(name):
+    config = load_config(name)
+    assert (config.model.o2w_weight, config.model.reg_weight) == (0.6, 0.01)  # lambda, delta
+    assert config.model.negative_attention == "uniform" and config.train.loss == "pairwise_hinge"
+    assert config.model.name == "bssan" and config.model.branches == ["w2r", "o2w"]
+    assert config.model.w2r_hidden <= 1024 and config.model.o2w_hidden <= 512
 
 
 @pytest.mark.parametrize("text,key,value", [

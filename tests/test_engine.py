@@ -16,7 +16,8 @@ import torch
 
 from itm.config import load_config
 from itm.data.types import Captions, ImageFeatures
-from itm.evaluation.engine import plan_tiles, score_all_pairs, score_pairs_naive
+from itm.evaluation import engine
+from itm.evaluation.engine import TilePlan, plan_tiles, score_all_pairs, score_pairs_naive
 from itm.evaluation.evaluate import JSON_KEYS, evaluate_model
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models import MODELS
@@ -32,8 +33,11 @@ TINY = ["model.w2r_hidden=8", "model.w2r_mlp=[6]", "model.o2w_hidden=5", "model.
 N_IMAGES = 5
 LENGTHS = [4, 1, 7, 3, 7, 2, 5, 3, 6]  # unsorted, ties, a single word; 9 captions
 OWNER = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3])  # images 0-3 own two captions, image 4 one
-# (memory budget MB, caption tile): 0 MB forces one image per chunk and per tile
-TILINGS = [(0, 1), (0, 4), (1, 2), (1, 512), (1024, 3), (1024, 512)]
+# (memory budget MB, caption tile): 0 MB forces one image per chunk and per tile; the fractional
+# budgets give chunks smaller than the 5 images and image tiles smaller than a chunk (ragged ends)
+TILINGS = [(0, 1), (0, 4), (0.005, 2), (0.02, 1), (0.05, 2), (0.05, 4), (1, 3), (1024, 512)]
+# (images per prepared chunk, captions per tile, images per tile), forced
+PLANS = [(1, 1, 1), (2, 3, 1), (3, 2, 2), (5, 4, 3), (4, 9, 4), (5, 9, 5), (5, 2, 2)]
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +88,7 @@ def make_data(lengths=LENGTHS, n_images=N_IMAGES, seed=0, vectors=False):
     return features, Captions(ids, lengths_t, vecs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name: str, source: str = "glove"):
     """(model, features, captions, naive scores (n_images, n_captions)) for one variant."""
     model, _ = tiny_model(name, f"text.source={source}")
@@ -102,6 +106,25 @@ def test_all_pairs_equal_one_pair_at_a_time(name, budget, tile):
     assert scores.shape == (N_IMAGES, len(LENGTHS))
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, naive, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=[f"chunk{c}-cap{t}-img{i}" for c, t, i in PLANS])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_all_pairs_exact_under_forced_tile_plans(name, plan, monkeypatch):
+    model, features, captions, naive = reference(name)
+    monkeypatch.setattr(engine, "plan_tiles", lambda *args, **kwargs: TilePlan(*plan))
+    scores = score_all_pairs(model, features, captions)
+    np.testing.assert_allclose(scores, naive, rtol=1e-4, atol=1e-4)
+
+
+def test_tilings_cover_partial_chunks_and_tiles():
+    """Guard for the tests above: the budgets really produce ragged chunks and sub-chunk tiles."""
+    model, features, captions, _ = reference("bssan")
+    plans = [plan_tiles(model, features, captions, b, t) for b, t in TILINGS]
+    assert any(1 < p.image_chunk < N_IMAGES for p in plans)
+    assert any(1 < p.image_tile < p.image_chunk for p in plans)
+    assert any(p.image_tile == 1 and p.caption_tile == 1 for p in plans)
+    assert any(N_IMAGES % p.image_tile and p.image_chunk == N_IMAGES for p in plans)
 
 
 def test_precomputed_word_vectors_path_is_exact():

@@ -49,9 +49,9 @@ def _per_item_bytes(state: State) -> int:
 
 
 def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
-               memory_budget_mb: int = 1024, caption_tile: int = 512) -> TilePlan:
+               memory_budget_mb: float = 1024, caption_tile: int = 512) -> TilePlan:
     """Tile sizes that keep prepared states and one tile's per-pair tensors within the budget."""
-    budget = memory_budget_mb * 2**20
+    budget = int(memory_budget_mb * 2**20)  # fractional megabytes allowed (tiny budgets in tests)
     probe_images = model.prepare_images(features.regions[:1], features.objects[:1])
     image_bytes = _per_item_bytes(probe_images)
     image_chunk = max(1, min(len(features), (budget // 2) // max(image_bytes, 1)))
@@ -64,7 +64,7 @@ def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
 
 @torch.inference_mode()
 def score_all_pairs(model: Matcher, features: ImageFeatures, captions: Captions,
-                    memory_budget_mb: int = 1024, caption_tile: int = 512,
+                    memory_budget_mb: float = 1024, caption_tile: int = 512,
                     progress: bool = False) -> np.ndarray:
     """Scores of every image x caption pair, (n_images, n_captions) float32, exact."""
     with eval_mode(model):

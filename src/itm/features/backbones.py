@@ -2,7 +2,7 @@
 
 Each entry of ``BACKBONES`` builds a ``Backbone`` from a FeatureConfig. Every backbone exposes
 ``channels``, ``stride``, ``weights_tag`` (identifies the weights in the feature cache name),
-``normalize(x0_255)`` and ``forward(x)``; ``features(x0_255)`` does both under inference mode.
+``normalize(x0_255)`` and ``forward(x)``; ``feature_map(x0_255)`` does both under inference mode.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Backbone(nn.Module):
         return (x - mean) / std
 
     @torch.inference_mode()
-    def features(self, x0_255: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x0_255: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) pixels in 0..255 -> (B, C, S/stride, S/stride)."""
         return self(self.normalize(x0_255))
 

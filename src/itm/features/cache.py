@@ -35,9 +35,19 @@ FORMAT_VERSION = 1  # bump when what a chunk holds or how features are computed 
 FLOAT16_MAX = 65504.0
 
 
+def cache_home() -> Path:
+    """itm's cache folder: $ITM_CACHE, else ~/.cache/itm (features, caption vectors, ... below it)."""
+    return Path(os.environ.get("ITM_CACHE") or "~/.cache/itm").expanduser()
+
+
 def default_cache_root() -> Path:
-    """$ITM_CACHE, else ~/.cache/itm/features."""
-    return Path(os.environ.get("ITM_CACHE") or "~/.cache/itm/features").expanduser()
+    """Where image features go by default: ``cache_home() / "features"`` (~/.cache/itm/features)."""
+    return cache_home() / "features"
+
+
+def content_key(data: bytes) -> str:
+    """The cache key of an image: sha1 of its file bytes (same photo, same key, wherever it lives)."""
+    return hashlib.sha1(data).hexdigest()
 
 
 def settings_hash(settings: dict) -> str:
@@ -47,7 +57,7 @@ def settings_hash(settings: dict) -> str:
 
 def cache_folder_name(settings: dict) -> str:
     """Readable name + hash, e.g. ``efficientnet_lite0-224px-activation-p10-3f9c0a1b2d``."""
-    proposals = str(settings["proposals"]).split("-")[0]
+    proposals = str(settings["proposals_tag"]).split("-")[0]
     readable = f"{settings['backbone']}-{settings['image_size']}px-{proposals}-p{settings['num_objects']}"
     return f"{readable}-{settings_hash(settings)}"
 

@@ -1,14 +1,16 @@
 """Extract image features once into the cache: the region grid (W2R) and pooled objects (O2W).
 
-``extract_features(dataset, settings)`` reads each image file once (its sha1 is the cache key),
-runs only the images not cached yet, writes whole chunks atomically, and returns features aligned
-with the dataset. A killed run resumes where its last whole chunk ended and ends with the same arrays.
+``extract_features(dataset, settings)`` hashes each image file (its sha1 is the cache key), runs
+only the images the cache lacks, writes whole chunks atomically (see ``itm.features.cache``) and
+returns features aligned with the dataset. A killed run resumes after its last whole chunk and ends
+with the same arrays as an uninterrupted one: the images still missing are cut into the same chunks
+and batches as before, so every image is computed in an identical batch.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,63 +18,76 @@ import torch
 from tqdm.auto import tqdm
 
 from itm.config import FeatureConfig
-from itm.data.types import Dataset, ImageFeatures
+from itm.data.types import Dataset, ImageFeatures, ImageRecord
 from itm.errors import DataError
-from itm.features.backbones import build_backbone
-from itm.features.cache import FORMAT_VERSION, FeatureCache, cache_home, content_key
+from itm.features.backbones import Backbone, build_backbone
+from itm.features.cache import FORMAT_VERSION, FeatureCache, content_key, default_cache_root
 from itm.features.images import decode_image, image_tensor, original_size
-from itm.features.proposals import ProposalInput, build_proposals
+from itm.features.proposals import ProposalInput, ProposalMethod, build_proposals
 from itm.features.roi import roi_align
 
-ROI_OUTPUT = 3  # RoIAlign bins per side; the bins are averaged into one vector per object
+ROI_OUTPUT = 3  # RoIAlign bins per side; the 3x3 bins are averaged into one vector per object
 CHUNK_SIZE = 256
 
 
 @dataclass
 class ExtractionReport:
-    images: int = 0
-    extracted: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+    """What one ``extract_features`` call did."""
+
+    images: int = 0  # in the input dataset
+    extracted: int = 0  # computed by this call
+    cached: int = 0  # found in the cache (including duplicates of a photo computed now)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (filename, reason)
+    seconds: float = 0.0  # wall time of the whole call
+    decode_seconds: float = 0.0  # reading + decoding + resizing the images
+    grid_seconds: float = 0.0  # backbone forward passes (the region grid)
+    object_seconds: float = 0.0  # proposals + RoIAlign pooling
     cache_dir: str = ""
     cache_bytes: int = 0
 
     @property
     def seconds_per_image(self) -> float:
+        """Wall seconds per image extracted by this call (0 when everything was cached)."""
         return self.seconds / self.extracted if self.extracted else 0.0
 
+    def summary(self) -> str:
+        """One paragraph for the command line."""
+        rate = (f"{self.extracted} extracted now in {self.seconds:.0f} s ({1000 * self.seconds_per_image:.0f} ms/image: "
+                f"decode {1000 * self.decode_seconds / self.extracted:.0f}, grid {1000 * self.grid_seconds / self.extracted:.0f}, "
+                f"objects {1000 * self.object_seconds / self.extracted:.0f})" if self.extracted else "0 extracted now")
+        skipped = "; ".join(f"{name} ({reason})" for name, reason in self.skipped[:5])
+        more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+        return (f"{self.images} images: {rate}, {self.cached} already cached, {len(self.skipped)} skipped"
+                f"{': ' + skipped + more if self.skipped else ''}. Cache {self.cache_dir}: "
+                f"{self.cache_bytes / 2**20:.1f} MiB ({self.cache_bytes / max(self.images - len(self.skipped), 1) / 1024:.0f} KiB/image).")
 
-def extractor_settings(settings: FeatureConfig, backbone, proposals) -> dict:
-    """Everything that changes the arrays: it names the cache folder and travels with checkpoints."""
-    return {"format_version": FORMAT_VERSION, "backbone": settings.backbone, "image_size": settings.image_size,
-            "weights": settings.weights, "weights_tag": backbone.weights_tag, "proposals": settings.proposals,
-            "proposals_tag": proposals.tag, "num_objects": settings.num_objects, "roi_output": ROI_OUTPUT}
+
+def extractor_settings(settings: FeatureConfig, backbone: Backbone, proposals: ProposalMethod) -> dict:
+    """Everything that changes the arrays (it names the cache folder); the FeatureConfig fields are
+    kept under their own names so that ``FeatureConfig(**known keys)`` rebuilds the settings."""
+    return {
+        "format": FORMAT_VERSION, "backbone": settings.backbone, "image_size": settings.image_size,
+        "weights_tag": backbone.weights_tag, "proposals_tag": proposals.tag,
+        "num_objects": settings.num_objects, "roi_output": ROI_OUTPUT,
+    }
 
 
-def read_bytes(path: Path | None, filename: str) -> bytes:
-    if path is None:
-        raise DataError(f"image {filename}: no file path")
+def read_image_bytes(record: ImageRecord) -> bytes:
+    """The file's bytes; DataError naming it when absent or unreadable."""
+    if record.path is None:
+        raise DataError(f"{record.filename}: no image file (a precomputed-features dataset?)")
     try:
-        return Path(path).read_bytes()
+        return Path(record.path).read_bytes()
     except FileNotFoundError:
-        raise DataError(f"image {path}: no such file") from None
+        raise DataError(f"{record.path}: image file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{record.path}: is a folder, not an image file") from None
     except OSError as exc:
-        raise DataError(f"image {path}: cannot be read ({exc.strerror})") from None
-
-
-def precomputed_features(dataset: Dataset, settings: FeatureConfig) -> ImageFeatures:
-    """SCAN precomp arrays: all R regions for W2R, the first P as O2W objects."""
-    array = dataset.precomputed
-    if array is None or array.ndim != 3:
-        shape = None if array is None else array.shape
-        raise DataError(f"precomputed features of {dataset.root}: expected (N, R, d), got shape {shape}")
-    regions = torch.from_numpy(np.asarray(array, dtype=np.float16))  # (N, R, d)
-    p = min(settings.num_objects, regions.shape[1])
-    return ImageFeatures(regions, regions[:, :p], None, None, {"precomp": str(dataset.root), "num_objects": p})
+        raise DataError(f"{record.path}: cannot read image file ({exc.strerror})") from None
 
 
 class Extractor:
-    """Backbone + proposals + RoIAlign for one settings object."""
+    """Backbone + proposals + RoIAlign for one FeatureConfig."""
 
     def __init__(self, settings: FeatureConfig):
         self.settings = settings
@@ -81,106 +96,186 @@ class Extractor:
         self.info = extractor_settings(settings, self.backbone, self.proposals)
 
     @torch.inference_mode()
-    def run(self, images: list, sizes: list[tuple[int, int]], filenames: list[str]):
-        """PIL images -> (grid (B, D, C), objects (B, P, C), boxes (B, P, 4)) numpy arrays."""
-        s = self.settings.image_size
-        pixels = torch.stack([image_tensor(img, s) for img in images])  # (B, 3, S, S)
-        fmap = self.backbone.features(pixels)  # (B, C, h, w)
-        b, c, h, w = fmap.shape
-        grid = fmap.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (B, D, C), row-major over the grid
-        boxes = torch.stack([self.proposals.propose(ProposalInput(fmap[i], sizes[i], filenames[i]),
-                                                    self.settings.num_objects) for i in range(b)])  # (B, P, 4)
-        scale = torch.tensor([[s / sz[0], s / sz[1], s / sz[0], s / sz[1]] for sz in sizes])  # to input pixels
-        rois = torch.cat([torch.full((b, boxes.shape[1], 1), 0.0) + torch.arange(b)[:, None, None],
-                          boxes * scale[:, None, :]], dim=-1).view(-1, 5)  # (B*P, 5)
-        pooled = roi_align(fmap, rois, ROI_OUTPUT, 1.0 / self.backbone.stride)  # (B*P, C, 3, 3)
-        objects = pooled.mean(dim=(2, 3)).view(b, -1, c)  # (B, P, C)
-        return grid.numpy(), objects.numpy(), boxes.numpy()
+    def grid(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) pixels in 0..255 -> (B, C, h, w) activation map."""
+        return self.backbone.feature_map(pixels)
+
+    @torch.inference_mode()
+    def objects(self, fmap: torch.Tensor, sizes: list[tuple[int, int]], filenames: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, h, w) map -> (B, P, C) pooled object vectors and (B, P, 4) boxes in original pixels."""
+        p = self.settings.num_objects
+        boxes = torch.stack([
+            self.proposals.propose(ProposalInput(fmap[i], sizes[i], filenames[i]), p) for i in range(fmap.shape[0])
+        ])  # (B, P, 4)
+        return pool_objects(fmap, boxes, sizes, self.settings.image_size), boxes
 
 
-def extract_features(dataset: Dataset, settings: FeatureConfig, cache_root: str | Path | None = None,
-                     batch_size: int = 16, skip_bad: bool = False, progress: bool = True,
-                     chunk_size: int = CHUNK_SIZE) -> tuple[ImageFeatures, Dataset, ExtractionReport]:
-    """Features for every image of ``dataset`` (extracting what the cache lacks).
+def pool_objects(fmap: torch.Tensor, boxes: torch.Tensor, sizes: list[tuple[int, int]], image_size: int) -> torch.Tensor:
+    """RoIAlign (3x3, averaged) of (B, C, h, w) over (B, P, 4) original-pixel boxes -> (B, P, C)."""
+    b, c, h, _ = fmap.shape
+    p = boxes.shape[1]
+    # the map covers the S x S resized image: map original pixels into it per axis
+    to_input = torch.tensor([[image_size / w, image_size / hh] * 2 for w, hh in sizes], dtype=torch.float32)  # (B, 4)
+    index = torch.arange(b, dtype=torch.float32).repeat_interleave(p)[:, None]  # (B*P, 1)
+    rois = torch.cat([index, (boxes * to_input[:, None, :]).reshape(b * p, 4)], dim=1)  # (B*P, 5)
+    pooled = roi_align(fmap, rois, ROI_OUTPUT, spatial_scale=h / image_size, sampling_ratio=2)  # (B*P, C, 3, 3)
+    return pooled.mean(dim=(2, 3)).view(b, p, c)  # (B, P, C)
 
-    Returns the features, the dataset they align with (the input minus skipped images) and a report.
-    Without ``skip_bad`` the first unreadable image raises DataError; chunks already written stay."""
-    if dataset.precomputed is not None:
-        return precomputed_features(dataset, settings), dataset, ExtractionReport(images=len(dataset))
-    started = time.time()
-    extractor = Extractor(settings)
-    cache = FeatureCache(cache_root or cache_home() / "features", extractor.info)
-    report = ExtractionReport(images=len(dataset), cache_dir=str(cache.dir))
 
+def precomputed_features(dataset: Dataset, settings: FeatureConfig) -> ImageFeatures:
+    """SCAN precomp: all R rows as regions (W2R), the first P rows as objects (O2W), no boxes."""
+    array = dataset.precomputed
+    if array is None or array.ndim != 3 or array.shape[0] != len(dataset):
+        shape = None if array is None else tuple(array.shape)
+        raise DataError(f"{dataset.root}: precomputed features must be (images={len(dataset)}, regions, dim), got {shape}")
+    regions = torch.from_numpy(np.asarray(array, dtype=np.float16))  # (N, R, d)
+    p = min(settings.num_objects, regions.shape[1])
+    info = {"format": FORMAT_VERSION, "precomputed": str(dataset.root), "num_objects": p}
+    return ImageFeatures(regions, regions[:, :p], None, None, info)
+
+
+def _hash_all(dataset: Dataset, skip_bad: bool, skipped: list[tuple[str, str]]) -> list[str | None]:
+    """sha1 of every image file (None for skipped ones): cheap next to decoding, and content-addressed."""
     keys: list[str | None] = []
-    for record in dataset.images:  # hashing every file is cheap and makes the cache content-addressed
+    for record in dataset.images:
         try:
-            keys.append(content_key(read_bytes(record.path, record.filename)))
+            keys.append(content_key(read_image_bytes(record)))
         except DataError as exc:
             if not skip_bad:
                 raise
-            report.skipped.append((record.filename, str(exc)))
+            skipped.append((record.filename, str(exc)))
             keys.append(None)
-    todo = [i for i, k in enumerate(keys) if k is not None and k not in cache.index]
-    buffer: dict[str, list] = {"keys": [], "names": [], "grid": [], "objects": [], "boxes": []}
+    return keys
 
-    def flush() -> None:
-        if buffer["keys"]:
-            cache.write_chunk(buffer["keys"], buffer["names"], np.concatenate(buffer["grid"]),
-                              np.concatenate(buffer["objects"]), np.concatenate(buffer["boxes"]))
-            for value in buffer.values():
-                value.clear()
 
-    bar = tqdm(total=len(todo), desc="extracting features", unit="img", disable=not progress or not todo)
-    seen_now: set[str] = set()
-    try:
-        for start in range(0, len(todo), batch_size):
-            batch_images, sizes, names, batch_keys = [], [], [], []
-            for i in todo[start : start + batch_size]:
-                record, key = dataset.images[i], keys[i]
-                if key in seen_now:  # the same photo twice in one dataset
-                    continue
-                try:
-                    img = decode_image(read_bytes(record.path, record.filename), record.path)
-                except DataError as exc:
-                    if not skip_bad:
-                        raise
-                    report.skipped.append((record.filename, str(exc)))
-                    keys[i] = None
-                    continue
-                seen_now.add(key)
-                batch_images.append(img)
-                sizes.append(original_size(img))
-                names.append(record.filename)
-                batch_keys.append(key)
-            if batch_images:
-                grid, objects, boxes = extractor.run(batch_images, sizes, names)
-                buffer["keys"] += batch_keys
-                buffer["names"] += names
-                buffer["grid"].append(grid)
-                buffer["objects"].append(objects)
-                buffer["boxes"].append(boxes)
-                report.extracted += len(batch_images)
-                if len(buffer["keys"]) >= chunk_size:
-                    flush()
-            bar.update(len(todo[start : start + batch_size]))
-    finally:
-        flush()  # never lose finished work, even when a bad image stops the run
-        bar.close()
-    report.seconds = time.time() - started
+def _decode(record: ImageRecord, key: str, size: int):
+    """(pixels (3, S, S), original (W, H)) of one record whose bytes must still hash to ``key``."""
+    data = read_image_bytes(record)
+    if content_key(data) != key:
+        raise DataError(f"{record.path}: file changed while features were extracted; run again")
+    img = decode_image(data, record.path, min_size=size)
+    return image_tensor(img, size), original_size(img)
 
-    kept_rows = [i for i, k in enumerate(keys) if k is not None]
-    kept = Dataset(dataset.name, dataset.root, [dataset.images[i] for i in kept_rows])
-    if not kept_rows:
-        raise DataError(f"dataset {dataset.root}: no readable images")
-    regions, objects, boxes = cache.load([keys[i] for i in kept_rows])
-    side = settings.image_size // extractor.backbone.stride
-    features = ImageFeatures(regions, objects, boxes, (side, side), extractor.info)
+
+def _extract_chunk(extractor: Extractor, items: list[tuple[ImageRecord, str]], batch_size: int, skip_bad: bool,
+                   report: ExtractionReport, bad: set[str], bar) -> tuple[list[str], list[str], list[np.ndarray]]:
+    """Compute one chunk; bad images raise (or, with ``skip_bad``, go to ``bad`` and the report)."""
+    keys, names, grids, objects, boxes = [], [], [], [], []
+    size = extractor.settings.image_size
+    for start in range(0, len(items), batch_size):
+        pixels, sizes, batch = [], [], []
+        t0 = time.perf_counter()
+        for record, key in items[start : start + batch_size]:
+            try:
+                px, wh = _decode(record, key, size)
+            except DataError as exc:
+                if not skip_bad:
+                    raise
+                report.skipped.append((record.filename, str(exc)))
+                bad.add(key)
+                continue
+            pixels.append(px)
+            sizes.append(wh)
+            batch.append((record, key))
+        t1 = time.perf_counter()
+        if batch:
+            fmap = extractor.grid(torch.stack(pixels))  # (B, C, h, w)
+            t2 = time.perf_counter()
+            objs, bxs = extractor.objects(fmap, sizes, [r.filename for r, _ in batch])  # (B, P, C), (B, P, 4)
+            t3 = time.perf_counter()
+            report.grid_seconds += t2 - t1
+            report.object_seconds += t3 - t2
+            b, c, h, w = fmap.shape
+            grids.append(fmap.permute(0, 2, 3, 1).reshape(b, h * w, c).numpy())  # (B, D, C) row-major cells
+            objects.append(objs.numpy())
+            boxes.append(bxs.numpy())
+            keys += [k for _, k in batch]
+            names += [r.filename for r, _ in batch]
+            report.extracted += len(batch)
+        report.decode_seconds += t1 - t0
+        bar.update(len(items[start : start + batch_size]))
+    arrays = [np.concatenate(a) if a else np.zeros(0) for a in (grids, objects, boxes)]
+    return keys, names, arrays
+
+
+def extract_features(
+    dataset: Dataset,
+    settings: FeatureConfig,
+    cache_root: str | Path | None = None,
+    batch_size: int = 16,
+    skip_bad: bool = False,
+    progress: bool = True,
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[ImageFeatures, Dataset, ExtractionReport]:
+    """Features for every image of ``dataset``, extracting only what the cache lacks.
+
+    Returns (features aligned with the returned dataset, that dataset = the input minus images
+    skipped as bad, a report). Without ``skip_bad`` the first bad image raises DataError naming it;
+    chunks finished before it stay in the cache. ``cache_root``: default ``settings.cache_dir`` /
+    features, else ``default_cache_root()``. A dataset with ``precomputed`` features is returned as
+    is (no extraction).
+    """
+    started = time.perf_counter()
+    report = ExtractionReport(images=len(dataset))
+    if dataset.precomputed is not None:
+        return precomputed_features(dataset, settings), dataset, report
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
+    extractor = Extractor(settings)
+    if cache_root is None:
+        cache_root = Path(settings.cache_dir).expanduser() / "features" if settings.cache_dir else default_cache_root()
+    cache = FeatureCache.under(cache_root, extractor.info)
+    cache.remove_stale_temp()
+    report.cache_dir = str(cache.dir)
+
+    keys = _hash_all(dataset, skip_bad, report.skipped)
+    index = cache.index()
+    todo: dict[str, ImageRecord] = {}  # first record of each missing photo, in dataset order
+    for record, key in zip(dataset.images, keys, strict=True):
+        if key is not None and key not in index and key not in todo:
+            todo[key] = record
+    items = [(record, key) for key, record in todo.items()]
+    bad: set[str] = set()  # keys of files that could be read but not decoded
+    with tqdm(total=len(items), desc="image features", unit="img", disable=not progress or not items) as bar:
+        for start in range(0, len(items), chunk_size):
+            chunk_keys, names, (grid, objects, boxes) = _extract_chunk(
+                extractor, items[start : start + chunk_size], batch_size, skip_bad, report, bad, bar)
+            if chunk_keys:
+                h, w = _grid_shape(grid.shape[1], extractor)
+                cache.write_chunk(chunk_keys, names, grid, objects, boxes, (h, w))
+    rows = [i for i, k in enumerate(keys) if k is not None and k not in bad]
+    kept = Dataset(dataset.name, dataset.root, [dataset.images[i] for i in rows])
+    report.cached = len(rows) - report.extracted
+    report.seconds = time.perf_counter() - started
     report.cache_bytes = cache.size_bytes()
-    return features, kept, report
+    return _load(cache, [keys[i] for i in rows], extractor), kept, report
 
 
-def report_dict(report: ExtractionReport) -> dict:
-    out = asdict(report)
-    out["seconds_per_image"] = report.seconds_per_image
-    return out
+def _grid_shape(cells: int, extractor: Extractor) -> tuple[int, int]:
+    """(gh, gw) of the square map the backbone gives for square inputs."""
+    side = int(round(cells**0.5))
+    if side * side != cells:
+        raise ValueError(f"{extractor.settings.backbone}: a non-square map of {cells} cells")
+    return side, side
+
+
+def _load(cache: FeatureCache, keys: list[str], extractor: Extractor) -> ImageFeatures:
+    """ImageFeatures for ``keys`` (in order) read from the cache; empty tensors when there are none."""
+    if keys:
+        grid, objects, boxes, grid_shape = cache.read(keys)
+    else:  # every image was skipped: shapes from one blank forward pass
+        s = extractor.settings.image_size
+        fmap = extractor.grid(torch.zeros(1, 3, s, s))
+        c, h, w = fmap.shape[1:]
+        p = extractor.settings.num_objects
+        grid, objects = np.zeros((0, h * w, c), np.float16), np.zeros((0, p, c), np.float16)
+        boxes, grid_shape = np.zeros((0, p, 4), np.float32), (h, w)
+    info = {**extractor.info, **_config_fields(extractor.settings)}
+    return ImageFeatures(torch.from_numpy(grid), torch.from_numpy(objects), torch.from_numpy(boxes),
+                         (int(grid_shape[0]), int(grid_shape[1])), info)
+
+
+def _config_fields(settings: FeatureConfig) -> dict:
+    """The FeatureConfig values themselves (the weights path, the proposals spec), for checkpoints."""
+    return {"backbone": settings.backbone, "image_size": settings.image_size, "weights": settings.weights,
+            "proposals": settings.proposals, "num_objects": settings.num_objects}

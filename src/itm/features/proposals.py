@@ -123,7 +123,9 @@ class ActivationProposals(ProposalMethod):
     2. Each map is cut at each of ``levels``; every 8-connected component gives its bounding box.
     3. A box is scored by the energy it captures beyond a uniform spread: mass_in / mass - area_in /
        area (0 for the whole image, high for a tight box around a strong blob).
-    4. NMS at ``iou`` keeps distinct boxes; the top P are kept, padded with large windows if short.
+    4. Boxes grow by ``expand`` on every side (the thresholded blobs sit inside the object: crops
+       that cut it measured worse, see docs/features.md), then NMS at ``iou`` keeps distinct boxes;
+       the top P are kept, padded with large windows if there are fewer.
     """
 
     components: int = 3
@@ -136,7 +138,8 @@ class ActivationProposals(ProposalMethod):
     @property
     def tag(self) -> str:  # type: ignore[override]
         levels = "-".join(f"{v:g}" for v in self.levels)
-        return f"activation-c{self.components}-l{levels}-u{self.upsample}-i{self.iou:g}-a{self.min_area:g}"
+        return (f"activation-c{self.components}-l{levels}-u{self.upsample}-i{self.iou:g}"
+                f"-a{self.min_area:g}-e{self.expand:g}")
 
     def maps(self, fmap: torch.Tensor) -> np.ndarray:
         """(C, h, w) -> (M, H', W') maps in 0..1 at ``upsample`` x the map resolution; row 0 = energy.

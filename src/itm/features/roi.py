@@ -6,8 +6,9 @@ i.e. feature cell i covers input pixels [i / scale, (i + 1) / scale) and its cen
 (i + 0.5) / scale. Each output bin averages ``sampling_ratio`` x ``sampling_ratio`` bilinear samples
 taken at the centres of an even sub-grid; samples further than one cell outside the map count as 0.
 
-Bilinear sampling is separable and so is the in/out-of-map rule, so the whole operation is two
-batched matrix products: (oh, H) row weights @ (H, W) map @ (W, ow) column weights, per box.
+Bilinear sampling is separable and so is the in/out-of-map rule, so each output bin is a fixed
+weighted sum of map cells: (oh, H) row weights x (ow, W) column weights give a (oh*ow, H*W) matrix
+per box, applied to its image's (H*W, C) map with one matmul per image.
 """
 
 from __future__ import annotations
@@ -68,9 +69,16 @@ def roi_align(
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
     rows = _axis_weights(y1, roi_h, oh, sampling_ratio, h)  # (K, oh, H)
     cols = _axis_weights(x1, roi_w, ow, sampling_ratio, w)  # (K, ow, W)
-    per_box = feats[b[:, 0].long()]  # (K, C, H, W)
-    pooled = torch.matmul(rows[:, None], per_box)  # (K, C, oh, W)
-    out = torch.matmul(pooled, cols.transpose(1, 2)[:, None])  # (K, C, oh, ow)
+    k = boxes.shape[0]
+    weights = (rows[:, :, None, :, None] * cols[:, None, :, None, :]).reshape(k, oh * ow, h * w)  # (K, oh*ow, HW)
+    flat = feats.reshape(feats.shape[0], c, h * w)  # (B, C, HW)
+    batch = b[:, 0].long()
+    out = feats.new_empty(k, oh * ow, c)
+    # one small matmul per image rather than a (K, C, H, W) copy of the map for every box
+    for image in batch.unique().tolist():
+        sel = (batch == image).nonzero()[:, 0]
+        out[sel] = torch.matmul(weights[sel], flat[image].T)  # (k_i, oh*ow, C)
+    out = out.permute(0, 2, 1).reshape(k, c, oh, ow)  # (K, C, oh, ow)
     return out.to(features.dtype)
 
 

@@ -28,11 +28,15 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, flush to disk, then rename over ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a failed write (disk full, Ctrl-C) leaves the old file and no temp file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_model(config: Config, dims: InputDims, word_init: torch.Tensor | None = None) -> Matcher:

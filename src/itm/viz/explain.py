@@ -63,7 +63,11 @@ def pair_figures(explanation: PairExplanation, image: np.ndarray, features: Imag
     """W2R word panels and the O2W object chart, for whichever branches the model has."""
     figures = {}
     if "w2r" in explanation.attention:
-        figures["w2r"] = word_attention_figure(image, explanation.attention["w2r"], explanation.words,
+        att = explanation.attention["w2r"]  # (L, D)
+        # each panel is min-max scaled to be visible, so say how peaked the attention really is
+        labels = [f"{w}\npeak {row.max() * att.shape[1]:.1f}x uniform" for w, row in zip(explanation.words, att,
+                                                                                          strict=True)]
+        figures["w2r"] = word_attention_figure(image, att, labels,
                                                score=explanation.score, parts=explanation.parts,
                                                grid_shape=features.grid_shape, title=title or None)
     if "o2w" in explanation.attention and features.boxes is not None:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One reported Flickr8k experiment: train, then evaluate on the 1K test split.
+#   bash scripts/experiment.sh NAME CONFIG [--set key=value ...]
+# Writes runs/flickr8k/NAME/ (checkpoints, metrics.jsonl, logs) and results/flickr8k/NAME.json.
+# DATA (default ../shared/data/flickr8k) and OMP_NUM_THREADS (default 1, so two experiments can
+# share a 2-core machine without oversubscribing it) can be set in the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name=$1; config=$2; shift 2
+data=${DATA:-../shared/data/flickr8k}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+. .venv/bin/activate
+mkdir -p runs/flickr8k results/flickr8k
+itm train --config "$config" --data "$data" --out "runs/flickr8k/$name" --no-progress "$@" \
+  > "runs/flickr8k/$name.train.log" 2>&1
+itm eval --checkpoint "runs/flickr8k/$name" --data "$data" --split test \
+  --json "results/flickr8k/$name.json" --no-progress > "runs/flickr8k/$name.eval.log" 2>&1
+cat "runs/flickr8k/$name.eval.log"
