@@ -29,7 +29,7 @@ import torch
 from itm.config import FeatureConfig
 from itm.features.backbones import build_backbone
 from itm.features.cache import FeatureCache
-from itm.features.extract import pool_objects
+from itm.features.extract import pool_objects, single_thread
 from itm.features.images import image_tensor, load_image, original_size
 from itm.features.proposals import ActivationProposals, ProposalInput, build_proposals
 
@@ -94,10 +94,11 @@ def benchmark(args: argparse.Namespace) -> None:
         t_prop = t_pool = 0.0
         all_boxes, all_objects = [], []
         for (_, sizes), fmap, batch in zip(decoded, fmaps, batches, strict=True):
-            boxes, dt = timed(propose_batch, method, fmap, sizes, batch, args.num_objects)
-            t_prop += dt
-            objects, dt = timed(pool_objects, fmap, boxes, sizes, args.image_size)
-            t_pool += dt
+            with single_thread():  # as the extractor does
+                boxes, dt = timed(propose_batch, method, fmap, sizes, batch, args.num_objects)
+                t_prop += dt
+                objects, dt = timed(pool_objects, fmap, boxes, sizes, args.image_size)
+                t_pool += dt
             all_boxes.append(boxes)
             all_objects.append(objects)
         print(f"  objects: {method_name:<12} {1000 * (t_prop + t_pool) / n:5.1f} ms/image "

@@ -181,7 +181,15 @@ def write_karpathy(folder: Path, paths: list[Path]) -> None:
     (folder / "dataset_flickr8k.json").write_text(json.dumps({"images": entries}))
 
 
-def test_command_prints_summary(tmp_path, capsys):
+@pytest.fixture
+def keep_threads():
+    """The command sets torch's thread count: put it back for the tests that follow."""
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_command_prints_summary(tmp_path, capsys, keep_threads):
     paths = make_images(tmp_path / "src", 4)
     write_karpathy(tmp_path / "data", paths)
     (tmp_path / "data" / "images" / paths[0].name).write_bytes(b"")  # one bad image
@@ -196,7 +204,7 @@ def test_command_prints_summary(tmp_path, capsys):
     assert "img000.jpg: empty image file" in capsys.readouterr().err
 
 
-def test_command_vgg19_without_weights(tmp_path, capsys):
+def test_command_vgg19_without_weights(tmp_path, capsys, keep_threads):
     write_karpathy(tmp_path / "data", make_images(tmp_path / "src", 1))
     assert main(["features", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c"), "--backbone", "vgg19"]) == 2
     assert "VGG-19 weights are not shipped" in capsys.readouterr().err

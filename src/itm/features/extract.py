@@ -10,6 +10,7 @@ and batches as before, so every image is computed in an identical batch.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,10 +105,23 @@ class Extractor:
     def objects(self, fmap: torch.Tensor, sizes: list[tuple[int, int]], filenames: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, h, w) map -> (B, P, C) pooled object vectors and (B, P, 4) boxes in original pixels."""
         p = self.settings.num_objects
-        boxes = torch.stack([
-            self.proposals.propose(ProposalInput(fmap[i], sizes[i], filenames[i]), p) for i in range(fmap.shape[0])
-        ])  # (B, P, 4)
-        return pool_objects(fmap, boxes, sizes, self.settings.image_size), boxes
+        with single_thread():
+            boxes = torch.stack([
+                self.proposals.propose(ProposalInput(fmap[i], sizes[i], filenames[i]), p) for i in range(fmap.shape[0])
+            ])  # (B, P, 4)
+            return pool_objects(fmap, boxes, sizes, self.settings.image_size), boxes
+
+
+@contextmanager
+def single_thread():
+    """Run torch single-threaded for a while: proposals and pooling are many tiny ops, and on a busy
+    2-core machine a 2-thread pool made them ~50x slower (median) for its synchronisation alone."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def pool_objects(fmap: torch.Tensor, boxes: torch.Tensor, sizes: list[tuple[int, int]], image_size: int) -> torch.Tensor:

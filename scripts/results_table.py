@@ -1,0 +1,33 @@
+"""Print the markdown table of results/flickr8k/*.json (the `itm eval --json` files), with the
+training wall time from runs/flickr8k/NAME/summary.json when the run folder is present.
+
+    python scripts/results_table.py [results/flickr8k]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def row(name: str, metrics: dict, train_seconds: float | None, epochs: int | None) -> str:
+    cells = [f"{metrics[d][k]:.1f}" for d in ("i2t", "t2i") for k in ("r1", "r5", "r10")]
+    medr = f"{metrics['i2t']['medr']:.0f} / {metrics['t2i']['medr']:.0f}"
+    train = f"{train_seconds / 60:.1f} min, {epochs} ep" if train_seconds is not None else "-"
+    return (f"| {name} | {' / '.join(cells[:3])} | {' / '.join(cells[3:])} | {medr} | {metrics['rsum']:.1f} "
+            f"| {train} | {metrics['seconds']:.0f} s |")
+
+
+def main(folder: str = "results/flickr8k") -> None:
+    print("| run | i2t R@1 / 5 / 10 | t2i R@1 / 5 / 10 | medr i2t / t2i | rsum | training | test scoring |")
+    print("|---|---|---|---|---|---|---|")
+    for path in sorted(Path(folder).glob("*.json")):
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        summary_path = Path("runs/flickr8k") / path.stem / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        print(row(path.stem, metrics, summary.get("train_seconds"), summary.get("epochs")))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
