@@ -1,0 +1,52 @@
+"""Evidence for BSSAN's eq. 8 train/test mismatch: mean branch scores of matched and mismatched
+test pairs, with softmax attention (what test time uses) and with uniform attention (what eq. 8
+gives the negatives in training).
+
+    python scripts/diagnose_eq8.py --checkpoint runs/flickr8k/bssan --data ../shared/data/flickr8k
+
+If training learned "softmax attention -> high score, uniform -> low" instead of matching, the
+matched/softmax and mismatched/softmax rows are close and both far above the uniform rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from itm.data.load import load_dataset
+from itm.pipeline import feature_config, prepare_split
+from itm.training.checkpoint import load_checkpoint
+from itm.training.loop import batch_captions
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--pairs", type=int, default=1000)
+    args = parser.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    config = ckpt.config
+    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
+    test = prepare_split(load_dataset(args.data, "test"), config, ckpt.vocab, progress=False)
+    gen = torch.Generator().manual_seed(0)
+    caps = torch.randperm(len(test.captions), generator=gen)[: args.pairs]
+    owner = torch.as_tensor(test.caption_to_image)
+    matched = owner[caps]
+    mismatched = (matched + torch.randint(1, len(test.dataset), (len(caps),), generator=gen)) % len(test.dataset)
+    model = ckpt.model.eval()
+    captions = batch_captions(test.captions, caps)
+    with torch.inference_mode():
+        words = model.words(captions)
+        print(f"{'pairs':<12}{'attention':<11}" + "".join(f"{name:>10}" for name in model.branches))
+        for label, images in (("matched", matched), ("mismatched", mismatched)):
+            feats = {"w2r": test.features.regions[images].float(), "o2w": test.features.objects[images].float()}
+            for attention, uniform in (("softmax", None), ("uniform", torch.ones(len(caps), dtype=torch.bool))):
+                means = [branch(feats[name], words, captions.lengths, uniform)[0].mean().item()
+                         for name, branch in model.branches.items()]
+                print(f"{label:<12}{attention:<11}" + "".join(f"{m:>10.3f}" for m in means))
+
+
+if __name__ == "__main__":
+    main()
