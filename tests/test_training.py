@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -424,3 +425,17 @@ def test_cli_eval_json_has_the_documented_keys(cli_env, reference_run):
     recalls = [result[d][f"r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
     assert result["rsum"] == pytest.approx(sum(recalls))
     assert result["seconds"] >= 0
+
+
+@pytest.mark.slow
+def test_cli_resume_takes_train_overrides_only(cli_env, reference_run, tmp_path):
+    _, _, env = cli_env
+    run = tmp_path / "continued"
+    shutil.copytree(reference_run, run)
+    done_epochs = [r["epoch"] for r in metrics_lines(run)]
+    refused = itm(["train", "--resume", str(run), "--set", "model.w2r_hidden=4"], env)
+    assert refused.returncode == 2 and "only train.*" in refused.stderr
+    longer = itm(["train", "--resume", str(run), "--set", f"train.epochs={done_epochs[-1] + 1}",
+                  "--set", "train.patience=10", "--no-progress"], env)
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert [r["epoch"] for r in metrics_lines(run)] == [*done_epochs, done_epochs[-1] + 1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "train a model (BSSAN by default); --resume continues a killed run"
+HELP = "train a model (BSSAN by default); --resume continues a run (--set train.* may extend it)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,10 @@ def run(args: argparse.Namespace) -> int:
     from itm.training.run import train_run
 
     if args.resume:
-        train_run(None, None, args.resume, resume=True, progress=not args.no_progress)
+        if args.data or args.out:
+            raise ItmError("--resume takes its data and run folder from RUN_DIR: drop --data and --out")
+        train_run(None, None, args.resume, resume=True, progress=not args.no_progress,
+                  resume_overrides=args.overrides)
         return 0
     if not args.data or not args.out:
         raise ItmError("itm train needs --data DIR and --out RUN_DIR (or --resume RUN_DIR)")

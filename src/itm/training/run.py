@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from itm.config import Config, save_config
+from itm.config import Config, apply_overrides, save_config
 from itm.data.load import load_dataset
 from itm.errors import ItmError
 from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
@@ -30,21 +30,29 @@ def _start(config: Config, data_dir: Path, run_dir: Path) -> None:
     (run_dir / "run.json").write_text(json.dumps({"data": str(Path(data_dir).resolve())}), encoding="utf-8")
 
 
-def resume_inputs(run_dir: Path) -> tuple[Config, Path, dict[str, Any]]:
-    """The config, data folder and last checkpoint of an interrupted run."""
+def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Config, Path, dict[str, Any]]:
+    """The config, data folder and last checkpoint of an interrupted run. ``overrides`` may change
+    train.* values only (e.g. a longer budget); anything else would not match the saved weights."""
     payload = read_payload(run_dir / "last.pt")
     config = Config.from_dict(payload["config"], f"run {run_dir}")
+    for text in overrides or []:
+        if not text.strip().startswith("train."):
+            raise ItmError(f"--resume: only train.* values can change in a resumed run, not '{text}'")
+    if overrides:
+        config = apply_overrides(config, overrides)
+        payload["config"] = config.to_dict()
+        save_config(config, run_dir / "config.yaml")
     data_dir = Path(json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["data"])
     return config, data_dir, payload
 
 
-def train_run(config: Config, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
-              progress: bool = True, log=print) -> dict[str, Any]:
+def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
+              progress: bool = True, log=print, resume_overrides: list[str] | None = None) -> dict[str, Any]:
     """Train (or resume) a run; returns the summary also written to RUN_DIR/summary.json."""
     run_dir = Path(run_dir)
     payload = None
     if resume:
-        config, data_dir, payload = resume_inputs(run_dir)
+        config, data_dir, payload = resume_inputs(run_dir, resume_overrides)
         log(f"resuming {run_dir} at epoch {payload['loop']['epoch'] + 1}, step {payload['loop']['step']}")
     else:
         _start(config, Path(data_dir), run_dir)
