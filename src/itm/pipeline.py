@@ -57,9 +57,9 @@ def word_vectors(token_lists: list[list[str]], config: Config, progress: bool) -
     """Contextual word vectors (MiniLM) per caption when configured, else None (GloVe ids)."""
     if config.text.source != "minilm":
         return None
-    from itm.data.minilm import encode_cached
+    from itm.data.minilm import MiniLMWordEncoder
 
-    vectors, _ = encode_cached(token_lists, cache_root(config) / "minilm")
+    vectors, _ = MiniLMWordEncoder().encode_cached(token_lists, cache_root(config) / "minilm")
     return vectors
 
 
