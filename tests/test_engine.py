@@ -40,13 +40,6 @@ TILINGS = [(0, 1), (0, 4), (0.005, 2), (0.02, 1), (0.05, 2), (0.05, 4), (1, 3), 
 PLANS = [(1, 1, 1), (2, 3, 1), (3, 2, 2), (5, 4, 3), (4, 9, 4), (5, 9, 5), (5, 2, 2)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def randomise_non_weights(model: torch.nn.Module, seed: int = 0) -> None:
     """Non-trivial batch-norm statistics/affines and attention biases (defaults hide mistakes)."""

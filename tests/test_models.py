@@ -26,14 +26,6 @@ TINY = ["model.w2r_hidden=8", "model.w2r_mlp=[6]", "model.o2w_hidden=5", "model.
 LENGTHS = [3, 5, 1, 4, 2]  # varied, one single-word caption
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tiny ops only lose time to thread hand-offs on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(name: str, *overrides: str, seed: int = 0):
     config = load_config(None, [f"model.name={name}", *TINY, *overrides])

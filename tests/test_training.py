@@ -37,13 +37,6 @@ TINY = ["model.w2r_hidden=16", "model.w2r_mlp=[16]", "model.o2w_hidden=16", "mod
         "eval.memory_budget_mb=64"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256, n_val: int = 32):
     """A tiny BSSAN, its Trainer, and train/val splits of one synthetic problem (val held out)."""

@@ -23,7 +23,7 @@ from itm.data.types import Dataset, ImageFeatures, ImageRecord
 from itm.errors import DataError
 from itm.features.backbones import Backbone, build_backbone
 from itm.features.cache import FORMAT_VERSION, FeatureCache, content_key, default_cache_root
-from itm.features.images import decode_image, image_tensor, original_size
+from itm.features.images import decode_image, image_tensor, original_size, read_image_file
 from itm.features.proposals import ProposalInput, ProposalMethod, build_proposals
 from itm.features.roi import roi_align
 
@@ -77,14 +77,7 @@ def read_image_bytes(record: ImageRecord) -> bytes:
     """The file's bytes; DataError naming it when absent or unreadable."""
     if record.path is None:
         raise DataError(f"{record.filename}: no image file (a precomputed-features dataset?)")
-    try:
-        return Path(record.path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{record.path}: image file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{record.path}: is a folder, not an image file") from None
-    except OSError as exc:
-        raise DataError(f"{record.path}: cannot read image file ({exc.strerror})") from None
+    return read_image_file(record.path)
 
 
 class Extractor:

@@ -44,16 +44,20 @@ def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
     ``min_size``: JPEGs larger than needed are decoded at the coarsest DCT scale that keeps both
     sides >= min_size (much faster for big photos; the caller resizes anyway).
     """
+    return decode_image(read_image_file(path), path, min_size)
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The file's bytes; a one-line DataError naming it when absent or unreadable."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, not an image file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read image file ({exc.strerror})") from None
-    return decode_image(data, path, min_size)
 
 
 def decode_image(data: bytes, name: str | Path, min_size: int | None = None) -> Image.Image:
