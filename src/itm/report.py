@@ -29,7 +29,7 @@ class Report:
 def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
     """A markdown R@K table, one row per named result (e.g. the model and chance)."""
     head = "| | i2t R@1 | R@5 | R@10 | medr | t2i R@1 | R@5 | R@10 | medr | rsum |"
-    lines = [head, "|---" * 11 + "|"]
+    lines = [head, "|---" * 10 + "|"]
     for name, m in rows.items():
         cells = [f"{m[d][k]:.1f}" if k != "medr" else f"{m[d][k]:.0f}"
                  for d in ("i2t", "t2i") for k in ("r1", "r5", "r10", "medr")]
