@@ -225,24 +225,13 @@ def test_eq8_uniform_attention_on_marked_pairs_in_training(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_eq8_uniform_is_ignored_in_eval_mode(name):
-    model, _ = tiny_model(name)
-    model.eval()
-    captions = make_captions(LENGTHS)
-    regions, objects = make_images(len(LENGTHS))
-    with torch.no_grad():
-        marked = model(regions, objects, captions, uniform=torch.ones(len(LENGTHS), dtype=torch.bool),
-                       return_attention=True)
-        plain = model(regions, objects, captions, return_attention=True)
-    torch.testing.assert_close(marked.score, plain.score, rtol=0, atol=0)
-    for key in plain.attention:
-        torch.testing.assert_close(marked.attention[key], plain.attention[key], rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("name", VARIANTS)
-def test_softmax_negative_attention_ignores_uniform_in_training(name):
-    model, _ = tiny_model(name, "model.negative_attention=softmax")
-    model.train()
+@pytest.mark.parametrize("training, overrides", [
+    (False, []),  # eval mode: eq. 8 never applies at test time
+    (True, ["model.negative_attention=softmax"]),  # the alternative to eq. 8 in training
+], ids=["eval-mode", "softmax-negatives"])
+def test_uniform_mark_is_ignored(name, training, overrides):
+    model, _ = tiny_model(name, *overrides)
+    model.train(training)
     captions = make_captions(LENGTHS)
     regions, objects = make_images(len(LENGTHS))
     with torch.no_grad():
