@@ -74,7 +74,7 @@ def run_demo(data_dir: str | Path | None = None, out_dir: str | Path = "itm-demo
 
 def build_report(model_name: str, data_dir: Path, summary: dict[str, Any], metrics: dict, chance: dict,
                  test, scores: np.ndarray, ckpt, out_dir: Path) -> Report:
-    history = ckpt_history(out_dir / "run")
+    history = read_history(out_dir / "run")
     texts = [" ".join(tokens) for im in test.dataset.images for tokens in im.tokens]
     owner = test.caption_to_image
     paths = [im.path for im in test.dataset.images]
@@ -116,6 +116,6 @@ def build_report(model_name: str, data_dir: Path, summary: dict[str, Any], metri
     return report
 
 
-def ckpt_history(run_dir: Path) -> list[dict[str, Any]]:
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
