@@ -95,6 +95,9 @@ def siamese_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner
                for name, s in out.parts.items())
 
 
+IN_BATCH_PARAMETER = {"infonce": "temperature", "vse_hardest": "margin"}  # the TrainConfig field each reads
+
+
 def in_batch_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
                   cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """InfoNCE / VSE++ over the B x B block of the batch's images and captions."""
@@ -105,7 +108,7 @@ def in_batch_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owne
     caption_state = model.prepare_captions(batch_captions(split.captions, caps))
     parts = model.score_block(image_state, caption_state, uniform=~positives, parts=True)
     loss_fn = LOSSES.get(cfg.loss)
-    extra = cfg.temperature if cfg.loss == "infonce" else cfg.margin
+    extra = getattr(cfg, IN_BATCH_PARAMETER[cfg.loss])
     weights = model.branch_weights()
     return sum(weights[name] * loss_fn(s, positives, extra) for name, s in parts.items())
 
