@@ -6,6 +6,11 @@ gives the negatives in training).
 
 If training learned "softmax attention -> high score, uniform -> low" instead of matching, the
 matched/softmax and mismatched/softmax rows are close and both far above the uniform rows.
+
+It also prints how peaked the matched pairs' softmax attention is: the largest weight as a multiple
+of the uniform weight (1 = uniform), averaged over real words (W2R) or objects (O2W), and for O2W how
+much the objects' attention differs (mean over words of the std across objects; 0 = every object
+attends alike).
 """
 
 from __future__ import annotations
@@ -41,11 +46,23 @@ def main(argv: list[str] | None = None) -> None:
         words = model.words(captions)
         print(f"{'pairs':<12}{'attention':<11}" + "".join(f"{name:>10}" for name in model.branches))
         for label, images in (("matched", matched), ("mismatched", mismatched)):
-            feats = {"w2r": test.features.regions[images].float(), "o2w": test.features.objects[images].float()}
+            feats = model.visual_inputs(test.features.regions[images], test.features.objects[images])
             for attention, uniform in (("softmax", None), ("uniform", torch.ones(len(caps), dtype=torch.bool))):
                 means = [branch(feats[name], words, captions.lengths, uniform)[0].mean().item()
                          for name, branch in model.branches.items()]
                 print(f"{label:<12}{attention:<11}" + "".join(f"{m:>10.3f}" for m in means))
+        feats = model.visual_inputs(test.features.regions[matched], test.features.objects[matched])
+        real = torch.arange(words.shape[1])[None, :] < captions.lengths[:, None]  # (B, L)
+        for name, branch in model.branches.items():
+            att = branch(feats[name], words, captions.lengths)[1]
+            if name == "w2r":  # (B, L, D): words over regions
+                peak = (att.amax(-1) * att.shape[-1])[real]
+                print(f"w2r attention (matched): peak / uniform {peak.mean():.2f} (median {peak.median():.2f})")
+            else:  # (B, P, L): objects over real words
+                peak = att.amax(-1) * captions.lengths[:, None]
+                spread = (att.std(dim=1) * real).sum(-1) / real.sum(-1)
+                print(f"o2w attention (matched): peak / uniform {peak.mean():.2f}; "
+                      f"std across objects {spread.mean():.4f}")
 
 
 if __name__ == "__main__":

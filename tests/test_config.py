@@ -155,6 +155,9 @@ BAD = [
     # bad choices
     ("model.negative_attention=sometimes", "model.negative_attention"),
     ("train.optimizer=rmsprop", "train.optimizer"),
+    ("train.lr_schedule=linear", "train.lr_schedule"),
+    ("model.attention_scale=0", "model.attention_scale"),
+    ("model.match_input=1", "model.match_input"),
     ("text.source=bert", "text.source"),
     ("model.name=resnet", "model.name"),
     ("train.loss=triplet", "train.loss"),

@@ -39,7 +39,7 @@ def demo_run(tmp_path_factory):
     previous = os.environ.get("ITM_CACHE")
     os.environ["ITM_CACHE"] = str(root / "cache")
     try:
-        report = run_demo(data, root / "out", config="bssan_cpu_infonce", overrides=TINY, progress=False,
+        report = run_demo(data, root / "out", config=None, overrides=TINY, progress=False,
                           log=lambda *args: None)
     finally:
         if previous is None:

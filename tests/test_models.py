@@ -149,10 +149,12 @@ def test_w2r_attention_is_a_distribution_over_regions_for_real_words(name):
     torch.testing.assert_close(alpha.sum(-1)[real], torch.ones(int(real.sum())))
     assert (alpha >= 0).all()
     assert (alpha[~real] == 0).all()  # exactly zero for padding words
-    # eq. 1-2 computed by hand: alpha_k = softmax_j tanh(t_k^T W r_j + b)
+    # eq. 1-2 computed by hand: alpha_k = softmax_j tanh(t_k^T W r_j + b) (times the scale, 1 in the paper)
     branch = model.branches["w2r"]
     words = model.words(captions)
-    manual = torch.softmax(torch.tanh(words @ branch.bilinear @ regions.transpose(1, 2) + branch.bias), -1)
+    regions = model.visual_inputs(regions, objects)["w2r"]
+    logits = torch.tanh(words @ branch.bilinear @ regions.transpose(1, 2) + branch.bias)
+    manual = torch.softmax(branch.scale * logits, -1)
     torch.testing.assert_close(alpha[real], manual[real])
 
 
@@ -172,9 +174,10 @@ def test_o2w_attention_is_a_distribution_over_real_words(name):
     branch = model.branches["o2w"]
     with torch.no_grad():
         states = branch.encode_words(model.words(captions), captions.lengths)
+    objects = model.visual_inputs(regions, objects)["o2w"]
     for b, n in enumerate(LENGTHS):
         logits = torch.tanh(objects[b] @ branch.bilinear @ states[b, :n].t() + branch.bias)  # (P, n)
-        torch.testing.assert_close(beta[b, :, :n], torch.softmax(logits, -1))
+        torch.testing.assert_close(beta[b, :, :n], torch.softmax(branch.scale * logits, -1))
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -262,3 +265,76 @@ def test_cli_models_lists_every_variant(capsys):
     listed = [line.split()[0] for line in lines]
     assert sorted(listed) == sorted(VARIANTS)
     assert any("branches=['w2r']" in line for line in lines if line.startswith("bssan_w2r"))
+
+
+# -- extensions beyond the paper (model.attention_scale, model.match_input, model.feature_norm) ----
+
+def attention_maps(model, regions, objects, captions) -> dict[str, torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        return model(regions, objects, captions, return_attention=True).attention
+
+
+def test_attention_scale_sharpens_the_same_logits():
+    """softmax(s * e): log-attention is s times the scale-1 log-attention up to a per-row constant."""
+    captions, (regions, objects) = make_captions(LENGTHS), make_images(len(LENGTHS))
+    plain = attention_maps(tiny_model("bssan")[0], regions, objects, captions)
+    sharp = attention_maps(tiny_model("bssan", "model.attention_scale=4")[0], regions, objects, captions)
+    for b, n in enumerate(LENGTHS):
+        rows = {"w2r": (sharp["w2r"][b, :n], plain["w2r"][b, :n]),  # (n, D): words over regions
+                "o2w": (sharp["o2w"][b, :, :n], plain["o2w"][b, :, :n])}  # (P, n): objects over words
+        for key, (s_rows, p_rows) in rows.items():
+            gap = s_rows.log() - 4 * p_rows.log()
+            assert (gap.amax(-1) - gap.amin(-1)).max() < 1e-4, key
+    for key in sharp:
+        assert sharp[key].amax(-1).mean() > plain[key].amax(-1).mean()  # sharper on average
+
+
+@pytest.mark.parametrize("branch", ["w2r", "o2w"])
+def test_match_input_feeds_the_attended_alignment_score(branch):
+    """With match_input, zeroing the alignment input's weights gives the paper's network back."""
+    model, _ = tiny_model(f"bssan_{branch}", "model.match_input=true")
+    model.eval()
+    captions, (regions, objects) = make_captions(LENGTHS), make_images(len(LENGTHS))
+    with torch.no_grad():
+        with_match = model(regions, objects, captions).score
+        module = model.branches[branch]
+        weight = module.lstm.weight_ih_l0 if branch == "w2r" else module.linears[0].weight
+        assert weight.shape[1] == (M + E + 1 if branch == "w2r" else Q + module.hidden + 1)
+        weight[:, -1] = 0
+        without = model(regions, objects, captions).score
+        paper, _ = tiny_model(f"bssan_{branch}")
+        paper.load_state_dict({k: (v[:, :-1] if v.shape != paper.state_dict()[k].shape else v)
+                               for k, v in model.state_dict().items()})
+        paper.eval()
+        torch.testing.assert_close(without, paper(regions, objects, captions).score)
+    assert not torch.allclose(with_match, without)
+
+
+def test_feature_norm_makes_the_score_blind_to_feature_scale():
+    model, _ = tiny_model("bssan", "model.feature_norm=true")
+    model.eval()
+    captions, (regions, objects) = make_captions(LENGTHS), make_images(len(LENGTHS))
+    with torch.no_grad():
+        a = model(regions, objects, captions).score
+        b = model(regions * 7.0, objects * 0.1, captions).score
+        plain, _ = tiny_model("bssan")
+        plain.load_state_dict(model.state_dict())
+        plain.eval()
+        c = plain(regions * 7.0, objects * 0.1, captions).score
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(b, c)  # without it, the scale matters
+
+
+@pytest.mark.parametrize("name", ["bssan", "bssan_w2r", "bssan_o2w"])
+def test_extensions_keep_all_pairs_scoring_exact(name):
+    """score_block (the evaluation engine's path) == forward with every extension switched on."""
+    model, _ = tiny_model(name, "model.attention_scale=6", "model.match_input=true", "model.feature_norm=true")
+    model.eval()
+    captions, (regions, objects) = make_captions(LENGTHS), make_images(3)
+    with torch.no_grad():
+        block = model.score_block(model.prepare_images(regions, objects), model.prepare_captions(captions))
+        for i in range(3):
+            single = model(regions[i : i + 1].expand(len(LENGTHS), -1, -1),
+                           objects[i : i + 1].expand(len(LENGTHS), -1, -1), captions).score
+            torch.testing.assert_close(block[i], single, rtol=1e-5, atol=1e-5)

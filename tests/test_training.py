@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -30,7 +31,14 @@ from itm.evaluation.engine import score_all_pairs
 from itm.models.registry import InputDims
 from itm.training import loop
 from itm.training.checkpoint import load_checkpoint, model_payload, new_model, read_payload, save_atomic
-from itm.training.loop import Trainer, TrainingDiverged, epoch_order, sample_negatives, seed_everything
+from itm.training.loop import (
+    Trainer,
+    TrainingDiverged,
+    epoch_order,
+    sample_negatives,
+    scheduled_lr,
+    seed_everything,
+)
 
 DIM = 16
 TINY = ["model.w2r_hidden=16", "model.w2r_mlp=[16]", "model.o2w_hidden=16", "model.o2w_mlp=[16]",
@@ -254,8 +262,7 @@ def test_huge_learning_rate_mid_run_diverges_with_the_epoch_checkpoint_intact(tm
 
     def end_epoch_then_blow_up(self, *args, **kwargs):
         real_end_epoch(self, *args, **kwargs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = 1e30
+        self.cfg.lr = 1e30  # the step's learning rate is read from the config (schedules)
 
     monkeypatch.setattr(Trainer, "end_epoch", end_epoch_then_blow_up)
     with pytest.raises(TrainingDiverged, match="epoch 2"):
@@ -432,3 +439,33 @@ def test_cli_resume_takes_train_overrides_only(cli_env, reference_run, tmp_path)
                   "--set", "train.patience=10", "--no-progress"], env)
     assert longer.returncode == 0, longer.stderr[-2000:]
     assert [r["epoch"] for r in metrics_lines(run)] == [*done_epochs, done_epochs[-1] + 1]
+
+
+def test_cosine_schedule_runs_from_lr_to_zero_and_constant_stays():
+    cosine = load_config(None, ["train.lr=0.4", "train.lr_schedule=cosine"]).train
+    assert scheduled_lr(cosine, 0.0) == pytest.approx(0.4)
+    assert scheduled_lr(cosine, 0.5) == pytest.approx(0.2)
+    assert scheduled_lr(cosine, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_lr(cosine, 1.5) == pytest.approx(0.0, abs=1e-12)  # past the plan: stays at 0
+    values = [scheduled_lr(cosine, t / 10) for t in range(11)]
+    assert all(a > b for a, b in itertools.pairwise(values))
+    constant = load_config(None, ["train.lr=0.4"]).train
+    assert {scheduled_lr(constant, t / 10) for t in range(11)} == {0.4}
+
+
+def test_trainer_applies_the_schedule_step_by_step(tmp_path, monkeypatch):
+    trainer, train, val = setup_run(tmp_path, "train.lr_schedule=cosine", "train.epochs=2", n_train=64, n_val=8)
+    seen = []
+    real_step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+        return real_step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    fit_quietly(trainer, train, val)
+    steps = len(seen)
+    assert steps >= 4
+    expected = [scheduled_lr(trainer.cfg, s / steps) for s in range(steps)]
+    assert seen == pytest.approx(expected)
+    assert seen[0] == pytest.approx(trainer.cfg.lr) and seen[-1] < 0.1 * trainer.cfg.lr

@@ -64,6 +64,10 @@ class ModelConfig:
     o2w_weight: float = 0.6  # lambda in MS = f_w2r + lambda * f_o2w
     reg_weight: float = 0.01  # delta: weight of the squared L2 norm of the weights
     negative_attention: str = "uniform"  # eq. 8: uniform | softmax on negative pairs in training
+    # Extensions beyond the paper (defaults = the paper). docs/bssan.md, "Beyond the paper", says why.
+    attention_scale: float = 1.0  # softmax(scale * tanh(...)): tanh alone caps the peak/uniform ratio
+    match_input: bool = False  # also feed the attended alignment score sum_j alpha_j e_j to LSTM / MLP
+    feature_norm: bool = False  # L2-normalise region and object vectors before both branches
 
 
 @dataclass
@@ -76,6 +80,7 @@ class TrainConfig:
     negatives: int = 1  # sampled unmatched captions per positive pair (pairwise_hinge)
     optimizer: str = "sgd"  # sgd | adam
     lr: float = 0.01
+    lr_schedule: str = "constant"  # constant | cosine (to 0 over train.epochs, per step)
     momentum: float = 0.9
     batch_size: int = 128
     epochs: int = 10
@@ -270,6 +275,7 @@ _CHOICES = {
     ("text", "source"): ("glove", "minilm"),
     ("model", "negative_attention"): ("uniform", "softmax"),
     ("train", "optimizer"): ("sgd", "adam"),
+    ("train", "lr_schedule"): ("constant", "cosine"),
 }
 
 
@@ -294,6 +300,7 @@ def validate(config: Config) -> None:
         if any(size <= 0 for size in sizes):
             raise ConfigError(f"{section}.{key}: layer sizes must be positive, got {sizes}")
     strictly_positive = [("train", "lr"), ("train", "temperature"), ("train", "patience"),
+                         ("model", "attention_scale"),
                          ("data", "min_word_count")]
     non_negative = [("train", "margin"), ("train", "momentum"), ("train", "grad_clip"),
                     ("train", "checkpoint_minutes"), ("model", "o2w_weight"), ("model", "reg_weight")]

@@ -32,7 +32,7 @@ from itm.viz.explain import (
 )
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "assets" / "flickr8k_mini"
-RECOMMENDED_CONFIG = "bssan_cpu_infonce"  # see docs/bssan.md: the paper-faithful objective stays at chance here
+RECOMMENDED_CONFIG = "bssan_cpu_sharp"  # docs/bssan.md: the paper-faithful objective stays at chance here
 # the bundled subset has 1,000 training images: a shorter budget keeps the demo within 15 minutes
 DEMO_DEFAULTS = ["train.max_minutes=7", "train.val_images=100"]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -95,25 +96,30 @@ def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tenso
 
 
 class W2R(nn.Module):
-    """Word-to-regions branch (eq. 1-6)."""
+    """Word-to-regions branch (eq. 1-6). ``scale`` and ``match_input`` are our extensions (1, False:
+    the paper): softmax(scale * e) and an extra LSTM input, the attended alignment sum_j alpha_jk e_jk."""
 
-    def __init__(self, word_dim: int, region_dim: int, hidden: int, mlp: list[int]):
+    def __init__(self, word_dim: int, region_dim: int, hidden: int, mlp: list[int],
+                 scale: float = 1.0, match_input: bool = False):
         super().__init__()
         self.bilinear = nn.Parameter(torch.empty(word_dim, region_dim))  # W in R^{E x M}
         self.bias = nn.Parameter(torch.zeros(()))  # b
         nn.init.xavier_uniform_(self.bilinear)
-        self.region_dim = region_dim
-        self.lstm = nn.LSTM(region_dim + word_dim, hidden, batch_first=True)
+        self.region_dim, self.word_dim = region_dim, word_dim
+        self.scale, self.match_input = scale, match_input
+        self.lstm = nn.LSTM(region_dim + word_dim + int(match_input), hidden, batch_first=True)
         self.linears, self.norms = mlp_layers([hidden, *mlp, 1])
 
     def forward(self, regions, words, lengths, uniform=None):
         """Aligned pairs: regions (B, D, M), words (B, L, E) -> score (B,), attention (B, L, D)."""
         keys = words @ self.bilinear  # (B, L, M)
-        alpha = torch.softmax(torch.tanh(keys @ regions.transpose(1, 2) + self.bias), dim=-1)  # (B, L, D)
+        align = torch.tanh(keys @ regions.transpose(1, 2) + self.bias)  # (B, L, D): e_jk
+        alpha = torch.softmax(self.scale * align, dim=-1)  # (B, L, D)
         if uniform is not None:
             alpha = torch.where(uniform[:, None, None], uniform_like(alpha, None), alpha)
         attended = alpha @ regions  # (B, L, M)
-        inputs = torch.cat([attended, words], dim=-1)  # (B, L, M+E)
+        extra = [(alpha * align).sum(-1, keepdim=True)] if self.match_input else []  # (B, L, 1)
+        inputs = torch.cat([attended, words, *extra], dim=-1)  # (B, L, M+E[+1])
         packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h_last, _) = self.lstm(packed)  # (1, B, H): the state at each caption's last real word
         alpha = alpha * length_mask(lengths, words.shape[1])[:, :, None]  # padding words: no attention
@@ -127,7 +133,7 @@ class W2R(nn.Module):
         }
 
     def prepare_captions(self, words, lengths):
-        w_t = self.lstm.weight_ih_l0[:, self.region_dim :]  # (4H, E)
+        w_t = self.lstm.weight_ih_l0[:, self.region_dim : self.region_dim + self.word_dim]  # (4H, E)
         bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
         return {"w2r_words": words, "w2r_gates": words @ w_t.t() + bias}  # (N, L, E), (N, L, 4H)
 
@@ -138,27 +144,34 @@ class W2R(nn.Module):
         ni, d = keys.shape[:2]
         nc, steps = words.shape[:2]
         flat_words = words.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E)
-        logits = torch.tanh(flat_words @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
-        alpha = torch.softmax(logits, dim=-1)
+        align = torch.tanh(flat_words @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
+        alpha = torch.softmax(self.scale * align, dim=-1)
         if uniform is not None:
             alpha = torch.where(uniform.repeat_interleave(steps, 1)[:, :, None], 1.0 / d, alpha)
-        gates = (alpha @ region_gates).view(ni, nc, steps, -1) + word_gates[None]  # (Ni, Nc, L, 4H)
+        gates = alpha @ region_gates  # (Ni, Nc*L, 4H)
+        if self.match_input:
+            w_match = self.lstm.weight_ih_l0[:, -1]  # (4H,): the LSTM weights of the alignment input
+            gates = gates + (alpha * align).sum(-1, keepdim=True) * w_match
+        gates = gates.view(ni, nc, steps, -1) + word_gates[None]  # (Ni, Nc, L, 4H)
         gates = gates.reshape(ni * nc, steps, -1)  # pairs as the batch dimension
         h_last = run_recurrence(gates, lengths.repeat(ni), self.lstm.weight_hh_l0)  # (Ni*Nc, H)
         return run_mlp(self.linears, self.norms, h_last).view(ni, nc)
 
 
 class O2W(nn.Module):
-    """Object-to-words branch (eq. 9-16)."""
+    """Object-to-words branch (eq. 9-16); ``scale`` and ``match_input`` as in W2R (the alignment
+    sum_k beta_jk e_jk becomes one more input of the per-object MLP)."""
 
-    def __init__(self, word_dim: int, object_dim: int, hidden: int, mlp: list[int]):
+    def __init__(self, word_dim: int, object_dim: int, hidden: int, mlp: list[int],
+                 scale: float = 1.0, match_input: bool = False):
         super().__init__()
         self.bilstm = nn.LSTM(word_dim, hidden, batch_first=True, bidirectional=True)
         self.bilinear = nn.Parameter(torch.empty(object_dim, hidden))  # W' in R^{Q x B}
         self.bias = nn.Parameter(torch.zeros(()))  # b'
         nn.init.xavier_uniform_(self.bilinear)
-        self.object_dim = object_dim
-        self.linears, self.norms = mlp_layers([object_dim + hidden, *mlp, 1])
+        self.object_dim, self.hidden = object_dim, hidden
+        self.scale, self.match_input = scale, match_input
+        self.linears, self.norms = mlp_layers([object_dim + hidden + int(match_input), *mlp, 1])
 
     def encode_words(self, words, lengths):
         """BiLSTM over the real words, directions averaged ("average" merge): (N, L, B)."""
@@ -172,22 +185,25 @@ class O2W(nn.Module):
         """Aligned pairs: objects (B, P, Q), words (B, L, E) -> score (B,), attention (B, P, L)."""
         states = self.encode_words(words, lengths)  # (B, L, Bh)
         mask = length_mask(lengths, words.shape[1])[:, None, :]  # (B, 1, L)
-        logits = torch.tanh((objects @ self.bilinear) @ states.transpose(1, 2) + self.bias)  # (B, P, L)
-        beta = masked_softmax(logits, mask)
+        align = torch.tanh((objects @ self.bilinear) @ states.transpose(1, 2) + self.bias)  # (B, P, L)
+        beta = masked_softmax(self.scale * align, mask)
         if uniform is not None:
             beta = torch.where(uniform[:, None, None], uniform_like(beta, mask), beta)
         context = beta @ states  # (B, P, Bh)
-        joint = torch.cat([objects, context], dim=-1)  # (B, P, Q+Bh)
+        extra = [(beta * align).sum(-1, keepdim=True)] if self.match_input else []  # (B, P, 1)
+        joint = torch.cat([objects, context, *extra], dim=-1)  # (B, P, Q+Bh[+1])
         b, p, _ = joint.shape
         per_object = run_mlp(self.linears, self.norms, joint.reshape(b * p, -1)).view(b, p)
         return per_object.mean(dim=1), beta
 
     def _first_layer_parts(self):
-        weight = self.linears[0].weight  # (H1, Q+Bh)
-        return weight[:, : self.object_dim], weight[:, self.object_dim :]
+        """The first MLP layer's columns for the object, the word context and the alignment input."""
+        weight = self.linears[0].weight  # (H1, Q+Bh[+1])
+        q, b = self.object_dim, self.hidden
+        return weight[:, :q], weight[:, q : q + b], weight[:, q + b :]
 
     def prepare_images(self, objects):
-        w_obj, _ = self._first_layer_parts()
+        w_obj, _, _ = self._first_layer_parts()
         return {
             "o2w_keys": objects @ self.bilinear,  # (N, P, Bh)
             "o2w_first": objects @ w_obj.t() + self.linears[0].bias,  # (N, P, H1)
@@ -195,7 +211,7 @@ class O2W(nn.Module):
 
     def prepare_captions(self, words, lengths):
         states = self.encode_words(words, lengths)  # (N, L, Bh)
-        _, w_ctx = self._first_layer_parts()
+        _, w_ctx, _ = self._first_layer_parts()
         return {"o2w_states": states, "o2w_first": states @ w_ctx.t()}  # (N, L, Bh), (N, L, H1)
 
     def score_block(self, images: State, captions: State, lengths, uniform=None):
@@ -203,12 +219,15 @@ class O2W(nn.Module):
         states, ctx_first = captions["o2w_states"], captions["o2w_first"]  # (Nc, L, Bh), (Nc, L, H1)
         ni, p, nc = keys.shape[0], keys.shape[1], states.shape[0]
         mask = length_mask(lengths, states.shape[1])[None, :, None, :]  # (1, Nc, 1, L)
-        logits = torch.tanh(torch.einsum("ipb,clb->icpl", keys, states) + self.bias)  # (Ni, Nc, P, L)
-        beta = masked_softmax(logits, mask)
+        align = torch.tanh(torch.einsum("ipb,clb->icpl", keys, states) + self.bias)  # (Ni, Nc, P, L)
+        beta = masked_softmax(self.scale * align, mask)
         if uniform is not None:
             beta = torch.where(uniform[:, :, None, None], uniform_like(beta, mask), beta)
         # first MLP layer of [o_j ; sum_k beta_jk s_k] = object part + beta @ (per-caption context part)
         first = obj_first[:, None] + torch.einsum("icpl,clh->icph", beta, ctx_first)  # (Ni, Nc, P, H1)
+        if self.match_input:
+            _, _, w_match = self._first_layer_parts()  # (H1, 1)
+            first = first + (beta * align).sum(-1, keepdim=True) * w_match[:, 0]
         per_object = run_mlp(self.linears, self.norms, first.reshape(ni * nc * p, -1), start=1)
         return per_object.view(ni, nc, p).mean(dim=-1)  # (Ni, Nc)
 
@@ -222,11 +241,22 @@ class BSSAN(Matcher):
         self.o2w_weight = config.o2w_weight
         self.reg_weight = config.reg_weight
         self.negative_attention = config.negative_attention
+        self.feature_norm = config.feature_norm
+        extensions = {"scale": config.attention_scale, "match_input": config.match_input}
         self.branches = nn.ModuleDict()
         if "w2r" in config.branches:
-            self.branches["w2r"] = W2R(dims.word_dim, dims.region_dim, config.w2r_hidden, config.w2r_mlp)
+            self.branches["w2r"] = W2R(dims.word_dim, dims.region_dim, config.w2r_hidden, config.w2r_mlp,
+                                       **extensions)
         if "o2w" in config.branches:
-            self.branches["o2w"] = O2W(dims.word_dim, dims.object_dim, config.o2w_hidden, config.o2w_mlp)
+            self.branches["o2w"] = O2W(dims.word_dim, dims.object_dim, config.o2w_hidden, config.o2w_mlp,
+                                       **extensions)
+
+    def visual_inputs(self, regions, objects) -> dict[str, torch.Tensor]:
+        """Each branch's visual input, float32, unit-length per vector when ``feature_norm`` is set."""
+        inputs = {"w2r": regions.float(), "o2w": objects.float()}
+        if self.feature_norm:
+            inputs = {name: F.normalize(x, dim=-1) for name, x in inputs.items()}
+        return inputs
 
     def branch_weights(self) -> dict[str, float]:
         return {name: (1.0 if name == "w2r" else self.o2w_weight) for name in self.branches}
@@ -238,7 +268,7 @@ class BSSAN(Matcher):
     def forward(self, regions, objects, captions: Captions, uniform=None, return_attention=False):
         words = self.words(captions)  # (B, L, E)
         lengths = captions.lengths
-        inputs = {"w2r": regions.float(), "o2w": objects.float()}
+        inputs = self.visual_inputs(regions, objects)
         if self.negative_attention == "softmax" or not self.training:
             uniform = None  # eq. 8 applies to training negatives only, and only when configured
         parts, attention = {}, {}
@@ -247,7 +277,7 @@ class BSSAN(Matcher):
         return PairScores(self._combine(parts), parts, attention if return_attention else {})
 
     def prepare_images(self, regions, objects) -> State:
-        inputs = {"w2r": regions.float(), "o2w": objects.float()}
+        inputs = self.visual_inputs(regions, objects)
         state: State = {}
         for name, branch in self.branches.items():
             state.update(branch.prepare_images(inputs[name]))
@@ -293,3 +323,6 @@ register_model("bssan", build_bssan, "BSSAN: W2R + lambda * O2W, weight regulari
 register_model("bssan_w2r", build_bssan, "BSSAN, word-to-regions branch only", branches=["w2r"])
 register_model("bssan_o2w", build_bssan, "BSSAN, object-to-words branch only", branches=["o2w"])
 register_model("bssan_no_reg", build_bssan, "BSSAN without the weight regulariser (delta = 0)", reg_weight=0.0)
+register_model("bssan_sharp", build_bssan,
+               "BSSAN with attention softmax(10 tanh(.)) over L2-normalised features (our extension)",
+               attention_scale=10.0, feature_norm=True)

@@ -37,6 +37,15 @@ OPTIMIZERS.add("sgd", lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, mom
 OPTIMIZERS.add("adam", lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr), "Adam")
 
 
+def scheduled_lr(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate at ``progress`` in [0, 1] of the planned steps (train.epochs epochs):
+    constant, or a cosine from train.lr down to 0. A function of the step, so a resumed run
+    continues on the same curve."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr
+
+
 class TrainingDiverged(ItmError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -188,6 +197,9 @@ class Trainer:
                                            f"{self.last_good()} (try a lower train.lr)")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                lr = scheduled_lr(self.cfg, (epoch * steps_per_epoch + s) / (self.cfg.epochs * steps_per_epoch))
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 # the total gradient norm (clipped to grad_clip when set); NaN/inf must not reach the weights
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
                 if not torch.isfinite(grad_norm):
