@@ -45,13 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         words = model.words(captions)
         print(f"{'pairs':<12}{'attention':<11}" + "".join(f"{name:>10}" for name in model.branches))
-        for label, images in (("matched", matched), ("mismatched", mismatched)):
-            feats = model.visual_inputs(test.features.regions[images], test.features.objects[images])
+        inputs = {label: model.visual_inputs(test.features.regions[images], test.features.objects[images])
+                  for label, images in (("matched", matched), ("mismatched", mismatched))}
+        for label, feats in inputs.items():
             for attention, uniform in (("softmax", None), ("uniform", torch.ones(len(caps), dtype=torch.bool))):
                 means = [branch(feats[name], words, captions.lengths, uniform)[0].mean().item()
                          for name, branch in model.branches.items()]
                 print(f"{label:<12}{attention:<11}" + "".join(f"{m:>10.3f}" for m in means))
-        feats = model.visual_inputs(test.features.regions[matched], test.features.objects[matched])
+        feats = inputs["matched"]
         real = torch.arange(words.shape[1])[None, :] < captions.lengths[:, None]  # (B, L)
         for name, branch in model.branches.items():
             att = branch(feats[name], words, captions.lengths)[1]

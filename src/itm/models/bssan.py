@@ -65,6 +65,12 @@ def uniform_like(weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     return m / m.sum(-1, keepdim=True)
 
 
+def attended_alignment(weights: torch.Tensor, align: torch.Tensor) -> torch.Tensor:
+    """sum_j weight_j e_j over the last dim, kept as a size-1 dim: how well the attended items
+    matched (the ``match_input`` extension)."""
+    return (weights * align).sum(-1, keepdim=True)
+
+
 def lstm_step(gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: torch.Tensor):
     """One nn.LSTM step with the input part (incl. both biases) precomputed: gates (N, 4H)."""
     gates = torch.addmm(gates_in, h, w_hh_t)  # (N, 4H)
@@ -118,7 +124,7 @@ class W2R(nn.Module):
         if uniform is not None:
             alpha = torch.where(uniform[:, None, None], uniform_like(alpha, None), alpha)
         attended = alpha @ regions  # (B, L, M)
-        extra = [(alpha * align).sum(-1, keepdim=True)] if self.match_input else []  # (B, L, 1)
+        extra = [attended_alignment(alpha, align)] if self.match_input else []  # (B, L, 1)
         inputs = torch.cat([attended, words, *extra], dim=-1)  # (B, L, M+E[+1])
         packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h_last, _) = self.lstm(packed)  # (1, B, H): the state at each caption's last real word
@@ -151,7 +157,7 @@ class W2R(nn.Module):
         gates = alpha @ region_gates  # (Ni, Nc*L, 4H)
         if self.match_input:
             w_match = self.lstm.weight_ih_l0[:, -1]  # (4H,): the LSTM weights of the alignment input
-            gates = gates + (alpha * align).sum(-1, keepdim=True) * w_match
+            gates = gates + attended_alignment(alpha, align) * w_match
         gates = gates.view(ni, nc, steps, -1) + word_gates[None]  # (Ni, Nc, L, 4H)
         gates = gates.reshape(ni * nc, steps, -1)  # pairs as the batch dimension
         h_last = run_recurrence(gates, lengths.repeat(ni), self.lstm.weight_hh_l0)  # (Ni*Nc, H)
@@ -190,7 +196,7 @@ class O2W(nn.Module):
         if uniform is not None:
             beta = torch.where(uniform[:, None, None], uniform_like(beta, mask), beta)
         context = beta @ states  # (B, P, Bh)
-        extra = [(beta * align).sum(-1, keepdim=True)] if self.match_input else []  # (B, P, 1)
+        extra = [attended_alignment(beta, align)] if self.match_input else []  # (B, P, 1)
         joint = torch.cat([objects, context, *extra], dim=-1)  # (B, P, Q+Bh[+1])
         b, p, _ = joint.shape
         per_object = run_mlp(self.linears, self.norms, joint.reshape(b * p, -1)).view(b, p)
@@ -227,7 +233,7 @@ class O2W(nn.Module):
         first = obj_first[:, None] + torch.einsum("icpl,clh->icph", beta, ctx_first)  # (Ni, Nc, P, H1)
         if self.match_input:
             _, _, w_match = self._first_layer_parts()  # (H1, 1)
-            first = first + (beta * align).sum(-1, keepdim=True) * w_match[:, 0]
+            first = first + attended_alignment(beta, align) * w_match[:, 0]
         per_object = run_mlp(self.linears, self.norms, first.reshape(ni * nc * p, -1), start=1)
         return per_object.view(ni, nc, p).mean(dim=-1)  # (Ni, Nc)
 
