@@ -18,7 +18,7 @@ from itm.config import load_config
 from itm.data.types import Captions, ImageFeatures
 from itm.evaluation import engine
 from itm.evaluation.engine import TilePlan, plan_tiles, score_all_pairs, score_pairs_naive
-from itm.evaluation.evaluate import JSON_KEYS, evaluate_model
+from itm.evaluation.evaluate import JSON_KEYS, Member, evaluate_ensemble, evaluate_model
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models import MODELS
 from itm.models.registry import InputDims, _load_all
@@ -249,3 +249,24 @@ def test_evaluate_model_flickr_is_retrieval_metrics_of_the_full_matrix(name):
     assert result["protocol"] == "flickr"
     # and the naive matrix ranks the same way (ties aside, which random scores do not have)
     assert retrieval_metrics(naive, OWNER)["rsum"] == pytest.approx(result["rsum"])
+
+
+def test_ensemble_ranks_by_the_mean_of_the_members_matrices():
+    """Two different models: the ensemble's metrics are those of the mean of their naive matrices."""
+    first, features, captions, naive_first = reference("bssan")
+    second, _, _, naive_second = reference("bssan_o2w")
+    members = [Member(first, features, captions), Member(second, features, captions)]
+    result = evaluate_ensemble(members, OWNER, "flickr", memory_budget_mb=1, caption_tile=3)
+    expected = retrieval_metrics((naive_first + naive_second) / 2, OWNER)
+    assert result["rsum"] == pytest.approx(expected["rsum"])
+    for direction in ("i2t", "t2i"):
+        assert result[direction] == pytest.approx(expected[direction])
+    single = [retrieval_metrics(naive, OWNER)["rsum"] for naive in (naive_first, naive_second)]
+    assert expected["rsum"] not in single  # the mean is its own ranking here, so the check can fail
+
+
+def test_ensemble_refuses_members_of_different_data():
+    model, features, captions, _ = reference("bssan")
+    fewer = features.select(torch.arange(N_IMAGES - 1))
+    with pytest.raises(ValueError, match="different"):
+        evaluate_ensemble([Member(model, features, captions), Member(model, fewer, captions)], OWNER)

@@ -338,3 +338,20 @@ def test_extensions_keep_all_pairs_scoring_exact(name):
             single = model(regions[i : i + 1].expand(len(LENGTHS), -1, -1),
                            objects[i : i + 1].expand(len(LENGTHS), -1, -1), captions).score
             torch.testing.assert_close(block[i], single, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_acts_in_training_only():
+    """model.dropout perturbs training scores and leaves evaluation exactly the dropout-free model."""
+    model, _ = tiny_model("bssan", "model.dropout=0.5", "model.negative_attention=softmax")
+    plain, _ = tiny_model("bssan", "model.negative_attention=softmax")
+    plain.load_state_dict(model.state_dict())
+    captions, (regions, objects) = make_captions(LENGTHS), make_images(len(LENGTHS))
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(regions, objects, captions).score, plain(regions, objects, captions).score)
+        model.train(), plain.train()
+        torch.manual_seed(0)
+        dropped = model(regions, objects, captions).score
+        torch.manual_seed(0)
+        kept = plain(regions, objects, captions).score
+    assert not torch.allclose(dropped, kept)

@@ -428,6 +428,21 @@ def test_cli_eval_json_has_the_documented_keys(cli_env, reference_run):
 
 
 @pytest.mark.slow
+def test_cli_eval_of_a_checkpoint_twice_is_the_checkpoint(cli_env, reference_run):
+    """An ensemble of one model with itself has the same scores, so the same metrics."""
+    root, data, env = cli_env
+    outs = [root / "eval" / "single.json", root / "eval" / "twice.json"]
+    for out, checkpoints in zip(outs, [[str(reference_run)], [str(reference_run)] * 2], strict=True):
+        done = itm(["eval", "--checkpoint", *checkpoints, "--data", str(data), "--split", "test",
+                    "--json", str(out), "--no-progress"], env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    single, twice = (json.loads(out.read_text()) for out in outs)
+    assert twice["ensemble"] == [str(reference_run)] * 2 and "ensemble" not in single
+    for key in ("i2t", "t2i", "rsum"):
+        assert twice[key] == pytest.approx(single[key])
+
+
+@pytest.mark.slow
 def test_cli_resume_takes_train_overrides_only(cli_env, reference_run, tmp_path):
     _, _, env = cli_env
     run = tmp_path / "continued"

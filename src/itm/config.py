@@ -68,6 +68,7 @@ class ModelConfig:
     attention_scale: float = 1.0  # softmax(scale * tanh(...)): tanh alone caps the peak/uniform ratio
     match_input: bool = False  # also feed the attended alignment score sum_j alpha_j e_j to LSTM / MLP
     feature_norm: bool = False  # L2-normalise region and object vectors before both branches
+    dropout: float = 0.0  # training-time dropout on word vectors and on region / object vectors
 
 
 @dataclass
@@ -316,6 +317,8 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value is not None and value <= 0:
             raise ConfigError(f"{section}.{key}: must be positive or null, got {value}")
+    if not 0 <= config.model.dropout < 1:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     from itm.losses import LOSSES  # late: keeps this module free of torch at import
     from itm.models.registry import MODELS, _load_all
 

@@ -6,11 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 HELP = "evaluate a checkpoint: R@1/5/10, median and mean rank, rsum (both directions)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (uses best.pt)")
+    parser.add_argument("--checkpoint", required=True, nargs="+",
+                        help="checkpoint file or run folder (uses best.pt); several: an ensemble scored by "
+                             "the mean of their score matrices")
     parser.add_argument("--data", required=True, help="dataset folder (Karpathy JSON + images, or precomp)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--protocol", default="flickr", help="flickr | coco1k | coco5k")
@@ -23,30 +27,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from itm.data.load import load_dataset
     from itm.errors import ItmError
-    from itm.evaluation.evaluate import evaluate_model
+    from itm.evaluation.evaluate import Member, evaluate_ensemble
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
     from itm.pipeline import feature_config, prepare_split
     from itm.training.checkpoint import load_checkpoint
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
-    ckpt = load_checkpoint(args.checkpoint)
-    config = ckpt.config
-    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
+    checkpoints = [load_checkpoint(path) for path in args.checkpoint]  # all load before any long work
     dataset = load_dataset(args.data, args.split).split(args.split)
     if not len(dataset):
         raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")
-    split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress)
-    result = evaluate_model(ckpt.model, split.features, split.captions, split.caption_to_image, args.protocol,
-                            args.memory_mb or config.eval.memory_budget_mb, config.eval.caption_tile,
-                            progress=not args.no_progress)
-    title = (f"{config.model.name} on {args.data} [{args.split}, {args.protocol}]: "
+    members, owners = [], []
+    for ckpt in checkpoints:
+        config = ckpt.config
+        config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
+        split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress)
+        members.append(Member(ckpt.model, split.features, split.captions))
+        owners.append(split.caption_to_image)
+    if any(not np.array_equal(owner, owners[0]) for owner in owners):
+        raise ItmError(f"dataset {args.data}: the checkpoints read different captions of split '{args.split}'")
+    config = checkpoints[0].config
+    result = evaluate_ensemble(members, owners[0], args.protocol, args.memory_mb or config.eval.memory_budget_mb,
+                               config.eval.caption_tile, progress=not args.no_progress)
+    model_name = " + ".join(ckpt.config.model.name for ckpt in checkpoints)
+    title = (f"{model_name} on {args.data} [{args.split}, {args.protocol}]: "
              f"{result['n_images']} images, {result['n_captions']} captions, {result['seconds']:.1f} s")
     print(format_table(result, title))
     if args.json_out:
         out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
-        out["checkpoint"] = str(args.checkpoint)
-        out["model"] = config.model.name
+        out["checkpoint"] = " + ".join(args.checkpoint)
+        out["model"] = model_name
+        if len(checkpoints) > 1:
+            out["ensemble"] = list(args.checkpoint)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0

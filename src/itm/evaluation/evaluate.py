@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,18 +17,42 @@ from itm.models.base import Matcher
 JSON_KEYS = ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds")
 
 
+@dataclass
+class Member:
+    """One model of an ensemble with the data prepared for it (its own vocabulary and features)."""
+
+    model: Matcher
+    features: ImageFeatures
+    captions: Captions
+
+
 def evaluate_model(model: Matcher, features: ImageFeatures, captions: Captions, caption_to_image: np.ndarray,
                    protocol: str = "flickr", memory_budget_mb: int = 1024, caption_tile: int = 512,
                    progress: bool = False) -> dict[str, Any]:
     """Score all pairs the protocol needs with the engine; the ``itm eval --json`` dict."""
+    return evaluate_ensemble([Member(model, features, captions)], caption_to_image, protocol, memory_budget_mb,
+                             caption_tile, progress)
+
+
+def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, protocol: str = "flickr",
+                      memory_budget_mb: int = 1024, caption_tile: int = 512,
+                      progress: bool = False) -> dict[str, Any]:
+    """Like ``evaluate_model`` with the mean of the members' score matrices as the score (the
+    ensembles SCAN-era papers report). Every member must cover the same images and captions."""
+    if not members:
+        raise ValueError("evaluate_ensemble: no members")
+    sizes = {(len(m.features), len(m.captions)) for m in members}
+    if len(sizes) != 1:
+        raise ValueError(f"evaluate_ensemble: members cover different (images, captions): {sorted(sizes)}")
 
     def score_block(image_idx: np.ndarray, caption_idx: np.ndarray) -> np.ndarray:
-        return score_all_pairs(model, features.select(torch.as_tensor(image_idx)),
-                               captions.select(torch.as_tensor(caption_idx)), memory_budget_mb,
-                               caption_tile, progress=progress)
+        images, caps = torch.as_tensor(image_idx), torch.as_tensor(caption_idx)
+        total = sum(score_all_pairs(m.model, m.features.select(images), m.captions.select(caps), memory_budget_mb,
+                                    caption_tile, progress=progress) for m in members)
+        return total / len(members)
 
     started = time.time()
-    result = evaluate_protocol(protocol, score_block, caption_to_image, n_images=len(features))
+    result = evaluate_protocol(protocol, score_block, caption_to_image, n_images=len(members[0].features))
     result["seconds"] = round(time.time() - started, 2)
     result["protocol"] = protocol
     return result

@@ -248,6 +248,7 @@ class BSSAN(Matcher):
         self.reg_weight = config.reg_weight
         self.negative_attention = config.negative_attention
         self.feature_norm = config.feature_norm
+        self.dropout = nn.Dropout(config.dropout)  # identity in eval mode, so evaluation is unchanged
         extensions = {"scale": config.attention_scale, "match_input": config.match_input}
         self.branches = nn.ModuleDict()
         if "w2r" in config.branches:
@@ -258,11 +259,16 @@ class BSSAN(Matcher):
                                        **extensions)
 
     def visual_inputs(self, regions, objects) -> dict[str, torch.Tensor]:
-        """Each branch's visual input, float32, unit-length per vector when ``feature_norm`` is set."""
+        """Each branch's visual input, float32, unit-length per vector when ``feature_norm`` is set
+        (dropout, when configured, after the normalisation)."""
         inputs = {"w2r": regions.float(), "o2w": objects.float()}
         if self.feature_norm:
             inputs = {name: F.normalize(x, dim=-1) for name, x in inputs.items()}
-        return inputs
+        return {name: self.dropout(x) for name, x in inputs.items()}
+
+    def word_vectors(self, captions: Captions) -> torch.Tensor:
+        """(B, L, E) word vectors, with dropout in training when configured."""
+        return self.dropout(self.words(captions))
 
     def branch_weights(self) -> dict[str, float]:
         return {name: (1.0 if name == "w2r" else self.o2w_weight) for name in self.branches}
@@ -272,7 +278,7 @@ class BSSAN(Matcher):
         return sum(weights[name] * score for name, score in parts.items())
 
     def forward(self, regions, objects, captions: Captions, uniform=None, return_attention=False):
-        words = self.words(captions)  # (B, L, E)
+        words = self.word_vectors(captions)  # (B, L, E)
         lengths = captions.lengths
         inputs = self.visual_inputs(regions, objects)
         if self.negative_attention == "softmax" or not self.training:
@@ -290,7 +296,7 @@ class BSSAN(Matcher):
         return state
 
     def prepare_captions(self, captions: Captions) -> State:
-        words = self.words(captions)
+        words = self.word_vectors(captions)
         state: State = {"lengths": captions.lengths}
         for branch in self.branches.values():
             state.update(branch.prepare_captions(words, captions.lengths))
