@@ -15,6 +15,8 @@ def row(name: str, metrics: dict, train_seconds: float | None, epochs: int | Non
     cells = [f"{metrics[d][k]:.1f}" for d in ("i2t", "t2i") for k in ("r1", "r5", "r10")]
     medr = f"{metrics['i2t']['medr']:.0f} / {metrics['t2i']['medr']:.0f}"
     train = f"{train_seconds / 60:.1f} min, {epochs} ep" if train_seconds is not None else "-"
+    if "ensemble" in metrics:  # `itm eval` with several checkpoints: the members' rows give their training
+        train = f"ensemble of {len(metrics['ensemble'])} runs"
     return (f"| {name} | {' / '.join(cells[:3])} | {' / '.join(cells[3:])} | {medr} | {metrics['rsum']:.1f} "
             f"| {train} | {metrics['seconds']:.0f} s |")
 
