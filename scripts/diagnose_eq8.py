@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     model = ckpt.model.eval()
     captions = batch_captions(test.captions, caps)
     with torch.inference_mode():
-        words = model.words(captions)
+        words = model.word_vectors(captions)  # the model's own preprocessing, as visual_inputs
         print(f"{'pairs':<12}{'attention':<11}" + "".join(f"{name:>10}" for name in model.branches))
         inputs = {label: model.visual_inputs(test.features.regions[images], test.features.objects[images])
                   for label, images in (("matched", matched), ("mismatched", mismatched))}
