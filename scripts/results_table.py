@@ -28,6 +28,7 @@ def main(folder: str = "results/flickr8k") -> None:
         metrics = json.loads(path.read_text(encoding="utf-8"))
         summary_path = Path("runs/flickr8k") / path.stem / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = summary or metrics.get("training", {})  # scripts/dual_baseline.py keeps its own
         print(row(path.stem, metrics, summary.get("train_seconds"), summary.get("epochs")))
 
 

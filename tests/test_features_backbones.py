@@ -50,6 +50,26 @@ def test_efficientnet_weights_tag_names_the_shipped_file(efficientnet):
     assert efficientnet.weights_tag.startswith("efficientnet-lite0")
 
 
+@pytest.mark.parametrize(("variant", "size", "grid"), [(1, 240, 8), (2, 260, 9)])
+def test_larger_efficientnet_lites_load_their_shipped_weights(variant, size, grid):
+    net = build_backbone(FeatureConfig(backbone=f"efficientnet_lite{variant}", image_size=size))
+    assert net.weights_tag.startswith(f"efficientnet-lite{variant}")
+    out = net.feature_map(torch.rand(1, 3, size, size) * 255)
+    assert out.shape == (1, 1280, grid, grid) and torch.isfinite(out).all()
+    # different weights from Lite0 (a copy-paste of the loader would give Lite0's numbers)
+    lite0 = build_backbone(FeatureConfig(backbone="efficientnet_lite0"))
+    first = next(iter(net.net.state_dict().values()))
+    assert first.shape != next(iter(lite0.net.state_dict().values())).shape or not torch.equal(
+        first, next(iter(lite0.net.state_dict().values())))
+
+
+def test_efficientnet_lite_rejects_a_wrong_weights_file(tmp_path):
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"stem.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(DataError, match="wrong.pth: not EfficientNet-Lite2 weights"):
+        build_backbone(FeatureConfig(backbone="efficientnet_lite2", weights=str(wrong)))
+
+
 def test_vgg19_needs_weights():
     with pytest.raises(ConfigError, match="VGG-19 weights are not shipped.*--weights PATH"):
         build_backbone(FeatureConfig(backbone="vgg19"))

@@ -61,6 +61,9 @@ def test_shapes_boxes_and_settings(tmp_path):
     assert FeatureConfig(**known) == SMALL  # checkpoints can rebuild the settings
     assert report.cache_bytes > 0 and report.seconds_per_image > 0
     assert "5 images: 5 extracted now" in report.summary()
+    # a later call over two of the photos still reports the size per photo of the whole folder
+    _, _, again = extract_features(dataset_of(paths[:2], tmp_path), SMALL, tmp_path / "cache", progress=False)
+    assert again.cache_images == 5 and f"({report.cache_bytes / 5 / 1024:.0f} KiB/image)" in again.summary()
 
 
 def test_object_vector_is_roi_average_of_the_map(tmp_path):

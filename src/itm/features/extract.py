@@ -45,6 +45,7 @@ class ExtractionReport:
     object_seconds: float = 0.0  # proposals + RoIAlign pooling
     cache_dir: str = ""
     cache_bytes: int = 0
+    cache_images: int = 0  # every photo in the cache folder (it may hold other splits too)
 
     @property
     def seconds_per_image(self) -> float:
@@ -60,7 +61,8 @@ class ExtractionReport:
         more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
         return (f"{self.images} images: {rate}, {self.cached} already cached, {len(self.skipped)} skipped"
                 f"{': ' + skipped + more if self.skipped else ''}. Cache {self.cache_dir}: "
-                f"{self.cache_bytes / 2**20:.1f} MiB ({self.cache_bytes / max(self.images - len(self.skipped), 1) / 1024:.0f} KiB/image).")
+                f"{self.cache_bytes / 2**20:.1f} MiB for {self.cache_images} images "
+                f"({self.cache_bytes / max(self.cache_images, 1) / 1024:.0f} KiB/image).")
 
 
 def extractor_settings(settings: FeatureConfig, backbone: Backbone, proposals: ProposalMethod) -> dict:
@@ -255,6 +257,7 @@ def extract_features(
     report.cached = len(rows) - report.extracted
     report.seconds = time.perf_counter() - started
     report.cache_bytes = cache.size_bytes()
+    report.cache_images = len(cache.index())
     return _load(cache, [keys[i] for i in rows], extractor), kept, report
 
 

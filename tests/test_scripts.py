@@ -1,0 +1,53 @@
+"""The experiment scripts: the dual-encoder yardstick runs end to end and writes `itm eval --json` keys;
+the branch-weight tuner's per-branch matrices recombine into the model's own scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import REPO
+from test_engine import make_data, tiny_model
+
+from itm.data.synthetic import synthetic_karpathy_dir
+from itm.evaluation.engine import score_all_pairs
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dual_baseline_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=24, n_val=8, n_test=8, size=64, seed=0)
+    out = tmp_path / "dual.json"
+    metrics = load_script("dual_baseline").main(
+        ["--data", str(data), "--backbone", "efficientnet_lite0", "--image-size", "64", "--minutes", "0.01",
+         "--batch-size", "16", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["rsum"] == pytest.approx(metrics["rsum"]) and 0 <= record["rsum"] <= 600
+    assert (record["n_images"], record["n_captions"]) == (8, 40)
+    assert record["training"]["epochs"] >= 1 and len(record["training"]["history"]) == record["training"]["epochs"]
+    # the results table reads it like an itm eval file, training time from the record itself
+    table = load_script("results_table")
+    monkeypatch.chdir(tmp_path)
+    table.main(str(tmp_path))
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| dual |") and f"{record['rsum']:.1f}" in row and " ep |" in row
+
+
+@pytest.mark.parametrize("lam", [0.6, 2.0])
+def test_branch_matrices_recombine_into_the_models_scores(lam):
+    model, _ = tiny_model("bssan_sharp", f"model.o2w_weight={lam}")
+    features, captions = make_data()
+    parts = load_script("tune_branch_weight").branch_matrices(model, SimpleNamespace(features=features, captions=captions))
+    full = score_all_pairs(model, features, captions)
+    np.testing.assert_allclose(parts["w2r"] + lam * parts["o2w"], full, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(parts["o2w"], 0) and not np.allclose(parts["w2r"], full)
+    assert set(model.branches) == {"w2r", "o2w"} and model.o2w_weight == lam  # the model is left as it was
