@@ -33,11 +33,11 @@ CHILD = textwrap.dedent(
 
     images, cache, slow = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "slow"
     if slow:
-        forward = backbones.EfficientNetLite0.forward
+        forward = backbones.EfficientNetLite.forward
         def slowed(self, x):
             time.sleep(0.3)
             return forward(self, x)
-        backbones.EfficientNetLite0.forward = slowed
+        backbones.EfficientNetLite.forward = slowed
     records = [ImageRecord(p.name, p, "test", [], []) for p in sorted(images.glob("*.jpg"))]
     _, _, report = extract_features(Dataset("d", images, records), FeatureConfig(image_size=64), cache,
                                     batch_size=BATCH, progress=False, chunk_size=CHUNK)

@@ -117,19 +117,12 @@ class EfficientNetLite(Backbone):
         return self.net.extract_features(x)  # (B, 1280, ceil(S/32), ceil(S/32))
 
 
-class EfficientNetLite0(EfficientNetLite):
-    """EfficientNet-Lite0: 1280 x 7x7 at 224 px (the default backbone)."""
-
-    def __init__(self, weights_path: str | None = None):
-        super().__init__(0, weights_path)
-
-
 def _register_lite(variant: int) -> None:
     size = _LITE_WEIGHTS[variant][2]
     grid = -(-size // 32)
 
     def build(settings: FeatureConfig) -> Backbone:
-        return EfficientNetLite0(settings.weights) if variant == 0 else EfficientNetLite(variant, settings.weights)
+        return EfficientNetLite(variant, settings.weights)
 
     help_text = f"EfficientNet-Lite{variant}, ImageNet weights shipped (1280 x {grid}x{grid} at {size} px)"
     BACKBONES.register(f"efficientnet_lite{variant}", help=help_text)(build)
