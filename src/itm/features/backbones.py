@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import json
 import struct
@@ -88,8 +89,6 @@ class EfficientNetLite(Backbone):
 
     def __init__(self, variant: int = 0, weights_path: str | None = None):
         super().__init__()
-        import importlib
-
         from efficientnet_lite_pytorch import EfficientNet
 
         module_name, class_name, _ = _LITE_WEIGHTS[variant]

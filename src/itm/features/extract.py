@@ -257,7 +257,7 @@ def extract_features(
     report.cached = len(rows) - report.extracted
     report.seconds = time.perf_counter() - started
     report.cache_bytes = cache.size_bytes()
-    report.cache_images = len(cache.index())
+    report.cache_images = len(index) + report.extracted  # every photo extracted now is a new key
     return _load(cache, [keys[i] for i in rows], extractor), kept, report
 
 
