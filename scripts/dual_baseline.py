@@ -30,6 +30,8 @@ from itm.data.vocab import Vocab
 from itm.evaluation.metrics import format_table, retrieval_metrics
 from itm.features.extract import extract_features
 
+MAX_WORDS = 30  # as the BSSAN configs (data.max_words)
+
 
 class DualEncoder(nn.Module):
     def __init__(self, embeddings: torch.Tensor, image_dim: int, dim: int = 512):
@@ -89,8 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     test_pooled, test = pooled_features(args.data, "test", settings)
     vocab = Vocab.build(train.caption_tokens()[0])
     embeddings, _ = load_glove(vocab.words, seed=args.seed)
-    train_ids, train_lengths, train_owner = encoded(train, vocab, 30)
-    val_data, test_data = encoded(val, vocab, 30), encoded(test, vocab, 30)
+    train_ids, train_lengths, train_owner = encoded(train, vocab, MAX_WORDS)
+    val_data, test_data = encoded(val, vocab, MAX_WORDS), encoded(test, vocab, MAX_WORDS)
 
     model = DualEncoder(embeddings, train_pooled.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)

@@ -5,7 +5,7 @@ Each branch's score matrix is computed once per split (the branches are scored s
 cost is one ordinary evaluation per split); every lambda of the grid is then a sum of two matrices.
 
     python scripts/tune_branch_weight.py --checkpoint runs/flickr8k/lite2 --data ../shared/data/flickr8k \
-        --json results/flickr8k/lite2_lambda.json
+        --json results/branch_weight/lite2.json
 """
 
 from __future__ import annotations
