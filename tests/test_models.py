@@ -329,7 +329,8 @@ def test_feature_norm_makes_the_score_blind_to_feature_scale():
 @pytest.mark.parametrize("name", ["bssan", "bssan_w2r", "bssan_o2w"])
 def test_extensions_keep_all_pairs_scoring_exact(name):
     """score_block (the evaluation engine's path) == forward with every extension switched on."""
-    model, _ = tiny_model(name, "model.attention_scale=6", "model.match_input=true", "model.feature_norm=true")
+    model, _ = tiny_model(name, "model.attention_scale=6", "model.match_input=true", "model.feature_norm=true",
+                          "model.w2r_context=4")
     model.eval()
     captions, (regions, objects) = make_captions(LENGTHS), make_images(3)
     with torch.no_grad():
@@ -355,3 +356,51 @@ def test_dropout_acts_in_training_only():
         torch.manual_seed(0)
         kept = plain(regions, objects, captions).score
     assert not torch.allclose(dropped, kept)
+
+
+# -- model.w2r_context: W2R queries from a BiLSTM over the caption ---------------------------------
+
+CONTEXT = "model.w2r_context=4"
+
+
+@pytest.mark.parametrize("name", ["bssan", "bssan_w2r"])
+def test_context_queries_get_gradients_and_ignore_padding(name):
+    model, _ = tiny_model(name, CONTEXT, "text.trainable=true")
+    assert model.branches["w2r"].context.hidden_size == 4
+    model.train()
+    regions, objects = make_images(len(LENGTHS))
+    out = model(regions, objects, make_captions(LENGTHS))
+    (out.score * torch.linspace(-1.0, 2.0, len(LENGTHS))).sum().backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{param_name}: no gradient"
+    model.eval()
+    tight = make_captions(LENGTHS)
+    padded = Captions(torch.cat([tight.ids, torch.zeros(len(LENGTHS), 6, dtype=torch.long)], 1), tight.lengths)
+    with torch.no_grad():
+        torch.testing.assert_close(model(regions, objects, tight).score, model(regions, objects, padded).score,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_context_queries_make_a_word_attend_by_its_caption():
+    """Without context, a word's attention is a function of the word alone; with it, the same
+    word attends differently when the words around it change. Padding words get none."""
+    regions, objects = make_images(2)
+    regions = regions[:1].expand(2, -1, -1)  # one image, two captions
+    objects = objects[:1].expand(2, -1, -1)
+    ids = torch.tensor([[5, 7, 9, 0], [11, 7, 13, 2]])  # word 7 in the middle of both
+    captions = Captions(ids, torch.tensor([3, 4]))
+    for overrides, differs in [((), False), ((CONTEXT,), True)]:
+        model, _ = tiny_model("bssan_w2r", *overrides)
+        model.eval()
+        with torch.no_grad():
+            alpha = model(regions, objects, captions, return_attention=True).attention["w2r"]
+        assert torch.allclose(alpha[0, 1], alpha[1, 1]) != differs
+        torch.testing.assert_close(alpha[:, :3].sum(-1), torch.ones(2, 3))
+        assert (alpha[0, 3] == 0).all()
+
+
+def test_context_width_is_validated():
+    from itm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.w2r_context"):
+        load_config(None, ["model.w2r_context=-1"])

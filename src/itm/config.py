@@ -69,6 +69,7 @@ class ModelConfig:
     match_input: bool = False  # also feed the attended alignment score sum_j alpha_j e_j to LSTM / MLP
     feature_norm: bool = False  # L2-normalise region and object vectors before both branches
     dropout: float = 0.0  # training-time dropout on word vectors and on region / object vectors
+    w2r_context: int = 0  # >0: W2R attends with BiLSTM states of this width, not the word vectors
 
 
 @dataclass
@@ -89,7 +90,7 @@ class TrainConfig:
     grad_clip: float = 2.0
     seed: int = 0
     val_images: int = 1000  # validation images scored every epoch (all their captions)
-    max_minutes: float | None = None  # stop after this wall time (the epoch in progress ends first)
+    max_minutes: float | None = None  # wall-time budget: the epoch in progress stops, is validated, run ends
     threads: int | None = None  # torch threads; None: torch's default
     checkpoint_minutes: float = 5.0  # also write last.pt this often within an epoch (0: after every batch)
 
@@ -304,7 +305,8 @@ def validate(config: Config) -> None:
                          ("model", "attention_scale"),
                          ("data", "min_word_count")]
     non_negative = [("train", "margin"), ("train", "momentum"), ("train", "grad_clip"),
-                    ("train", "checkpoint_minutes"), ("model", "o2w_weight"), ("model", "reg_weight")]
+                    ("train", "checkpoint_minutes"), ("model", "o2w_weight"), ("model", "reg_weight"),
+                    ("model", "w2r_context")]
     for section, key in strictly_positive:
         value = getattr(getattr(config, section), key)
         if value <= 0:

@@ -101,14 +101,28 @@ def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tenso
     return h_last
 
 
+def bidirectional_states(bilstm: nn.LSTM, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A bidirectional LSTM over the real words, the two directions averaged ("average" merge):
+    (N, L, E) -> (N, L, H), zeros at padding."""
+    packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, _ = bilstm(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])  # (N, L, 2H)
+    forward, backward = out.chunk(2, dim=-1)
+    return (forward + backward) / 2
+
+
 class W2R(nn.Module):
-    """Word-to-regions branch (eq. 1-6). ``scale`` and ``match_input`` are our extensions (1, False:
-    the paper): softmax(scale * e) and an extra LSTM input, the attended alignment sum_j alpha_jk e_jk."""
+    """Word-to-regions branch (eq. 1-6). ``scale``, ``match_input`` and ``context`` are our extensions
+    (1, False, 0: the paper): softmax(scale * e); an extra LSTM input, the attended alignment
+    sum_j alpha_jk e_jk; and, with context > 0, queries from a BiLSTM of that width over the caption
+    instead of the word vectors t_k (the LSTM still reads [attended region; t_k])."""
 
     def __init__(self, word_dim: int, region_dim: int, hidden: int, mlp: list[int],
-                 scale: float = 1.0, match_input: bool = False):
+                 scale: float = 1.0, match_input: bool = False, context: int = 0):
         super().__init__()
-        self.bilinear = nn.Parameter(torch.empty(word_dim, region_dim))  # W in R^{E x M}
+        self.context = nn.LSTM(word_dim, context, batch_first=True, bidirectional=True) if context else None
+        query_dim = context or word_dim
+        self.bilinear = nn.Parameter(torch.empty(query_dim, region_dim))  # W in R^{E x M}
         self.bias = nn.Parameter(torch.zeros(()))  # b
         nn.init.xavier_uniform_(self.bilinear)
         self.region_dim, self.word_dim = region_dim, word_dim
@@ -116,9 +130,15 @@ class W2R(nn.Module):
         self.lstm = nn.LSTM(region_dim + word_dim + int(match_input), hidden, batch_first=True)
         self.linears, self.norms = mlp_layers([hidden, *mlp, 1])
 
+    def queries(self, words, lengths):
+        """What attends over the regions: the word vectors (the paper) or their BiLSTM context."""
+        if self.context is None:
+            return words  # (N, L, E)
+        return bidirectional_states(self.context, words, lengths)  # (N, L, C)
+
     def forward(self, regions, words, lengths, uniform=None):
         """Aligned pairs: regions (B, D, M), words (B, L, E) -> score (B,), attention (B, L, D)."""
-        keys = words @ self.bilinear  # (B, L, M)
+        keys = self.queries(words, lengths) @ self.bilinear  # (B, L, M)
         align = torch.tanh(keys @ regions.transpose(1, 2) + self.bias)  # (B, L, D): e_jk
         alpha = torch.softmax(self.scale * align, dim=-1)  # (B, L, D)
         if uniform is not None:
@@ -141,16 +161,17 @@ class W2R(nn.Module):
     def prepare_captions(self, words, lengths):
         w_t = self.lstm.weight_ih_l0[:, self.region_dim : self.region_dim + self.word_dim]  # (4H, E)
         bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
-        return {"w2r_words": words, "w2r_gates": words @ w_t.t() + bias}  # (N, L, E), (N, L, 4H)
+        return {"w2r_queries": self.queries(words, lengths),  # (N, L, E or C)
+                "w2r_gates": words @ w_t.t() + bias}  # (N, L, 4H)
 
     def score_block(self, images: State, captions: State, lengths, uniform=None):
         """Every image x caption pair: (Ni, Nc) scores; pairs run as one batched recurrence."""
         keys, region_gates = images["w2r_keys"], images["w2r_gates"]  # (Ni, D, E), (Ni, D, 4H)
-        words, word_gates = captions["w2r_words"], captions["w2r_gates"]  # (Nc, L, E), (Nc, L, 4H)
+        queries, word_gates = captions["w2r_queries"], captions["w2r_gates"]  # (Nc, L, E), (Nc, L, 4H)
         ni, d = keys.shape[:2]
-        nc, steps = words.shape[:2]
-        flat_words = words.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E)
-        align = torch.tanh(flat_words @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
+        nc, steps = queries.shape[:2]
+        flat_queries = queries.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E)
+        align = torch.tanh(flat_queries @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
         alpha = torch.softmax(self.scale * align, dim=-1)
         if uniform is not None:
             alpha = torch.where(uniform.repeat_interleave(steps, 1)[:, :, None], 1.0 / d, alpha)
@@ -180,12 +201,8 @@ class O2W(nn.Module):
         self.linears, self.norms = mlp_layers([object_dim + hidden + int(match_input), *mlp, 1])
 
     def encode_words(self, words, lengths):
-        """BiLSTM over the real words, directions averaged ("average" merge): (N, L, B)."""
-        packed = pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.bilstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])  # (N, L, 2B)
-        forward, backward = out.chunk(2, dim=-1)
-        return (forward + backward) / 2  # (N, L, B), zeros at padding
+        """BiLSTM over the real words, directions averaged: (N, L, B), zeros at padding."""
+        return bidirectional_states(self.bilstm, words, lengths)
 
     def forward(self, objects, words, lengths, uniform=None):
         """Aligned pairs: objects (B, P, Q), words (B, L, E) -> score (B,), attention (B, P, L)."""
@@ -253,7 +270,7 @@ class BSSAN(Matcher):
         self.branches = nn.ModuleDict()
         if "w2r" in config.branches:
             self.branches["w2r"] = W2R(dims.word_dim, dims.region_dim, config.w2r_hidden, config.w2r_mlp,
-                                       **extensions)
+                                       context=config.w2r_context, **extensions)
         if "o2w" in config.branches:
             self.branches["o2w"] = O2W(dims.word_dim, dims.object_dim, config.o2w_hidden, config.o2w_mlp,
                                        **extensions)
