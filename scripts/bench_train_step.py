@@ -10,10 +10,10 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from itm.config import load_config
 from itm.data.types import Captions
+from itm.losses import infonce
 from itm.models.registry import InputDims
 from itm.training.checkpoint import new_model
 
@@ -31,12 +31,11 @@ def step_ms(context: int, batch: int, steps: int) -> float:
     ids[torch.arange(WORDS)[None] >= lengths[:, None]] = 0
     captions = Captions(ids, lengths)
     regions, objects = torch.randn(batch, REGIONS, WIDTH), torch.randn(batch, OBJECTS, WIDTH)
-    target = torch.arange(batch)
+    positives = torch.eye(batch, dtype=torch.bool)  # one caption per image in this block
 
     def step() -> None:
         scores = model.score_block(model.prepare_images(regions, objects), model.prepare_captions(captions))
-        logits = scores / config.train.temperature  # (B, B)
-        loss = F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)
+        loss = infonce(scores, positives, config.train.temperature)  # scores (B, B)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from itm import cli
-from itm.config import load_config
+from itm.config import ConfigError, load_config
 from itm.data.types import Captions
 from itm.models import MODELS
 from itm.models.registry import InputDims, _load_all
@@ -400,7 +400,5 @@ def test_context_queries_make_a_word_attend_by_its_caption():
 
 
 def test_context_width_is_validated():
-    from itm.config import ConfigError
-
     with pytest.raises(ConfigError, match="model.w2r_context"):
         load_config(None, ["model.w2r_context=-1"])

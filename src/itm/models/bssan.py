@@ -122,7 +122,7 @@ class W2R(nn.Module):
         super().__init__()
         self.context = nn.LSTM(word_dim, context, batch_first=True, bidirectional=True) if context else None
         query_dim = context or word_dim
-        self.bilinear = nn.Parameter(torch.empty(query_dim, region_dim))  # W in R^{E x M}
+        self.bilinear = nn.Parameter(torch.empty(query_dim, region_dim))  # W in R^{E x M} (C x M with context)
         self.bias = nn.Parameter(torch.zeros(()))  # b
         nn.init.xavier_uniform_(self.bilinear)
         self.region_dim, self.word_dim = region_dim, word_dim
@@ -154,7 +154,7 @@ class W2R(nn.Module):
     def prepare_images(self, regions):
         w_u = self.lstm.weight_ih_l0[:, : self.region_dim]  # (4H, M): the LSTM's region-input part
         return {
-            "w2r_keys": regions @ self.bilinear.t(),  # (N, D, E): W r_j, so a pair needs only L x D x E
+            "w2r_keys": regions @ self.bilinear.t(),  # (N, D, E|C): W r_j, so a pair needs only L x D x E
             "w2r_gates": regions @ w_u.t(),  # (N, D, 4H)
         }
 
@@ -166,11 +166,11 @@ class W2R(nn.Module):
 
     def score_block(self, images: State, captions: State, lengths, uniform=None):
         """Every image x caption pair: (Ni, Nc) scores; pairs run as one batched recurrence."""
-        keys, region_gates = images["w2r_keys"], images["w2r_gates"]  # (Ni, D, E), (Ni, D, 4H)
-        queries, word_gates = captions["w2r_queries"], captions["w2r_gates"]  # (Nc, L, E), (Nc, L, 4H)
+        keys, region_gates = images["w2r_keys"], images["w2r_gates"]  # (Ni, D, E|C), (Ni, D, 4H)
+        queries, word_gates = captions["w2r_queries"], captions["w2r_gates"]  # (Nc, L, E|C), (Nc, L, 4H)
         ni, d = keys.shape[:2]
         nc, steps = queries.shape[:2]
-        flat_queries = queries.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E)
+        flat_queries = queries.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E|C)
         align = torch.tanh(flat_queries @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
         alpha = torch.softmax(self.scale * align, dim=-1)
         if uniform is not None:
