@@ -278,8 +278,10 @@ class Killed(BaseException):
     """Stands in for kill -9 between two batches (not an Exception: nothing may catch it)."""
 
 
-def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
-    common = ["train.loss=pairwise_hinge", "train.epochs=3", "train.checkpoint_minutes=0"]
+@pytest.mark.parametrize("augmentation", [[], ["train.region_drop=0.3", "train.word_drop=0.2"]],
+                         ids=["plain", "augmented"])
+def test_resume_after_interruption_is_exact(tmp_path, monkeypatch, augmentation):
+    common = ["train.loss=pairwise_hinge", "train.epochs=3", "train.checkpoint_minutes=0", *augmentation]
     reference, train, val = setup_run(tmp_path / "a", *common, n_train=64, n_val=8)
     fit_quietly(reference, train, val)
 

@@ -93,6 +93,8 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-time budget: the epoch in progress stops, is validated, run ends
     threads: int | None = None  # torch threads; None: torch's default
     checkpoint_minutes: float = 5.0  # also write last.pt this often within an epoch (0: after every batch)
+    region_drop: float = 0.0  # fraction of each image's grid regions dropped per training step (augmentation)
+    word_drop: float = 0.0  # probability of deleting each caption word per training step (augmentation)
 
 
 @dataclass
@@ -319,8 +321,10 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value is not None and value <= 0:
             raise ConfigError(f"{section}.{key}: must be positive or null, got {value}")
-    if not 0 <= config.model.dropout < 1:
-        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+    for section, key in [("model", "dropout"), ("train", "region_drop"), ("train", "word_drop")]:
+        value = getattr(getattr(config, section), key)
+        if not 0 <= value < 1:
+            raise ConfigError(f"{section}.{key}: must be in [0, 1), got {value}")
     from itm.losses import LOSSES  # late: keeps this module free of torch at import
     from itm.models.registry import MODELS, _load_all
 

@@ -29,6 +29,7 @@ from itm.losses import LOSSES
 from itm.models.base import Matcher
 from itm.pipeline import PreparedSplit
 from itm.registry import Registry
+from itm.training.augment import drop_regions, drop_words
 from itm.training.checkpoint import save_atomic
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
@@ -87,6 +88,15 @@ def batch_captions(captions: Captions, index: torch.Tensor) -> Captions:
     return Captions(picked.ids[:, :steps], picked.lengths, vectors)
 
 
+def training_inputs(split: PreparedSplit, images: torch.Tensor, caps: torch.Tensor, cfg: TrainConfig,
+                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, Captions]:
+    """Regions, objects and captions of one step, with train.region_drop / train.word_drop applied."""
+    feats = split.features
+    regions = drop_regions(feats.regions[images], cfg.region_drop, gen)  # (B, D', M)
+    captions = drop_words(batch_captions(split.captions, caps), cfg.word_drop, gen)
+    return regions, feats.objects[images], captions
+
+
 def siamese_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
                  cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Eq. 7 + 17: each positive pair against ``negatives`` sampled unmatched captions, one forward."""
@@ -95,9 +105,7 @@ def siamese_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner
     all_images = torch.cat([images, images.repeat(cfg.negatives)])  # (B + B*K,)
     all_caps = torch.cat([caps, neg.t().reshape(-1)])  # negatives laid out (K, B)
     uniform = torch.arange(len(all_caps)) >= len(caps)  # eq. 8 applies to the negatives
-    feats = split.features
-    out = model(feats.regions[all_images], feats.objects[all_images],
-                batch_captions(split.captions, all_caps), uniform=uniform)
+    out = model(*training_inputs(split, all_images, all_caps, cfg, gen), uniform=uniform)
     b = len(caps)
     weights = model.branch_weights()
     return sum(weights[name] * LOSSES.get("pairwise_hinge")(s[:b], s[b:].view(cfg.negatives, b).t(), cfg.margin)
@@ -112,9 +120,9 @@ def in_batch_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owne
     """InfoNCE / VSE++ over the B x B block of the batch's images and captions."""
     images = owner[caps]  # (B,)
     positives = images[:, None] == images[None, :]  # (B, B) matched pairs, incl. same-image captions
-    feats = split.features
-    image_state = model.prepare_images(feats.regions[images], feats.objects[images])
-    caption_state = model.prepare_captions(batch_captions(split.captions, caps))
+    regions, objects, captions = training_inputs(split, images, caps, cfg, gen)
+    image_state = model.prepare_images(regions, objects)
+    caption_state = model.prepare_captions(captions)
     parts = model.score_block(image_state, caption_state, uniform=~positives, parts=True)
     loss_fn = LOSSES.get(cfg.loss)
     extra = getattr(cfg, IN_BATCH_PARAMETER[cfg.loss])
