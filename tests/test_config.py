@@ -162,6 +162,7 @@ BAD = [
     ("model.dropout=-0.1", "model.dropout"),
     ("train.region_drop=1", "train.region_drop"),
     ("train.word_drop=-0.1", "train.word_drop"),
+    ("train.ema_decay=1", "train.ema_decay"),
     ("text.source=bert", "text.source"),
     ("model.name=resnet", "model.name"),
     ("train.loss=triplet", "train.loss"),

@@ -278,8 +278,9 @@ class Killed(BaseException):
     """Stands in for kill -9 between two batches (not an Exception: nothing may catch it)."""
 
 
-@pytest.mark.parametrize("augmentation", [[], ["train.region_drop=0.3", "train.word_drop=0.2"]],
-                         ids=["plain", "augmented"])
+@pytest.mark.parametrize("augmentation", [[], ["train.region_drop=0.3", "train.word_drop=0.2"],
+                                          ["train.ema_decay=0.9"]],
+                         ids=["plain", "augmented", "averaged"])
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch, augmentation):
     common = ["train.loss=pairwise_hinge", "train.epochs=3", "train.checkpoint_minutes=0", *augmentation]
     reference, train, val = setup_run(tmp_path / "a", *common, n_train=64, n_val=8)
@@ -311,6 +312,10 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch, augmentation)
 
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+    if reference.average is not None:  # the weight average resumes too (so validation matches below)
+        assert reference.average.updates == resumed.average.updates
+        for key, value in reference.average.average.items():
+            assert torch.equal(value, resumed.average.average[key]), key
     a = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in b] == [1, 2, 3]

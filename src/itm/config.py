@@ -95,6 +95,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0  # also write last.pt this often within an epoch (0: after every batch)
     region_drop: float = 0.0  # fraction of each image's grid regions dropped per training step (augmentation)
     word_drop: float = 0.0  # probability of deleting each caption word per training step (augmentation)
+    ema_decay: float = 0.0  # > 0: validate and keep a moving average of the weights (decay per step)
 
 
 @dataclass
@@ -321,7 +322,8 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value is not None and value <= 0:
             raise ConfigError(f"{section}.{key}: must be positive or null, got {value}")
-    for section, key in [("model", "dropout"), ("train", "region_drop"), ("train", "word_drop")]:
+    for section, key in [("model", "dropout"), ("train", "region_drop"), ("train", "word_drop"),
+                         ("train", "ema_decay")]:
         value = getattr(getattr(config, section), key)
         if not 0 <= value < 1:
             raise ConfigError(f"{section}.{key}: must be in [0, 1), got {value}")

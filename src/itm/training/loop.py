@@ -30,6 +30,7 @@ from itm.models.base import Matcher
 from itm.pipeline import PreparedSplit
 from itm.registry import Registry
 from itm.training.augment import drop_regions, drop_words
+from itm.training.averaging import WeightAverage
 from itm.training.checkpoint import save_atomic
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
@@ -153,6 +154,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZERS.get(self.cfg.optimizer)(params, self.cfg)
         self.state = LoopState()
+        self.average = WeightAverage(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
 
     # -- checkpoints ------------------------------------------------------------------------------
     def last_good(self) -> str:
@@ -171,12 +173,27 @@ class Trainer:
         payload = self.meta()
         payload["optimizer"] = self.optimizer.state_dict()
         payload["loop"] = {k: v for k, v in vars(self.state).items()}
+        if self.average is not None:
+            payload["average"] = self.average.state_dict()
         save_atomic(payload, self.run_dir / "last.pt")
+
+    def save_best(self) -> None:
+        """best.pt holds the weights evaluation should use: the averaged ones when averaging is on."""
+        if self.average is None:
+            save_atomic(self.meta(), self.run_dir / "best.pt")
+            return
+        with self.average.swapped_in(self.model):
+            save_atomic(self.meta(), self.run_dir / "best.pt")
 
     def restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = LoopState(**payload["loop"])
+        if self.average is not None:  # a run that turns averaging on when resumed starts it here
+            if "average" in payload:
+                self.average.load_state_dict(payload["average"])
+            else:
+                self.average = WeightAverage(self.model, self.cfg.ema_decay)
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, train: PreparedSplit, val: PreparedSplit, progress: bool = True) -> dict[str, Any]:
@@ -214,6 +231,8 @@ class Trainer:
                     raise TrainingDiverged(f"gradient became {grad_norm.item()} at epoch {epoch + 1} step {s + 1}; "
                                            f"{self.last_good()} (try a lower train.lr)")
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update(self.model)
                 self.state.step += 1
                 self.state.loss_sum += loss.item()
                 self.state.sampler_state = gen.get_state()
@@ -237,22 +256,31 @@ class Trainer:
     def end_epoch(self, val: PreparedSplit, steps_done: int) -> None:
         self.check_finite_weights(f"in epoch {self.state.epoch + 1}")
         t0 = time.time()
-        metrics = validate(self.model, val, self.config)
+        raw = None
+        if self.average is None:
+            metrics = validate(self.model, val, self.config)
+        else:  # selection uses the averaged weights; the raw ones are logged beside them
+            raw = validate(self.model, val, self.config)["rsum"]
+            with self.average.swapped_in(self.model):
+                metrics = validate(self.model, val, self.config)
         record = {"epoch": self.state.epoch + 1, "steps": steps_done,
                   "train_loss": self.state.loss_sum / max(steps_done, 1),
                   "val": metrics, "rsum": metrics["rsum"], "val_seconds": round(time.time() - t0, 2),
                   "elapsed": round(self.state.elapsed, 2)}
+        if raw is not None:
+            record["raw_rsum"] = raw
         improved = metrics["rsum"] > self.state.best_rsum
         if improved:
             self.state.best_rsum = metrics["rsum"]
             self.state.epochs_without_gain = 0
-            save_atomic(self.meta(), self.run_dir / "best.pt")
+            self.save_best()
         else:
             self.state.epochs_without_gain += 1
         record["best"] = improved
         self.state.history.append(record)
         write_metrics_log(self.state.history, self.run_dir / "metrics.jsonl")
-        print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val rsum {metrics['rsum']:.1f}"
+        raw_text = "" if raw is None else f" (raw weights {raw:.1f})"
+        print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val rsum {metrics['rsum']:.1f}{raw_text}"
               f"{'  (best)' if improved else ''}", flush=True)
         self.state.epoch += 1
         self.state.step = 0
