@@ -23,6 +23,7 @@ class WeightAverage:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.float_keys = [k for k, v in self.average.items() if v.is_floating_point()]
         self.updates = 0
 
     @torch.no_grad()
@@ -30,10 +31,9 @@ class WeightAverage:
         current = model.state_dict()
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        floats = [k for k, v in self.average.items() if v.is_floating_point()]
-        # lerp towards the current weights by (1 - decay): the same update, in one fused call
-        torch._foreach_lerp_([self.average[k] for k in floats], [current[k].detach() for k in floats],
-                             1.0 - d)
+        # avg + (1 - d) * (w - avg) is the same update, fused over all tensors in one call
+        torch._foreach_lerp_([self.average[k] for k in self.float_keys],
+                             [current[k].detach() for k in self.float_keys], 1.0 - d)
         for k, v in self.average.items():
             if not v.is_floating_point():
                 v.copy_(current[k])

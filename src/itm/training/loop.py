@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,13 +178,9 @@ class Trainer:
             payload["average"] = self.average.state_dict()
         save_atomic(payload, self.run_dir / "last.pt")
 
-    def save_best(self) -> None:
-        """best.pt holds the weights evaluation should use: the averaged ones when averaging is on."""
-        if self.average is None:
-            save_atomic(self.meta(), self.run_dir / "best.pt")
-            return
-        with self.average.swapped_in(self.model):
-            save_atomic(self.meta(), self.run_dir / "best.pt")
+    def evaluated_weights(self) -> AbstractContextManager:
+        """The weights validation scores and best.pt keeps: the averaged ones when averaging is on."""
+        return nullcontext() if self.average is None else self.average.swapped_in(self.model)
 
     def restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload["model"])
@@ -256,13 +253,10 @@ class Trainer:
     def end_epoch(self, val: PreparedSplit, steps_done: int) -> None:
         self.check_finite_weights(f"in epoch {self.state.epoch + 1}")
         t0 = time.time()
-        raw = None
-        if self.average is None:
+        # with averaging on, selection uses the averaged weights and the raw ones are logged beside them
+        raw = None if self.average is None else validate(self.model, val, self.config)["rsum"]
+        with self.evaluated_weights():
             metrics = validate(self.model, val, self.config)
-        else:  # selection uses the averaged weights; the raw ones are logged beside them
-            raw = validate(self.model, val, self.config)["rsum"]
-            with self.average.swapped_in(self.model):
-                metrics = validate(self.model, val, self.config)
         record = {"epoch": self.state.epoch + 1, "steps": steps_done,
                   "train_loss": self.state.loss_sum / max(steps_done, 1),
                   "val": metrics, "rsum": metrics["rsum"], "val_seconds": round(time.time() - t0, 2),
@@ -273,7 +267,8 @@ class Trainer:
         if improved:
             self.state.best_rsum = metrics["rsum"]
             self.state.epochs_without_gain = 0
-            self.save_best()
+            with self.evaluated_weights():
+                save_atomic(self.meta(), self.run_dir / "best.pt")
         else:
             self.state.epochs_without_gain += 1
         record["best"] = improved
