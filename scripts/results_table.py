@@ -17,6 +17,8 @@ def row(name: str, metrics: dict, train_seconds: float | None, epochs: int | Non
     train = f"{train_seconds / 60:.1f} min, {epochs} ep" if train_seconds is not None else "-"
     if "ensemble" in metrics:  # `itm eval` with several checkpoints: the members' rows give their training
         train = f"ensemble of {len(metrics['ensemble'])} runs"
+    elif str(metrics.get("checkpoint", "")).endswith("last.pt"):  # the run's last epoch, not its best.pt
+        train = f"{Path(metrics['checkpoint']).parent.name}: weights of the last epoch"
     return (f"| {name} | {' / '.join(cells[:3])} | {' / '.join(cells[3:])} | {medr} | {metrics['rsum']:.1f} "
             f"| {train} | {metrics['seconds']:.0f} s |")
 
