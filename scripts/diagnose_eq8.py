@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         words = model.word_vectors(captions)  # the model's own preprocessing, as visual_inputs
         print(f"{'pairs':<12}{'attention':<11}" + "".join(f"{name:>10}" for name in model.branches))
-        inputs = {label: model.visual_inputs(test.features.regions[images], test.features.objects[images])
+        inputs = {label: model.visual_inputs(test.features.streams(model.image_streams, images))
                   for label, images in (("matched", matched), ("mismatched", mismatched))}
         for label, feats in inputs.items():
             for attention, uniform in (("softmax", None), ("uniform", torch.ones(len(caps), dtype=torch.bool))):

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the metrics as JSON")
     parser.add_argument("--memory-mb", type=int, default=None, help="memory budget of the scoring engine")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images, with a report")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a scoring switch of the saved config, e.g. --set model.global_context=pairwise")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from itm.training.checkpoint import load_checkpoint
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
-    checkpoints = [load_checkpoint(path) for path in args.checkpoint]  # all load before any long work
+    # all load before any long work
+    checkpoints = [load_checkpoint(path, args.overrides) for path in args.checkpoint]
     dataset = load_dataset(args.data, args.split).split(args.split)
     if not len(dataset):
         raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from itm.config import Config
+from itm.config import Config, apply_overrides
 from itm.data.vocab import Vocab
 from itm.errors import ItmError
 from itm.models.base import Matcher, WordEmbedder
@@ -83,13 +83,23 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder."""
+def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> LoadedCheckpoint:
+    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder.
+
+    ``overrides`` (``model.global_context=pairwise``, ...) change the saved config before the model
+    is built: switches that leave the weights' shapes alone; anything else fails to load in one line."""
     payload = read_payload(path)
     config = Config.from_dict(payload["config"], f"checkpoint {path}")
+    if overrides:
+        config = apply_overrides(config, overrides)
     dims = InputDims(**payload["dims"])
     model = new_model(config, dims)
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:  # missing / unexpected keys or shapes: another model or version
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ItmError(f"checkpoint {path}: its weights do not fit model '{config.model.name}' as configured "
+                       f"({first}); retrain, or load it with the itm version that wrote it") from None
     model.eval()
     return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
                             payload["feature_settings"], payload)
