@@ -20,7 +20,7 @@ import yaml
 from itm.errors import ConfigError
 from itm.registry import Registry
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
 
 
 @dataclass

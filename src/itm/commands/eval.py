@@ -60,9 +60,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
         out["checkpoint"] = " + ".join(args.checkpoint)
+        out["peak_rss_mb"] = peak_rss_mb()  # the whole process: data, model and the engine's tiles
         out["model"] = model_name
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
