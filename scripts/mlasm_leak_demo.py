@@ -73,7 +73,7 @@ def parts_matrices(model, features, captions) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> dict:
     from itm.data.load import load_dataset
-    from itm.pipeline import feature_config, prepare_split
+    from itm.pipeline import prepare_split
     from itm.training.checkpoint import load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.config
-    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
     split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False)
     result = leaky_and_honest(ckpt.model, split.features, split.captions, split.caption_to_image)
     for label, metrics in result.items():

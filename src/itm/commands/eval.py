@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.evaluation.evaluate import Member, evaluate_ensemble
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
-    from itm.pipeline import feature_config, prepare_split
+    from itm.pipeline import prepare_split
     from itm.training.checkpoint import load_checkpoint
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
@@ -44,7 +44,6 @@ def run(args: argparse.Namespace) -> int:
     members, owners = [], []
     for ckpt in checkpoints:
         config = ckpt.config
-        config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
         split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress)
         members.append(Member(ckpt.model, split.features, split.captions))
         owners.append(split.caption_to_image)

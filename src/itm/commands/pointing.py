@@ -24,14 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from itm.data.load import load_dataset
     from itm.evaluation.grounding import pointing_cases
     from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
-    from itm.pipeline import feature_config, prepare_split
+    from itm.pipeline import prepare_split
     from itm.training.checkpoint import load_checkpoint
 
     boxes, categories = read_coco_boxes(args.boxes)
     words = word_table(categories, read_synonyms(args.synonyms) if args.synonyms else None)
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.config
-    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
     split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False)
     cases = pointing_cases(ckpt.model, split, boxes, words)
     result = summarise(cases, args.min_cases)

@@ -20,6 +20,7 @@ from itm.data.vocab import Vocab
 from itm.errors import ItmError
 from itm.models.base import Matcher, WordEmbedder
 from itm.models.registry import InputDims, build_model
+from itm.pipeline import feature_config
 
 FORMAT_VERSION = 1
 
@@ -84,7 +85,8 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> LoadedCheckpoint:
-    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder.
+    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder: the one
+    loader for inference. ``config.features`` are the extractor settings the model was trained on.
 
     ``overrides`` (``model.global_context=pairwise``, ...) change the saved config before the model
     is built: switches that leave the weights' shapes alone; anything else fails to load in one line."""
@@ -101,5 +103,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> Loa
         raise ItmError(f"checkpoint {path}: its weights do not fit model '{config.model.name}' as configured "
                        f"({first}); retrain, or load it with the itm version that wrote it") from None
     model.eval()
+    # new images must be extracted exactly as the model's training images were
+    config.features = feature_config({**payload["feature_settings"], "cache_dir": config.features.cache_dir})
     return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
                             payload["feature_settings"], payload)
