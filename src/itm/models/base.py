@@ -93,6 +93,8 @@ class Matcher(nn.Module):
 
     words: WordEmbedder
     image_streams: tuple[str, ...] = ("regions",)  # the ImageFeatures streams the model reads
+    # True for models whose score is encode_images(..) @ encode_captions(..).T (a shortlist index)
+    indexable: bool = False
 
     def attention_specs(self) -> dict[str, AttentionSpec]:
         """The attention maps ``forward(..., return_attention=True)`` returns, by name."""
