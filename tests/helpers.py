@@ -8,13 +8,15 @@ import io
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from itm.config import MODEL_CONFIGS, load_config
 from itm.data.synthetic import synthetic_split
 from itm.data.types import Captions, ImageFeatures
+from itm.data.vocab import Vocab
 from itm.models.objectives import TrainingBatch
 from itm.models.registry import InputDims
-from itm.training.checkpoint import model_payload, new_model
+from itm.training.checkpoint import model_payload, new_model, save_atomic
 from itm.training.loop import Trainer, seed_everything
 
 E, M, Q, D, P, V = 6, 5, 7, 4, 3, 30  # word, region, object dims; regions, objects; vocabulary
@@ -124,3 +126,43 @@ def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256,
 def fit_quietly(trainer: Trainer, train, val) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         return trainer.fit(train, val, progress=False)
+
+
+# -- photo folders and checkpoints for search -------------------------------------------------------
+
+FEATURES = ["features.backbone=efficientnet_lite0", "features.image_size=64", "features.num_objects=3"]
+WORDS = ["a", "red", "green", "blue", "square", "dog", "photo"]
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "grey": (128, 128, 128),
+           "yellow": (230, 220, 20), "teal": (20, 160, 160)}
+
+
+def index_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
+    """A tiny checkpoint of ``name`` on Lite0 64 px features (search and service tests)."""
+    config = load_config(None, [*tiny_overrides(name), *FEATURES])
+    torch.manual_seed(seed)
+    dims = InputDims(word_dim=50, region_dim=1280, object_dim=1280, vocab_size=len(WORDS) + 2)
+    model = new_model(config, dims)
+    settings = {"backbone": "efficientnet_lite0", "image_size": 64, "num_objects": 3, "proposals": "activation",
+                "weights": None}
+    save_atomic(model_payload(model, config, Vocab.build([WORDS]), dims, settings), path)
+    return path
+
+
+def photo(path: Path, colour: str, size=(48, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, COLOURS[colour]).save(path)
+    return path
+
+
+def photo_folder(photos: Path) -> Path:
+    """Five photos (nested folders, JPEG / PNG / WebP) and three bad files: a text file named .jpg,
+    a JPEG cut inside its header, an empty PNG; and a non-image file."""
+    for colour in ["red", "green", "blue"]:
+        photo(photos / f"{colour}.jpg", colour)
+    photo(photos / "nested" / "deeper" / "grey.png", "grey")
+    photo(photos / "yellow.webp", "yellow")
+    (photos / "notes.jpg").write_text("not an image")
+    (photos / "cut.jpg").write_bytes((photos / "red.jpg").read_bytes()[:100])  # issue 23: cut inside the header
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "readme.txt").write_text("ignored: not an image suffix")
+    return photos

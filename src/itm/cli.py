@@ -16,6 +16,9 @@ COMMANDS = {
     "eval": "itm.commands.eval",
     "explain": "itm.commands.explain",
     "pointing-game": "itm.commands.pointing",
+    "index": "itm.commands.index",
+    "search": "itm.commands.search",
+    "serve": "itm.commands.serve",
     "demo": "itm.commands.demo",
 }
 

@@ -69,6 +69,8 @@ def decode_image(data: bytes, name: str | Path, min_size: int | None = None) -> 
             img = Image.open(io.BytesIO(data))
         except Image.UnidentifiedImageError:
             raise DataError(f"{name}: not an image file (unrecognised format)") from None
+        except OSError as exc:  # TEMP until the issue-23 branch lands
+            raise DataError(f"{name}: cannot decode image ({exc})") from None
         header_size = img.size
         _reduce_while_decoding(img, name, min_size)
         try:

@@ -1,0 +1,27 @@
+"""``itm index``: index a folder of photos for search (incremental: run it again after changes)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "index a folder of photos (JPEG/PNG/WebP, recursively); a re-run adds, updates and drops files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, help="the photo folder")
+    parser.add_argument("--out", required=True, help="the index folder (created; reused by later runs)")
+    parser.add_argument("--shortlist", required=True, help="checkpoint of an indexable model (e.g. a dual encoder run)")
+    parser.add_argument("--checkpoint", help="checkpoint of the cross-attention matcher that re-ranks the shortlist")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from itm.retrieval.index import IndexStore, update_index
+    from itm.retrieval.search import SearchModels
+
+    models = SearchModels(args.shortlist, args.checkpoint)
+    report = update_index(IndexStore(args.out), args.images, models, progress=not args.no_progress)
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}")
+    print(report.summary())
+    return 0

@@ -1,0 +1,30 @@
+"""``itm search``: ranked photos of an index for a text query."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "search an index by text: the shortlist model's top candidates, re-ranked by the matcher"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, help="an index folder made by itm index")
+    parser.add_argument("--text", required=True, help="the query")
+    parser.add_argument("-k", type=int, default=10, help="results to show (default 10)")
+    parser.add_argument("--rerank", type=int, default=50, help="shortlist size re-ranked exactly (0: none)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from itm.retrieval.search import Searcher
+
+    hits = Searcher(args.index).search(args.text, args.k, args.rerank)
+    if args.json:
+        print(json.dumps([{"rank": n + 1, "image_id": h.image_id, "path": h.path, "score": round(h.score, 5),
+                           "shortlist_score": round(h.shortlist_score, 5), "paths": h.paths}
+                          for n, h in enumerate(hits)], indent=2))
+    else:
+        for n, hit in enumerate(hits, start=1):
+            print(f"{n:>3}  {hit.score:8.4f}  {hit.path}")
+    return 0

@@ -1,0 +1,44 @@
+"""``itm serve``: the search service and its web page over an index."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+HELP = "serve an index over HTTP: POST /search, GET /images/{id}, /thumbnails/{id}, /explain, and a web page at /"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, help="an index folder made by itm index")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--allow-remote", action="store_true", help="required to bind a non-loopback --host")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from itm.errors import ItmError
+
+    if not is_loopback(args.host):
+        if not args.allow_remote:
+            raise ItmError(f"--host {args.host} is reachable from other machines: add --allow-remote to mean it")
+        print(f"warning: serving on {args.host}: anyone who can reach this machine can search and view the photos",
+              file=sys.stderr)
+    import uvicorn
+
+    from itm.retrieval.search import Searcher
+    from itm.service.app import create_app
+
+    app = create_app(Searcher(args.index))
+    print(f"serving {args.index} at http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,295 @@
+"""A photo index that follows its folder, as rclip users expect: incremental, rename-aware, crash-safe.
+
+An index is one folder:
+
+- ``index.sqlite``: ``files`` (relative path, size, mtime, sha1, status), ``images`` (one row per
+  distinct photo content: image id, sha1, row in the vectors file) and ``meta`` (the folder indexed,
+  the models' identity, the feature settings, the current vectors file);
+- ``vectors-<n>.npy``: the shortlist model's image vectors, float32, one row per image.
+
+Each update walks the folder, hashes only files whose size or mtime changed, reuses the vector of
+any content it already holds (a rename or a duplicate costs no extraction), extracts the rest through
+the content-addressed feature cache (unreadable, truncated, non-image and over-size files are
+reported and skipped), and drops what disappeared. It commits by writing a new vectors file, then
+switching to it in one SQLite transaction: a kill at any point leaves the previous index intact, and
+the features already extracted stay in the cache, so a re-run finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from itm.data.types import Dataset, ImageRecord
+from itm.errors import DataError, ItmError
+from itm.features.cache import content_key
+
+INDEX_FORMAT = 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (image_id INTEGER PRIMARY KEY, sha1 TEXT UNIQUE NOT NULL, row INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                                  sha1 TEXT, status TEXT NOT NULL, reason TEXT);
+"""
+
+
+@dataclass
+class IndexReport:
+    """What one update did; ``summary()`` is the line the CLI prints."""
+
+    added: int = 0  # new content, extracted now or found in the feature cache
+    changed: int = 0  # files whose content changed (extracted again)
+    reused: int = 0  # new paths of content the index held: renames and duplicates (no extraction)
+    deleted: int = 0  # files gone from the folder
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    images: int = 0  # distinct photos in the index afterwards
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.images} photos indexed: {self.added} added, {self.changed} changed, {self.reused} renamed or "
+                f"duplicate (not extracted again), {self.deleted} deleted, {self.unchanged} unchanged, "
+                f"{len(self.skipped)} skipped ({self.seconds:.1f} s)")
+
+
+@dataclass
+class FileState:
+    path: str  # relative to the indexed folder, with '/' separators
+    size: int
+    mtime_ns: int
+
+
+def scan_folder(root: Path) -> dict[str, FileState]:
+    """Every image file below ``root`` (by suffix, any case), symlinked folders not followed."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            full = Path(folder) / name
+            try:
+                stat = full.stat()
+            except OSError:
+                continue  # vanished while walking: the next update sees it gone
+            rel = full.relative_to(root).as_posix()
+            found[rel] = FileState(rel, stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+class IndexStore:
+    """The SQLite database and vectors file of one index folder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.folder / "index.sqlite")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise DataError(f"index {self.folder}: cannot open it ({exc})") from None
+
+    # -- meta -----------------------------------------------------------------------------------------
+    def meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def check_identity(self, identity: dict) -> None:
+        """One index, one set of models: another model's vectors and features do not mix."""
+        stored = self.meta("identity")
+        if stored is not None and stored != identity:
+            raise ItmError(f"index {self.folder} was built with other models ({describe(stored)}); "
+                           f"re-index into a new folder with these ({describe(identity)})")
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def files(self) -> dict[str, tuple[int, int, str | None, str, str | None]]:
+        """path -> (size, mtime_ns, sha1, status, reason)."""
+        rows = self.db.execute("SELECT path, size, mtime_ns, sha1, status, reason FROM files")
+        return {row[0]: row[1:] for row in rows}
+
+    def paths_of(self, sha1s: list[str]) -> dict[str, list[str]]:
+        """sha1 -> the indexed paths holding that content (duplicates share one photo)."""
+        out: dict[str, list[str]] = {}
+        marks = ",".join("?" * len(sha1s))
+        query = f"SELECT sha1, path FROM files WHERE status = 'ok' AND sha1 IN ({marks}) ORDER BY path"
+        for sha1, path in self.db.execute(query, sha1s):
+            out.setdefault(sha1, []).append(path)
+        return out
+
+    def images(self) -> dict[str, tuple[int, int]]:
+        """sha1 -> (image id, row in the vectors file)."""
+        return {sha1: (image_id, row) for image_id, sha1, row in self.db.execute("SELECT image_id, sha1, row FROM images")}
+
+    def vectors(self) -> np.ndarray:
+        name = self.meta("vectors_file")
+        if name is None:
+            return np.zeros((0, 0), dtype=np.float32)
+        try:
+            return np.load(self.folder / name, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"index {self.folder}: vectors file {name} unreadable ({exc}); re-index") from None
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def commit(self, files: list[tuple], images: list[tuple[int, str]], vectors: np.ndarray, meta: dict) -> None:
+        """Replace the whole index state: the vectors file first, then one transaction switches to it."""
+        name = f"vectors-{time.time_ns()}.npy"
+        tmp = self.folder / f".{name}.tmp"
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.folder / name)
+        with self.db:  # one transaction: all of it or, after a kill, none of it
+            self.write_rows(files, images, {**meta, "vectors_file": name, "format": INDEX_FORMAT})
+        self.remove_stale_vectors(keep=name)
+
+    def write_rows(self, files: list[tuple], images: list[tuple[int, str]], meta: dict) -> None:
+        """The rows of the new state (inside ``commit``'s transaction)."""
+        self.db.execute("DELETE FROM files")
+        self.db.execute("DELETE FROM images")
+        self.db.executemany("INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)", files)
+        self.db.executemany("INSERT INTO images VALUES (?, ?, ?)",
+                            [(image_id, sha1, row) for row, (image_id, sha1) in enumerate(images)])
+        for key, value in meta.items():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def remove_stale_vectors(self, keep: str | None = None) -> None:
+        """Vectors files no transaction points to (left by an earlier kill or replaced now)."""
+        keep = keep or self.meta("vectors_file")
+        for path in self.folder.glob("*vectors-*.npy*"):
+            if path.name != keep:
+                path.unlink(missing_ok=True)
+
+
+def describe(identity: dict) -> str:
+    return ", ".join(f"{k} {str(v)[:12]}" for k, v in identity.items() if k.endswith("model"))
+
+
+@dataclass
+class UpdatePlan:
+    """What an update does to each file of the folder."""
+
+    keep: dict[str, tuple[FileState, str]] = field(default_factory=dict)  # path -> (state, sha1 held already)
+    extract: dict[str, tuple[FileState, str]] = field(default_factory=dict)  # path -> (state, sha1 to extract)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def plan_update(root: Path, on_disk: dict[str, FileState], stored: dict, held: dict[str, tuple[int, int]],
+                report: IndexReport) -> UpdatePlan:
+    """Hash what changed; sort each file into kept (content held) or to extract."""
+    plan = UpdatePlan()
+    for path, state in sorted(on_disk.items()):
+        before = stored.get(path)
+        if before is not None and before[:2] == (state.size, state.mtime_ns):
+            if before[3] == "ok":
+                plan.keep[path] = (state, before[2])
+                report.unchanged += 1
+                continue
+            plan.skipped.append((path, before[4]))  # the same bad file as last time: not tried again
+            continue
+        try:
+            sha1 = content_key((root / path).read_bytes())
+        except OSError as exc:
+            plan.skipped.append((path, f"cannot read ({exc.strerror or exc})"))
+            continue
+        if sha1 in held:
+            plan.keep[path] = (state, sha1)
+            report.reused += before is None
+            report.unchanged += before is not None
+        else:
+            plan.extract[path] = (state, sha1)  # counted as added / changed once it decodes
+    report.deleted = sum(1 for path in stored if path not in on_disk)
+    return plan
+
+
+def update_index(store: IndexStore, root: str | Path, models, progress: bool = True) -> IndexReport:
+    """Bring the index in ``store`` up to date with the folder ``root`` (see the module docstring)."""
+    from itm.features.extract import extract_features
+
+    started = time.time()
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"photo folder {root}: no such folder")
+    store.check_identity(models.identity())
+    indexed_root = store.meta("root")
+    if indexed_root is not None and indexed_root != str(root):
+        raise ItmError(f"index {store.folder} follows {indexed_root}, not {root}: use another --out")
+    report = IndexReport()
+    held = store.images()
+    old_vectors = store.vectors()
+    plan = plan_update(root, scan_folder(root), store.files(), held, report)
+
+    # extract new content once per sha1 (duplicates among the new files share it)
+    firsts = {}
+    for path, (_, sha1) in plan.extract.items():
+        firsts.setdefault(sha1, path)
+    new_vectors: dict[str, np.ndarray] = {}
+    if firsts:
+        records = [ImageRecord(path, root / path, "index", [], []) for path in firsts.values()]
+        features, kept, extraction = extract_features(Dataset("index", root, records), models.features,
+                                                      models.cache_root(), skip_bad=True, progress=progress)
+        plan.skipped += extraction.skipped
+        if len(kept):
+            vectors = models.image_vectors(features)  # (n, d)
+            sha1_of = {path: sha1 for sha1, path in firsts.items()}
+            for record, vector in zip(kept.images, vectors, strict=True):
+                new_vectors[sha1_of[record.filename]] = vector
+            store_cache_dir = extraction.cache_dir
+        else:
+            store_cache_dir = store.meta("cache_dir")
+    else:
+        store_cache_dir = store.meta("cache_dir")
+    report.skipped = plan.skipped
+    bad = {path for path, _ in plan.skipped}
+    stored = store.files()
+    for path in plan.extract:
+        if path not in bad:
+            report.changed += path in stored
+            report.added += path not in stored
+
+    # the new state: every photo still referenced by a file, old ids kept, new ids after the largest
+    rows, files = [], []
+    next_id = max((image_id for image_id, _ in held.values()), default=0) + 1
+    ids: dict[str, int] = {}
+    vector_rows: list[np.ndarray] = []
+    for path, (state, sha1) in sorted({**plan.keep, **plan.extract}.items()):
+        if path in bad or (sha1 not in held and sha1 not in new_vectors):
+            continue
+        if sha1 not in ids:
+            if sha1 in held:
+                ids[sha1] = held[sha1][0]
+                vector_rows.append(old_vectors[held[sha1][1]])
+            else:
+                ids[sha1], next_id = next_id, next_id + 1
+                vector_rows.append(new_vectors[sha1])
+            rows.append((ids[sha1], sha1))
+        files.append((path, state.size, state.mtime_ns, sha1, "ok", None))
+    for path, reason in plan.skipped:
+        state = scan_state(root, path)
+        files.append((path, state.size, state.mtime_ns, None, "skipped", reason))
+    dim = models.vector_dim()
+    vectors = np.stack(vector_rows) if vector_rows else np.zeros((0, dim), dtype=np.float32)
+    store.commit(files, rows, vectors, {"root": str(root), "identity": models.identity(),
+                                        "checkpoints": models.paths, "cache_dir": store_cache_dir})
+    report.images = len(rows)
+    report.seconds = time.time() - started
+    return report
+
+
+def scan_state(root: Path, path: str) -> FileState:
+    try:
+        stat = (root / path).stat()
+        return FileState(path, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return FileState(path, -1, -1)
+
+
+def to_numpy(vectors: torch.Tensor) -> np.ndarray:
+    return vectors.detach().float().cpu().numpy()

@@ -1,0 +1,245 @@
+"""Two-stage text -> photo search over an index: a FAISS shortlist, then an exact cross-attention re-rank.
+
+Stage 1 scores the query against every photo's shortlist vector (an indexable model, e.g. ``dual``)
+with FAISS: an exact inner-product index up to ``approximate_above`` photos, HNSW above. Stage 2
+scores the top ``rerank`` photos with the cross-attention matcher through its own
+``prepare_images`` / ``score_block``, reading their features from the feature cache and keeping each
+photo's prepared state, so a query costs only its K pairs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from itm.data.encode import encode_captions
+from itm.data.tokenize import tokenize
+from itm.data.types import Captions, ImageFeatures
+from itm.errors import DataError, ItmError
+from itm.features.cache import FeatureCache, content_key
+from itm.models.base import State, select_state
+from itm.retrieval.index import IndexStore
+from itm.training.checkpoint import LoadedCheckpoint, load_checkpoint
+
+MAX_QUERY_CHARS = 500
+
+
+class SearchModels:
+    """The shortlist model (indexable) and the re-ranking matcher (optional), on one feature setting."""
+
+    def __init__(self, shortlist: str | Path, reranker: str | Path | None = None):
+        self.paths = {"shortlist": str(Path(shortlist).resolve()),
+                      "rerank": None if reranker is None else str(Path(reranker).resolve())}
+        self.shortlist = load_checkpoint(shortlist)
+        if not self.shortlist.model.indexable:
+            raise ItmError(f"--shortlist {shortlist}: model '{self.shortlist.config.model.name}' cannot be indexed "
+                           "(it has no per-image vector); use a dual encoder checkpoint")
+        self.reranker = None if reranker is None else load_checkpoint(reranker)
+        if self.reranker is not None and feature_key(self.reranker) != feature_key(self.shortlist):
+            raise ItmError(f"--checkpoint {reranker} and --shortlist {shortlist} were trained on different image "
+                           f"features ({feature_key(self.reranker)} vs {feature_key(self.shortlist)})")
+        self.features = self.shortlist.config.features
+        self._identity = {"shortlist_model": file_sha1(shortlist),
+                          "rerank_model": None if reranker is None else file_sha1(reranker),
+                          "features": feature_key(self.shortlist)}
+
+    def identity(self) -> dict:
+        return dict(self._identity)
+
+    def cache_root(self) -> Path:
+        from itm.pipeline import cache_root
+
+        return cache_root(self.shortlist.config) / "features"
+
+    def vector_dim(self) -> int:
+        return int(self.shortlist.config.model.embed_dim)
+
+    @torch.inference_mode()
+    def image_vectors(self, features: ImageFeatures, chunk: int = 512) -> np.ndarray:
+        model = self.shortlist.model.eval()
+        return np.concatenate([model.encode_images(features.streams(model.image_streams, slice(s, s + chunk)))
+                               .float().numpy() for s in range(0, len(features), chunk)])
+
+    def query_captions(self, text: str, ckpt: LoadedCheckpoint) -> Captions:
+        tokens = query_tokens(text)
+        return encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words)
+
+
+def query_tokens(text: str) -> list[str]:
+    """The query's words; a one-line ItmError for an empty or over-long query."""
+    if not isinstance(text, str) or not text.strip():
+        raise ItmError("query: empty text")
+    if len(text) > MAX_QUERY_CHARS:
+        raise ItmError(f"query: {len(text)} characters, at most {MAX_QUERY_CHARS}")
+    tokens = tokenize(text)
+    if not tokens:
+        raise ItmError(f"query {text!r}: no words")
+    return tokens
+
+
+def feature_key(ckpt: LoadedCheckpoint) -> str:
+    f = ckpt.config.features
+    return f"{f.backbone}@{f.image_size}px/{f.proposals}/{f.num_objects}obj/{f.weights or 'shipped'}"
+
+
+def file_sha1(path: str | Path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    return content_key(path.read_bytes())
+
+
+@dataclass
+class Hit:
+    image_id: int
+    path: str  # the first indexed path of this content, relative to the indexed folder
+    score: float  # the re-ranker's score (the shortlist's when there is no re-ranker)
+    shortlist_score: float
+    paths: list[str]
+
+
+class Searcher:
+    """Text queries over one index folder."""
+
+    def __init__(self, index: str | Path, models: SearchModels | None = None, approximate_above: int = 100_000,
+                 state_cache: int = 4096):
+        self.store = IndexStore(index)
+        if self.store.meta("root") is None:
+            raise DataError(f"index {index}: empty or not an itm index (build it with itm index)")
+        if models is None:
+            saved = self.store.meta("checkpoints")
+            models = SearchModels(saved["shortlist"], saved["rerank"])
+        self.store.check_identity(models.identity())
+        self.models = models
+        self.images = self.store.images()  # sha1 -> (image id, row)
+        self.sha1_of_row = {row: sha1 for sha1, (_, row) in self.images.items()}
+        self.sha1_of_id = {image_id: sha1 for sha1, (image_id, _) in self.images.items()}
+        # a read-only snapshot: queries (from the service's worker threads) never touch the database
+        self.root = Path(self.store.meta("root")).resolve()
+        self.paths = self.store.paths_of(list(self.images)) if self.images else {}
+        self.cache_dir = Path(self.store.meta("cache_dir") or "")
+        self.vectors = self.store.vectors()
+        self.faiss = build_faiss(self.vectors, approximate_above)
+        self._states: OrderedDict[str, State] = OrderedDict()
+        self._state_cache = state_cache
+        self._features = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @torch.inference_mode()
+    def shortlist(self, text: str, k: int) -> tuple[list[str], np.ndarray]:
+        """The top ``k`` photos (sha1) by the shortlist model, with their scores."""
+        model = self.models.shortlist.model.eval()
+        query = model.encode_captions(self.models.query_captions(text, self.models.shortlist)).float().numpy()
+        scores, rows = self.faiss.search(np.ascontiguousarray(query, dtype=np.float32), min(k, len(self)))
+        keep = rows[0] >= 0
+        return [self.sha1_of_row[int(r)] for r in rows[0][keep]], scores[0][keep]
+
+    @torch.inference_mode()
+    def rerank(self, text: str, sha1s: list[str]) -> np.ndarray:
+        """Exact cross-attention scores of the query against ``sha1s`` (prepared states cached)."""
+        ckpt = self.models.reranker
+        model = ckpt.model.eval()
+        captions = self.models.query_captions(text, ckpt)
+        images = self.prepared(sha1s)
+        return model.score_block(images, model.prepare_captions(captions))[:, 0].float().numpy()
+
+    def prepared(self, sha1s: list[str]) -> State:
+        """The re-ranker's per-image states of ``sha1s`` stacked, computing only the missing ones."""
+        missing = [s for s in sha1s if s not in self._states]
+        if missing:
+            model = self.models.reranker.model
+            features = self.feature_rows(missing)
+            state = model.prepare_images(features.streams(model.image_streams))
+            for i, sha1 in enumerate(missing):
+                self._states[sha1] = select_state(state, slice(i, i + 1))
+        for sha1 in sha1s:
+            self._states.move_to_end(sha1)
+        while len(self._states) > max(self._state_cache, len(sha1s)):
+            self._states.popitem(last=False)
+        parts = [self._states[s] for s in sha1s]
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+
+    def feature_rows(self, sha1s: list[str]) -> ImageFeatures:
+        folder = self.cache_dir
+        try:
+            settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"feature cache {folder}: unreadable ({exc.__class__.__name__}); run itm index again") from None
+        cache = FeatureCache(folder, settings)
+        try:
+            grid, objects, boxes, grid_shape = cache.read(sha1s)
+        except KeyError:
+            raise DataError(f"feature cache {folder}: lacks photos of this index; run itm index again") from None
+        return ImageFeatures(torch.from_numpy(grid), torch.from_numpy(objects), torch.from_numpy(boxes), grid_shape)
+
+    def search(self, text: str, k: int = 10, rerank: int = 50) -> list[Hit]:
+        """Ranked photos for a text query: the shortlist's top ``max(k, rerank)``, re-ranked exactly."""
+        if k < 1:
+            raise ItmError(f"k: must be at least 1, got {k}")
+        if not len(self):
+            return []
+        sha1s, short = self.shortlist(text, max(k, rerank))
+        scores = self.rerank(text, sha1s) if self.models.reranker is not None and rerank > 0 else short
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [Hit(self.images[sha1s[i]][0], self.paths[sha1s[i]][0], float(scores[i]), float(short[i]),
+                    self.paths[sha1s[i]]) for i in order]
+
+
+    def path_of(self, image_id: int) -> Path | None:
+        """The photo file of an image id (its first indexed path); None for an unknown id or a path
+        that would lead outside the indexed folder."""
+        sha1 = self.sha1_of_id.get(image_id)
+        if sha1 is None:
+            return None
+        paths = self.paths.get(sha1)
+        if not paths:
+            return None
+        full = (self.root / paths[0]).resolve()
+        return full if full.is_relative_to(self.root) and full.is_file() else None
+
+    def explain_png(self, image_id: int, text: str) -> bytes:
+        """The re-ranker's attention for (photo, text) as one PNG: its words-over-regions map if it
+        declares one, else its first drawable map."""
+        from itm.viz.explain import explain_pair, image_array, pair_figures
+
+        ckpt = self.models.reranker
+        if ckpt is None:
+            raise ItmError("this index has no re-ranking matcher: no attention to explain")
+        path = self.path_of(image_id)
+        if path is None:
+            raise ItmError(f"no image with id {image_id}")
+        features = self.feature_rows([self.sha1_of_id[image_id]])
+        tokens = query_tokens(text)
+        captions = encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words)
+        explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)
+        figures = pair_figures(explanation, image_array(path), features, 0, title=text)
+        if not figures:
+            raise ItmError(f"model '{ckpt.config.model.name}' declares no attention that can be drawn")
+        preferred = [n for n, spec in explanation.specs.items() if (spec.rows, spec.over) == ("words", "regions")]
+        figure = figures[preferred[0]] if preferred and preferred[0] in figures else next(iter(figures.values()))
+        out = io.BytesIO()
+        figure.savefig(out, format="png", dpi=100)
+        return out.getvalue()
+
+
+def build_faiss(vectors: np.ndarray, approximate_above: int):
+    """Exact inner product for small collections; HNSW (inner product) above ``approximate_above``."""
+    import faiss
+
+    dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
+    if len(vectors) > approximate_above:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index

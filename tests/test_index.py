@@ -1,0 +1,168 @@
+"""The photo index as rclip users expect it: incremental, rename- and duplicate-aware, bad files
+skipped, one model per index, never half-written; and the two-stage search over it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import index_checkpoint as checkpoint
+from helpers import photo, photo_folder
+from PIL import Image
+
+from itm.cli import main
+from itm.errors import ItmError
+from itm.retrieval.index import IndexStore, update_index
+from itm.retrieval.search import Searcher, SearchModels, build_faiss
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return checkpoint(root / "dual.pt", "dual"), checkpoint(root / "bssan.pt", "bssan")
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    return photo_folder(tmp_path / "photos")
+
+
+def index_once(folder: Path, out: Path, models) -> object:
+    return update_index(IndexStore(out), folder, SearchModels(*models), progress=False)
+
+
+def test_first_index_counts_photos_and_reports_bad_files(folder, tmp_path, models):
+    report = index_once(folder, tmp_path / "idx", models)
+    assert report.images == 5 and report.added == 5
+    assert sorted(p for p, _ in report.skipped) == ["cut.jpg", "empty.png", "notes.jpg"]
+    assert all("\n" not in reason for _, reason in report.skipped)
+    again = index_once(folder, tmp_path / "idx", models)
+    assert (again.images, again.unchanged, again.added, again.changed) == (5, 5, 0, 0)
+    assert len(again.skipped) == 3  # remembered, not decoded again
+
+
+def test_rename_duplicate_delete_and_change(folder, tmp_path, models, monkeypatch):
+    out = tmp_path / "idx"
+    index_once(folder, out, models)
+    os.rename(folder / "red.jpg", folder / "renamed_red.jpg")
+    shutil.copy(folder / "green.jpg", folder / "nested" / "green_copy.jpg")
+    (folder / "blue.jpg").unlink()
+    photo(folder / "yellow.webp", "teal")  # same path, new content
+    import itm.features.extract as extract
+
+    calls = []
+    real = extract.extract_features
+
+    def counting(dataset, *args, **kwargs):
+        calls.append(sorted(im.filename for im in dataset.images))
+        return real(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(extract, "extract_features", counting)
+    report = index_once(folder, out, models)
+    assert calls == [["yellow.webp"]]  # the rename and the duplicate cost no extraction
+    assert (report.reused, report.deleted, report.changed, report.images) == (2, 2, 1, 4)
+    store = IndexStore(out)
+    files = store.files()
+    assert "renamed_red.jpg" in files and "red.jpg" not in files and "blue.jpg" not in files
+    assert files["nested/green_copy.jpg"][2] == files["green.jpg"][2]  # one photo, two paths
+    assert len(store.images()) == 4 and store.vectors().shape[0] == 4
+
+
+def test_an_index_refuses_another_model(folder, tmp_path, models):
+    index_once(folder, tmp_path / "idx", models)
+    other = checkpoint(tmp_path / "other.pt", "dual", seed=1)
+    with pytest.raises(ItmError, match="built with other models.*re-index") as info:
+        index_once(folder, tmp_path / "idx", (other, models[1]))
+    assert "\n" not in str(info.value)
+
+
+def test_a_failed_commit_leaves_the_previous_index(folder, tmp_path, models, monkeypatch):
+    out = tmp_path / "idx"
+    index_once(folder, out, models)
+    photo(folder / "new.jpg", "teal")
+
+    class Killed(BaseException):
+        pass
+
+    real = IndexStore.write_rows
+
+    def dies_half_way(self, files, images, meta):
+        self.db.execute("DELETE FROM files")  # some of the new state is written, then the process dies
+        raise Killed
+
+    monkeypatch.setattr(IndexStore, "write_rows", dies_half_way)
+    with pytest.raises(Killed):
+        index_once(folder, out, models)
+    monkeypatch.setattr(IndexStore, "write_rows", real)
+    fresh = IndexStore(out)
+    assert len(fresh.images()) == 5 and fresh.vectors().shape[0] == 5 and len(fresh.files()) == 8  # old, whole
+    assert len(list(out.glob("*vectors-*.npy*"))) == 2  # the new vectors file, orphaned
+    assert index_once(folder, out, models).images == 6
+    assert len(list(out.glob("*vectors-*.npy*"))) == 1  # the orphan is gone
+
+
+@pytest.mark.slow
+def test_kill_9_during_indexing_loses_nothing(tmp_path, models):
+    photos = tmp_path / "many"
+    rng = np.random.default_rng(0)
+    for n in range(60):
+        path = photos / f"{n:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+    env = {**os.environ, "ITM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "itm.cli", "index", "--images", str(photos), "--out", str(tmp_path / "idx"),
+               "--shortlist", str(models[0]), "--checkpoint", str(models[1]), "--no-progress"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4.0)  # mid-way: loading models, hashing or extracting
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (tmp_path / "idx" / "index.sqlite").exists():  # whatever it holds is a whole state
+        store = IndexStore(tmp_path / "idx")
+        assert len(store.images()) in (0, 60) and store.vectors().shape[0] == len(store.images())
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    store = IndexStore(tmp_path / "idx")
+    assert len(store.images()) == 60 and store.vectors().shape == (60, 8)
+
+
+def test_search_reranks_the_shortlist_exactly(folder, tmp_path, models, capsys):
+    out = tmp_path / "idx"
+    index_once(folder, out, models)
+    searcher = Searcher(out)
+    hits = searcher.search("a red square", k=5, rerank=50)
+    assert len(hits) == 5 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # the re-ranked scores are the matcher's own all-pairs scores of those photos
+    from itm.evaluation.engine import score_all_pairs
+
+    sha1s = [searcher.store.files()[h.path][2] for h in hits]
+    features = searcher.feature_rows(sha1s)
+    ckpt = searcher.models.reranker
+    exact = score_all_pairs(ckpt.model, features, searcher.models.query_captions("a red square", ckpt))[:, 0]
+    np.testing.assert_allclose([h.score for h in hits], exact, rtol=1e-5, atol=1e-5)
+    shortlist_only = searcher.search("a red square", k=5, rerank=0)
+    assert [h.score for h in shortlist_only] == [h.shortlist_score for h in shortlist_only]
+    assert main(["search", "--index", str(out), "--text", "a red square", "-k", "3", "--json"]) == 0
+    assert '"rank": 3' in capsys.readouterr().out
+    assert main(["search", "--index", str(out), "--text", "   "]) == 2
+    assert "empty text" in capsys.readouterr().err
+
+
+def test_flat_shortlist_is_exact_and_hnsw_finds_most_neighbours():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:50] + 0.1 * rng.normal(size=(50, 16)).astype(np.float32)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    _, flat = build_faiss(vectors, approximate_above=10_000).search(queries, 10)
+    np.testing.assert_array_equal(np.sort(flat, axis=1), np.sort(truth, axis=1))
+    _, approx = build_faiss(vectors, approximate_above=1000).search(queries, 10)
+    recall = np.mean([len(set(a) & set(t)) / 10 for a, t in zip(approx, truth, strict=True)])
+    assert recall > 0.9

@@ -1,0 +1,102 @@
+"""The HTTP service with FastAPI's test client: every endpoint, and every bad request a 4xx answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from helpers import index_checkpoint, photo_folder
+
+from itm.cli import main
+from itm.retrieval.index import IndexStore, update_index
+from itm.retrieval.search import Searcher, SearchModels
+from itm.service.app import create_app
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    models = SearchModels(index_checkpoint(root / "dual.pt", "dual"), index_checkpoint(root / "bssan.pt", "bssan"))
+    import os
+
+    previous = os.environ.get("ITM_CACHE")
+    os.environ["ITM_CACHE"] = str(root / "cache")
+    try:
+        update_index(IndexStore(root / "idx"), photo_folder(root / "photos"), models, progress=False)
+        app = create_app(Searcher(root / "idx"), max_body_bytes=4096)
+        yield TestClient(app)
+    finally:
+        if previous is None:
+            os.environ.pop("ITM_CACHE")
+        else:
+            os.environ["ITM_CACHE"] = previous
+
+
+def test_health_and_page_and_schema(client):
+    assert client.get("/health").json() == {"status": "ok", "images": 5}
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="query"' in page.text and "fetch(\"/search\"" in page.text
+    assert "http" not in page.text.split("<script>")[0].replace("http-equiv", "")  # nothing from a CDN
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/images/{image_id}", "/thumbnails/{image_id}", "/explain", "/health"} <= set(paths)
+
+
+def test_search_images_thumbnails_and_explain(client):
+    response = client.post("/search", json={"text": "a red square", "k": 3})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["rank"] for r in results] == [1, 2, 3]
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    first = results[0]
+    image = client.get(first["image"])
+    assert image.status_code == 200 and len(image.content) > 100
+    thumb = client.get(first["thumbnail"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    explained = client.get("/explain", params={"image_id": first["image_id"], "text": "a red square"})
+    assert explained.status_code == 200 and explained.content[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("body, status, named", [
+    ({"text": "", "k": 3}, 422, "text"),
+    ({"text": "x" * 501}, 422, "text"),
+    ({"text": "dog", "k": 0}, 422, "k"),
+    ({"text": "dog", "k": 101}, 422, "k"),
+    ({"text": "dog", "k": "many"}, 422, "k"),
+    ({"k": 3}, 422, "text"),
+    ({"text": "   "}, 400, "empty text"),
+])
+def test_bad_searches_are_4xx_with_one_line(client, body, status, named):
+    response = client.post("/search", json=body)
+    assert response.status_code == status
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and named in detail
+
+
+@pytest.mark.parametrize("url, status", [
+    ("/images/999999", 404), ("/thumbnails/999999", 404), ("/images/abc", 422), ("/images/-1", 404),
+    ("/images/..%2F..%2Fetc%2Fpasswd", 404), ("/images/1/../../../etc/passwd", 404),
+    ("/thumbnails/%2e%2e%2f%2e%2e%2fetc%2fpasswd", 404),
+    ("/explain?image_id=999999&text=dog", 404), ("/explain?image_id=1", 422), ("/explain?image_id=1&text=", 422),
+])
+def test_unknown_ids_and_paths_never_reach_files(client, url, status):
+    response = client.get(url)
+    assert response.status_code == status
+    assert "root:" not in response.text
+
+
+def test_bodies_over_the_limit_are_refused(client):
+    big = json.dumps({"text": "dog " * 2000})
+    assert client.post("/search", content=big, headers={"content-type": "application/json"}).status_code == 413
+
+    def chunks():  # no content-length: counted as it streams in
+        for _ in range(10):
+            yield b"x" * 1000
+
+    assert client.post("/search", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+    assert client.post("/search", content="not json", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_serve_binds_loopback_unless_told(capsys):
+    assert main(["serve", "--index", "nowhere", "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
