@@ -104,9 +104,9 @@ def test_a_failed_commit_leaves_the_previous_index(folder, tmp_path, models, mon
     monkeypatch.setattr(IndexStore, "write_rows", real)
     fresh = IndexStore(out)
     assert len(fresh.images()) == 5 and fresh.vectors().shape[0] == 5 and len(fresh.files()) == 8  # old, whole
-    assert len(list(out.glob("*vectors-*.npy*"))) == 2  # the new vectors file, orphaned
+    assert len(list(out.glob("vectors-*.npy"))) == 2  # the new vectors file, orphaned
     assert index_once(folder, out, models).images == 6
-    assert len(list(out.glob("*vectors-*.npy*"))) == 1  # the orphan is gone
+    assert len(list(out.glob("vectors-*.npy"))) == 1  # the orphan is gone
 
 
 @pytest.mark.slow
@@ -166,3 +166,29 @@ def test_flat_shortlist_is_exact_and_hnsw_finds_most_neighbours():
     _, approx = build_faiss(vectors, approximate_above=1000).search(queries, 10)
     recall = np.mean([len(set(a) & set(t)) / 10 for a, t in zip(approx, truth, strict=True)])
     assert recall > 0.9
+
+
+def test_captions_file_errors_name_the_line(tmp_path):
+    from itm.errors import DataError
+    from itm.retrieval.index import read_captions_file
+
+    path = tmp_path / "captions.txt"
+    path.write_bytes(b"a dog\n\n  a cat  \n")
+    assert read_captions_file(path) == ["a dog", "a cat"]
+    path.write_bytes(b"a dog\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match="captions.txt, line 2: not UTF-8"):
+        read_captions_file(path)
+    path.write_bytes(b"\n  \n")
+    with pytest.raises(DataError, match="no captions"):
+        read_captions_file(path)
+
+
+def test_cli_index_and_search_by_image(folder, tmp_path, models, capsys):
+    (tmp_path / "captions.txt").write_text("a red square\na green photo\n")
+    assert main(["index", "--images", str(folder), "--out", str(tmp_path / "idx"), "--shortlist", str(models[0]),
+                 "--checkpoint", str(models[1]), "--captions", str(tmp_path / "captions.txt"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped cut.jpg" in out and "5 photos indexed" in out and "2 captions indexed" in out
+    assert main(["search", "--index", str(tmp_path / "idx"), "--image", str(folder / "red.jpg"), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and {line.split(maxsplit=2)[2] for line in lines} == {"a red square", "a green photo"}

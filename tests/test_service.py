@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from helpers import index_checkpoint, photo_folder
 
 from itm.cli import main
-from itm.retrieval.index import IndexStore, update_index
+from itm.retrieval.index import IndexStore, index_captions, update_index
 from itm.retrieval.search import Searcher, SearchModels
 from itm.service.app import create_app
 
@@ -23,7 +23,10 @@ def client(tmp_path_factory):
     previous = os.environ.get("ITM_CACHE")
     os.environ["ITM_CACHE"] = str(root / "cache")
     try:
-        update_index(IndexStore(root / "idx"), photo_folder(root / "photos"), models, progress=False)
+        store = IndexStore(root / "idx")
+        update_index(store, photo_folder(root / "photos"), models, progress=False)
+        (root / "captions.txt").write_text("a red square\n\na green photo\na blue dog\na square\n")
+        index_captions(store, root / "captions.txt", models)
         app = create_app(Searcher(root / "idx"), max_body_bytes=4096)
         yield TestClient(app)
     finally:
@@ -100,3 +103,18 @@ def test_bodies_over_the_limit_are_refused(client):
 def test_serve_binds_loopback_unless_told(capsys):
     assert main(["serve", "--index", "nowhere", "--host", "0.0.0.0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_search_by_image_ranks_the_caption_collection(client, tmp_path):
+    photo = tmp_path / "query.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(photo)
+    response = client.post("/search/image", files={"file": ("query.png", photo.read_bytes(), "image/png")},
+                           params={"k": 3})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 3 and {r["text"] for r in results} <= {"a red square", "a green photo", "a blue dog", "a square"}
+    bad = client.post("/search/image", files={"file": ("notes.jpg", b"not an image", "image/jpeg")})
+    assert bad.status_code == 400 and "notes.jpg" in bad.json()["detail"]
+    assert client.post("/search/image").status_code == 422

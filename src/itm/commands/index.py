@@ -12,16 +12,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the index folder (created; reused by later runs)")
     parser.add_argument("--shortlist", required=True, help="checkpoint of an indexable model (e.g. a dual encoder run)")
     parser.add_argument("--checkpoint", help="checkpoint of the cross-attention matcher that re-ranks the shortlist")
+    parser.add_argument("--captions", help="a caption collection to search by image: one caption a line (UTF-8)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    from itm.retrieval.index import IndexStore, update_index
+    from itm.retrieval.index import IndexStore, index_captions, update_index
     from itm.retrieval.search import SearchModels
 
     models = SearchModels(args.shortlist, args.checkpoint)
-    report = update_index(IndexStore(args.out), args.images, models, progress=not args.no_progress)
+    store = IndexStore(args.out)
+    report = update_index(store, args.images, models, progress=not args.no_progress)
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
     print(report.summary())
+    if args.captions:
+        print(f"{index_captions(store, args.captions, models)} captions indexed for search by image")
     return 0

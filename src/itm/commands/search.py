@@ -10,16 +10,29 @@ HELP = "search an index by text: the shortlist model's top candidates, re-ranked
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="an index folder made by itm index")
-    parser.add_argument("--text", required=True, help="the query")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a text query: ranked photos")
+    query.add_argument("--image", help="a photo: ranked captions of the collection given at index time")
     parser.add_argument("-k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--rerank", type=int, default=50, help="shortlist size re-ranked exactly (0: none)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from itm.features.images import read_image_file
     from itm.retrieval.search import Searcher
 
-    hits = Searcher(args.index).search(args.text, args.k, args.rerank)
+    searcher = Searcher(args.index)
+    if args.image:
+        hits = searcher.search_image(read_image_file(args.image), Path(args.image).name, args.k, args.rerank)
+        rows = [{"rank": n + 1, "caption_id": h.caption_id, "text": h.text, "score": round(h.score, 5),
+                 "shortlist_score": round(h.shortlist_score, 5)} for n, h in enumerate(hits)]
+        print(json.dumps(rows, indent=2) if args.json else
+              "\n".join(f"{r['rank']:>3}  {r['score']:8.4f}  {r['text']}" for r in rows))
+        return 0
+    hits = searcher.search(args.text, args.k, args.rerank)
     if args.json:
         print(json.dumps([{"rank": n + 1, "image_id": h.image_id, "path": h.path, "score": round(h.score, 5),
                            "shortlist_score": round(h.shortlist_score, 5), "paths": h.paths}

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (image_id INTEGER PRIMARY KEY, sha1 TEXT UNIQUE NOT NULL, row INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
                                   sha1 TEXT, status TEXT NOT NULL, reason TEXT);
+CREATE TABLE IF NOT EXISTS captions (caption_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
 """
 
 
@@ -137,18 +138,40 @@ class IndexStore:
             raise DataError(f"index {self.folder}: vectors file {name} unreadable ({exc}); re-index") from None
 
     # -- writing ---------------------------------------------------------------------------------------
-    def commit(self, files: list[tuple], images: list[tuple[int, str]], vectors: np.ndarray, meta: dict) -> None:
-        """Replace the whole index state: the vectors file first, then one transaction switches to it."""
-        name = f"vectors-{time.time_ns()}.npy"
+    def write_array(self, prefix: str, array: np.ndarray) -> str:
+        """A new ``<prefix>-<n>.npy`` file, complete on disk before any transaction names it."""
+        name = f"{prefix}-{time.time_ns()}.npy"
         tmp = self.folder / f".{name}.tmp"
         with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+            np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.folder / name)
+        return name
+
+    def commit(self, files: list[tuple], images: list[tuple[int, str]], vectors: np.ndarray, meta: dict) -> None:
+        """Replace the whole photo state: the vectors file first, then one transaction switches to it."""
+        name = self.write_array("vectors", vectors)
         with self.db:  # one transaction: all of it or, after a kill, none of it
             self.write_rows(files, images, {**meta, "vectors_file": name, "format": INDEX_FORMAT})
-        self.remove_stale_vectors(keep=name)
+        self.remove_stale_arrays("vectors", keep=name)
+
+    def commit_captions(self, texts: list[str], vectors: np.ndarray) -> None:
+        """Replace the caption collection (searched by image) the same crash-safe way."""
+        name = self.write_array("captions", vectors)
+        with self.db:
+            self.db.execute("DELETE FROM captions")
+            self.db.executemany("INSERT INTO captions VALUES (?, ?)", list(enumerate(texts)))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("captions_file", json.dumps(name)))
+        self.remove_stale_arrays("captions", keep=name)
+
+    def captions(self) -> tuple[list[str], np.ndarray]:
+        """The caption collection and its vectors (empty when none was given)."""
+        texts = [t for _, t in self.db.execute("SELECT caption_id, text FROM captions ORDER BY caption_id")]
+        name = self.meta("captions_file")
+        if name is None:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return texts, np.load(self.folder / name, allow_pickle=False)
 
     def write_rows(self, files: list[tuple], images: list[tuple[int, str]], meta: dict) -> None:
         """The rows of the new state (inside ``commit``'s transaction)."""
@@ -160,10 +183,9 @@ class IndexStore:
         for key, value in meta.items():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def remove_stale_vectors(self, keep: str | None = None) -> None:
-        """Vectors files no transaction points to (left by an earlier kill or replaced now)."""
-        keep = keep or self.meta("vectors_file")
-        for path in self.folder.glob("*vectors-*.npy*"):
+    def remove_stale_arrays(self, prefix: str, keep: str | None) -> None:
+        """``<prefix>-*.npy`` files no transaction points to (left by an earlier kill or replaced now)."""
+        for path in self.folder.glob(f"*{prefix}-*.npy*"):
             if path.name != keep:
                 path.unlink(missing_ok=True)
 
@@ -293,3 +315,31 @@ def scan_state(root: Path, path: str) -> FileState:
 
 def to_numpy(vectors: torch.Tensor) -> np.ndarray:
     return vectors.detach().float().cpu().numpy()
+
+
+def read_captions_file(path: str | Path) -> list[str]:
+    """One caption a line (UTF-8; blank lines skipped); a one-line DataError naming the file and line."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"captions file {path}: cannot read it ({exc.strerror or exc})") from None
+    texts = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise DataError(f"captions file {path}, line {number}: not UTF-8 text") from None
+        if text:
+            texts.append(text)
+    if not texts:
+        raise DataError(f"captions file {path}: no captions (one a line)")
+    return texts
+
+
+def index_captions(store: IndexStore, path: str | Path, models) -> int:
+    """Embed a caption collection with the shortlist model and store it beside the photos."""
+    store.check_identity(models.identity())
+    texts = read_captions_file(path)
+    store.commit_captions(texts, models.caption_vectors(texts))
+    return len(texts)

@@ -66,6 +66,22 @@ class SearchModels:
         return np.concatenate([model.encode_images(features.streams(model.image_streams, slice(s, s + chunk)))
                                .float().numpy() for s in range(0, len(features), chunk)])
 
+    @torch.inference_mode()
+    def caption_vectors(self, texts: list[str], chunk: int = 1024) -> np.ndarray:
+        """(n, d) shortlist vectors of a caption collection; a caption with no words names its line."""
+        model = self.shortlist.model.eval()
+        tokens = []
+        for number, text in enumerate(texts, start=1):
+            words = tokenize(text)
+            if not words:
+                raise DataError(f"caption {number} ({text[:40]!r}): no words")
+            tokens.append(words)
+        out = []
+        for s in range(0, len(tokens), chunk):
+            captions = encode_captions(tokens[s : s + chunk], self.shortlist.vocab, self.shortlist.config.data.max_words)
+            out.append(model.encode_captions(captions).float().numpy())
+        return np.concatenate(out)
+
     def query_captions(self, text: str, ckpt: LoadedCheckpoint) -> Captions:
         tokens = query_tokens(text)
         return encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words)
@@ -93,6 +109,14 @@ def file_sha1(path: str | Path) -> str:
     if path.is_dir():
         path = path / "best.pt"
     return content_key(path.read_bytes())
+
+
+@dataclass
+class CaptionHit:
+    caption_id: int
+    text: str
+    score: float
+    shortlist_score: float
 
 
 @dataclass
@@ -126,6 +150,8 @@ class Searcher:
         self.cache_dir = Path(self.store.meta("cache_dir") or "")
         self.vectors = self.store.vectors()
         self.faiss = build_faiss(self.vectors, approximate_above)
+        self.caption_texts, caption_vectors = self.store.captions()
+        self.caption_faiss = build_faiss(caption_vectors, approximate_above) if self.caption_texts else None
         self._states: OrderedDict[str, State] = OrderedDict()
         self._state_cache = state_cache
         self._features = None
@@ -228,6 +254,45 @@ class Searcher:
         out = io.BytesIO()
         figure.savefig(out, format="png", dpi=100)
         return out.getvalue()
+
+
+    @torch.inference_mode()
+    def search_image(self, data: bytes, name: str, k: int = 10, rerank: int = 50) -> list[CaptionHit]:
+        """Ranked captions of the collection given at index time for an uploaded photo's bytes."""
+        if self.caption_faiss is None:
+            raise ItmError("this index has no caption collection: index one with itm index --captions FILE")
+        if k < 1:
+            raise ItmError(f"k: must be at least 1, got {k}")
+        features = self.upload_features(data, name)
+        query = self.models.image_vectors(features)  # (1, d)
+        short, rows = self.caption_faiss.search(query, min(max(k, rerank), len(self.caption_texts)))
+        rows, short = rows[0][rows[0] >= 0], short[0][rows[0] >= 0]
+        scores = short
+        if self.models.reranker is not None and rerank > 0:
+            ckpt = self.models.reranker
+            model = ckpt.model.eval()
+            tokens = [tokenize(self.caption_texts[r]) for r in rows]
+            captions = encode_captions(tokens, ckpt.vocab, ckpt.config.data.max_words)
+            images = model.prepare_images(features.streams(model.image_streams))
+            scores = model.score_block(images, model.prepare_captions(captions))[0].float().numpy()
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [CaptionHit(int(rows[i]), self.caption_texts[rows[i]], float(scores[i]), float(short[i])) for i in order]
+
+    def upload_features(self, data: bytes, name: str) -> ImageFeatures:
+        """Features of one uploaded photo, through the content-addressed cache (bad bytes: DataError)."""
+        import tempfile
+
+        from itm.data.types import Dataset, ImageRecord
+        from itm.features.extract import extract_features
+
+        safe = Path(name or "upload").name or "upload"
+        with tempfile.TemporaryDirectory(prefix="itm-upload-") as folder:
+            path = Path(folder) / safe
+            path.write_bytes(data)
+            record = ImageRecord(safe, path, "query", [], [])
+            features, _, _ = extract_features(Dataset("upload", Path(folder), [record]), self.models.features,
+                                              self.models.cache_root(), progress=False)
+        return features
 
 
 def build_faiss(vectors: np.ndarray, approximate_above: int):

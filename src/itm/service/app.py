@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
@@ -106,6 +106,18 @@ def create_app(searcher: Searcher, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
             {"rank": n + 1, "image_id": h.image_id, "path": h.path, "score": h.score,
              "shortlist_score": h.shortlist_score, "image": f"/images/{h.image_id}",
              "thumbnail": f"/thumbnails/{h.image_id}"} for n, h in enumerate(hits)]}
+
+    @app.post("/search/image")
+    def search_image(file: UploadFile = File(...), k: int = Query(12, ge=1, le=MAX_K),
+                     rerank: int = Query(50, ge=0, le=1000)) -> dict:
+        data = file.file.read()  # a worker thread, like every model call: the event loop stays free
+        try:
+            with lock:
+                hits = searcher.search_image(data, file.filename or "upload", k, rerank)
+        except ItmError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"results": [{"rank": n + 1, "caption_id": h.caption_id, "text": h.text, "score": h.score,
+                             "shortlist_score": h.shortlist_score} for n, h in enumerate(hits)]}
 
     @app.get("/images/{image_id}")
     def image(image_id: int) -> FileResponse:
