@@ -166,3 +166,17 @@ def photo_folder(photos: Path) -> Path:
     (photos / "empty.png").write_bytes(b"")
     (photos / "readme.txt").write_text("ignored: not an image suffix")
     return photos
+
+
+def served_index(root: Path):
+    """A tiny index (5 photos, a dual shortlist and a BSSAN re-ranker) and a caption collection under
+    ``root``; returns its Searcher. The caller sets ITM_CACHE."""
+    from itm.retrieval.index import IndexStore, index_captions, update_index
+    from itm.retrieval.search import Searcher, SearchModels
+
+    models = SearchModels(index_checkpoint(root / "dual.pt", "dual"), index_checkpoint(root / "bssan.pt", "bssan"))
+    store = IndexStore(root / "idx")
+    update_index(store, photo_folder(root / "photos"), models, progress=False)
+    (root / "captions.txt").write_text("a red square\n\na green photo\na blue dog\na square\n")
+    index_captions(store, root / "captions.txt", models)
+    return Searcher(root / "idx")

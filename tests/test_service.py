@@ -6,34 +6,18 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import index_checkpoint, photo_folder
+from helpers import served_index
 
 from itm.cli import main
-from itm.retrieval.index import IndexStore, index_captions, update_index
-from itm.retrieval.search import Searcher, SearchModels
 from itm.service.app import create_app
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     root = tmp_path_factory.mktemp("service")
-    models = SearchModels(index_checkpoint(root / "dual.pt", "dual"), index_checkpoint(root / "bssan.pt", "bssan"))
-    import os
-
-    previous = os.environ.get("ITM_CACHE")
-    os.environ["ITM_CACHE"] = str(root / "cache")
-    try:
-        store = IndexStore(root / "idx")
-        update_index(store, photo_folder(root / "photos"), models, progress=False)
-        (root / "captions.txt").write_text("a red square\n\na green photo\na blue dog\na square\n")
-        index_captions(store, root / "captions.txt", models)
-        app = create_app(Searcher(root / "idx"), max_body_bytes=4096)
-        yield TestClient(app)
-    finally:
-        if previous is None:
-            os.environ.pop("ITM_CACHE")
-        else:
-            os.environ["ITM_CACHE"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ITM_CACHE", str(root / "cache"))
+        yield TestClient(create_app(served_index(root), max_body_bytes=4096))
 
 
 def test_health_and_page_and_schema(client):
