@@ -133,13 +133,23 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
-    """A value for an error message: its repr on one line, cut at 80 characters (a huge int's repr
-    would itself raise)."""
+    """A value for an error message: its repr on one line, cut at 80 characters (the repr of an int
+    of over 4300 digits would itself raise)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
     try:
         text = repr(value)
-    except ValueError:
-        return f"a {type(value).__name__} too large to print"
+    except ValueError:  # such an int inside a list
+        return "a value too large to print"
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _as_float(value: int | float) -> float:
+    """float(value), inf for an int beyond float's range (float() would raise OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -164,7 +174,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
         if not -INT_LIMIT < value < INT_LIMIT:
-            raise ConfigError(f"{where}: {_show(value)} is out of range (a {value.bit_length()}-bit integer)")
+            raise ConfigError(f"{where}: integer out of range ({value.bit_length()} bits, at most 63)")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -172,7 +182,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 value = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {_show(value)}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_as_float(value)):
             raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
         return float(value)
     if annotation is str:

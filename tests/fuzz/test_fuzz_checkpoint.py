@@ -17,10 +17,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from fuzz_support import budget, result_or_user_error
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fuzz_support import budget, result_or_user_error
 from itm.config import load_config
 from itm.data.vocab import Vocab
 from itm.models.registry import InputDims

@@ -11,10 +11,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from fuzz_support import budget, result_or_user_error
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fuzz_support import budget, result_or_user_error
 from itm.data.load import load_dataset
 from itm.errors import shown
 from itm.features.extract import read_image_bytes

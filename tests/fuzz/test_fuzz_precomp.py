@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fuzz_support import budget, result_or_user_error
 from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fuzz_support import budget, result_or_user_error
 from itm.config import FeatureConfig
 from itm.data.load import load_dataset
 from itm.features.extract import precomputed_features
@@ -98,4 +98,3 @@ def test_any_precomp_split_loads_finite_features_or_fails_in_one_line(files):
         if features is not None:
             assert features.regions.ndim == 3 and len(features) == len(dataset) > 0
             assert bool(torch.isfinite(features.regions).all())
-        del dataset, features  # the memory map must be closed before the folder goes
