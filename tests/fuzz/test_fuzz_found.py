@@ -90,6 +90,7 @@ def _entry(filename: str) -> dict:
     (b'{"images": [{"filename": "a.jpg", "split": ' + b"9" * 4301 + b"}]}", "unreadable JSON value"),  # ValueError
     (json.dumps({"images": [_entry("h\n.jpg"), {"filename": "h\n.jpg"}]}).encode(), "'h\\n.jpg'"),  # two lines
     (json.dumps({"images": [_entry("g\x00.jpg")]}).encode(), "cannot name a file"),  # later ValueError
+    (json.dumps({"images": [_entry("a.jpg"), _entry("b.jpg"), _entry("a.jpg")]}).encode(), "a.jpg is listed twice"),
 ])
 def test_karpathy_escapes(tmp_path, content, hint):
     (tmp_path / "dataset_x.json").write_bytes(content)

@@ -11,7 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from fuzz_support import budget, result_or_user_error
+from fuzz_support import budget, cut, flip, result_or_user_error
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -65,11 +65,9 @@ def dataset_files(draw) -> bytes:
     damage = draw(st.sampled_from(["none"] * 6 + ["truncate", "flip", "latin-1", "deep", "long_number", "bom"]))
     data = text.encode("utf-8")
     if damage == "truncate":
-        return data[: draw(st.integers(0, len(data)))]
+        return cut(draw, data)
     if damage == "flip":
-        flipped = bytearray(data)
-        flipped[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
-        return bytes(flipped)
+        return flip(draw, data)
     if damage == "latin-1":
         return text.encode("latin-1", errors="replace") + b"\xe9"
     if damage == "deep":  # nesting deeper than Python's recursion limit
@@ -84,7 +82,7 @@ def dataset_files(draw) -> bytes:
 
 def _check_dataset(dataset, root: Path) -> None:
     """A loaded dataset is usable: captions tokenized, image paths that read or fail cleanly."""
-    assert len(dataset) > 0
+    assert len(dataset) > 0 and len({record.path for record in dataset.images}) == len(dataset)  # no file twice
     for record in dataset.images:
         assert isinstance(record.filename, str) and isinstance(record.split, str)
         assert record.captions and len(record.captions) == len(record.tokens)

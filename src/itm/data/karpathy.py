@@ -123,6 +123,17 @@ def _attach_paths(root: Path, records: list[ImageRecord], subdirs: list[str]) ->
         record.path = folders[subdir] / record.filename
 
 
+def _refuse_duplicates(records: list[ImageRecord], path: Path) -> None:
+    """DataError for a file listed twice: its two entries would be two gallery images with identical
+    features, each counted wrong when the other is ranked first."""
+    first: dict[Path | None, int] = {}
+    for i, record in enumerate(records):
+        j = first.setdefault(record.path, i)
+        if j != i:
+            raise DataError(f"{path}: image {shown(record.filename)} is listed twice (entries {j} and {i}); "
+                            "merge its captions into one entry")
+
+
 def parse_karpathy(raw: Any, path: Path, root: Path) -> Dataset:
     """Build a Dataset from an already parsed Karpathy JSON document."""
     images = _field(raw, "images", list, str(path))
@@ -131,6 +142,7 @@ def parse_karpathy(raw: Any, path: Path, root: Path) -> Dataset:
     parsed = [_record(entry, i, path) for i, entry in enumerate(images)]
     records = [r for r, _ in parsed]
     _attach_paths(root, records, [s for _, s in parsed])
+    _refuse_duplicates(records, path)
     name = raw.get("dataset") if isinstance(raw.get("dataset"), str) else path.stem.removeprefix("dataset_")
     return Dataset(name, root, records)
 
