@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from itm.errors import ItmError
 
@@ -45,3 +46,16 @@ def result_or_user_error(read: Callable[[], T], *names: str) -> T | None:
     except Exception as exc:  # noqa: BLE001 - any other type is exactly what these tests hunt for
         assert_user_error(exc, *names)
         return None
+
+
+def cut(draw, data: bytes) -> bytes:
+    """``data`` cut at any offset, 0 included (a copy or download that stopped)."""
+    return data[: draw(st.integers(0, len(data)))]
+
+
+def flip(draw, data: bytes, most: int = 1) -> bytes:
+    """``data`` with 1 to ``most`` of its bytes XOR-ed with a non-zero value."""
+    out = bytearray(data)
+    for _ in range(draw(st.integers(1, most))):
+        out[draw(st.integers(0, len(out) - 1))] ^= draw(st.integers(1, 255))
+    return bytes(out)

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from fuzz_support import budget, result_or_user_error
+from fuzz_support import budget, cut, flip, result_or_user_error
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -91,12 +91,9 @@ def checkpoint_files(draw) -> bytes:
         return _saved(draw(altered_payloads()))
     data = _saved(payload())
     if kind == "truncate":
-        return data[: draw(st.integers(0, len(data) - 1))]
+        return cut(draw, data[:-1])
     if kind == "flip":
-        flipped = bytearray(data)
-        for _ in range(draw(st.integers(1, 4))):
-            flipped[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
-        return bytes(flipped)
+        return flip(draw, data, most=4)
     return data
 
 

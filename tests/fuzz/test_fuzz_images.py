@@ -13,7 +13,7 @@ import struct
 import zlib
 
 import numpy as np
-from fuzz_support import budget, result_or_user_error
+from fuzz_support import budget, cut, flip, result_or_user_error
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -85,11 +85,10 @@ def damaged_images(draw) -> bytes:
     """A base image, whole or damaged in one of the ways users' folders damage them."""
     data = bytearray(base(draw(st.sampled_from(sorted(BASES)))))
     damage = draw(st.sampled_from(["none", "truncate", "flip", "zero", "garbage_after_header"]))
-    if damage == "truncate":  # a copy or download cut at any offset, including inside the header
-        return bytes(data[: draw(st.integers(0, len(data)))])
+    if damage == "truncate":  # including inside the header: the issue's case
+        return cut(draw, bytes(data))
     if damage == "flip":
-        for _ in range(draw(st.integers(1, 8))):
-            data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+        return flip(draw, bytes(data), most=8)
     if damage == "zero":  # a disk block of zeros
         start = draw(st.integers(0, len(data) - 1))
         end = start + draw(st.integers(1, 512))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fuzz_support import budget, result_or_user_error
+from fuzz_support import budget, cut, flip, result_or_user_error
 from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -51,12 +51,8 @@ def arrays(draw) -> np.ndarray:
 def _damaged(data: bytes, draw) -> bytes:
     damage = draw(often(st.just("none"), st.sampled_from(["truncate", "flip"])))
     if damage == "truncate":
-        return data[: draw(st.integers(0, len(data)))]
-    if damage == "flip":
-        flipped = bytearray(data)
-        flipped[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
-        return bytes(flipped)
-    return data
+        return cut(draw, data)
+    return flip(draw, data) if damage == "flip" else data
 
 
 caption_lines = st.sampled_from(["a dog runs", "two cats", "caf\u00e9 au lait"] * 8 + ["", " . "])
