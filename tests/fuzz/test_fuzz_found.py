@@ -173,8 +173,9 @@ def _checkpoint(tmp_path: Path, **changes) -> Path:
     {"config": {**payload()["config"], "train": torch.zeros(2)}},  # RuntimeError: bool of a tensor
     {"model": payload("bssan_w2r")["model"]},  # another model's weights: many-line RuntimeError
     {"dims": {**payload()["dims"], "region_dim": 9}},  # another feature setting's input size
+    {"format_version": torch.ones(2)},  # RuntimeError: bool of a tensor (found by a 1000-example hunt)
 ], ids=["no_model", "no_config", "no_dims", "no_settings", "model_none", "dims_none", "config_tensor",
-        "other_model", "other_dims"])
+        "other_model", "other_dims", "version_tensor"])
 def test_checkpoint_escapes(tmp_path, changes):
     path = _checkpoint(tmp_path, **changes)
     error = raised(lambda: load_checkpoint(path))

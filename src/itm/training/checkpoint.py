@@ -82,7 +82,8 @@ def read_payload(path: str | Path) -> dict[str, Any]:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise ItmError(f"checkpoint {path}: not a readable itm checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # a tensor here: '!=' would not be a bool
         raise ItmError(f"checkpoint {path}: not an itm checkpoint (format {FORMAT_VERSION} expected)")
     problem = _payload_problem(payload)
     if problem:
