@@ -34,7 +34,8 @@ def step_ms(context: int, batch: int, steps: int) -> float:
     positives = torch.eye(batch, dtype=torch.bool)  # one caption per image in this block
 
     def step() -> None:
-        scores = model.score_block(model.prepare_images(regions, objects), model.prepare_captions(captions))
+        images = {"regions": regions, "objects": objects}
+        scores = model.score_block(model.prepare_images(images), model.prepare_captions(captions))
         loss = infonce(scores, positives, config.train.temperature)  # scores (B, B)
         optimizer.zero_grad()
         loss.backward()

@@ -20,7 +20,7 @@ import argparse
 import torch
 
 from itm.data.load import load_dataset
-from itm.pipeline import feature_config, prepare_split
+from itm.pipeline import prepare_split
 from itm.training.checkpoint import load_checkpoint
 from itm.training.loop import batch_captions
 
@@ -33,7 +33,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.config
-    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
     test = prepare_split(load_dataset(args.data, "test"), config, ckpt.vocab, progress=False)
     gen = torch.Generator().manual_seed(0)
     caps = torch.randperm(len(test.captions), generator=gen)[: args.pairs]
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         words = model.word_vectors(captions)  # the model's own preprocessing, as visual_inputs
         print(f"{'pairs':<12}{'attention':<11}" + "".join(f"{name:>10}" for name in model.branches))
-        inputs = {label: model.visual_inputs(test.features.regions[images], test.features.objects[images])
+        inputs = {label: model.visual_inputs(test.features.streams(model.image_streams, images))
                   for label, images in (("matched", matched), ("mismatched", mismatched))}
         for label, feats in inputs.items():
             for attention, uniform in (("softmax", None), ("uniform", torch.ones(len(caps), dtype=torch.bool))):

@@ -21,7 +21,7 @@ from torch import nn
 from itm.data.load import load_dataset
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
-from itm.pipeline import feature_config, prepare_split
+from itm.pipeline import prepare_split
 from itm.training.checkpoint import load_checkpoint
 
 # the ranking depends only on the ratio of the weights, so the grid is over the W2R share
@@ -57,7 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.config
-    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
     if set(ckpt.model.branches) != {"w2r", "o2w"}:
         raise SystemExit(f"{args.checkpoint}: needs both branches, has {sorted(ckpt.model.branches)}")
     trained = ckpt.model.o2w_weight

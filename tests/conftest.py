@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import itm.models  # noqa: F401  (registers every model, so configs resolve)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
 

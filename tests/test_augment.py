@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_model
 
 from itm.config import load_config
 from itm.data.synthetic import synthetic_split
@@ -68,18 +69,22 @@ def test_drop_words_off_keeps_the_captions_and_extreme_keeps_one_word():
     assert abs(sum(kept) / len(kept) - 0.7) < 0.03  # about 30 % of its words deleted
 
 
-def test_the_training_step_sees_the_augmented_inputs(monkeypatch):
+def test_the_training_step_sees_the_augmented_inputs():
     split, _ = synthetic_split(64, seed=0, region_dim=8)
     caps = torch.arange(16)
     images = torch.as_tensor(split.caption_to_image)[caps]
     plain = load_config(None, [])
     augmented = load_config(None, ["train.region_drop=0.5", "train.word_drop=0.5"])
-    regions, objects, captions = loop.training_inputs(split, images, caps, plain.train, gen())
-    assert torch.equal(regions, split.features.regions[images])
+    model = tiny_model("bssan")[0]
+    streams, captions = loop.training_inputs(model, split, images, caps, plain.train, gen())
+    assert torch.equal(streams["regions"], split.features.regions[images])
     assert torch.equal(captions.lengths, split.captions.lengths[caps])
-    regions, objects, captions = loop.training_inputs(split, images, caps, augmented.train, gen())
+    streams, captions = loop.training_inputs(model, split, images, caps, augmented.train, gen())
     d = split.features.regions.shape[1]
-    assert regions.shape[1] == max(1, round(d * 0.5))
-    assert torch.equal(objects, split.features.objects[images])  # objects are left whole
+    assert streams["regions"].shape[1] == max(1, round(d * 0.5))
+    assert torch.equal(streams["objects"], split.features.objects[images])  # objects are left whole
     assert torch.all(captions.lengths <= split.captions.lengths[caps])
     assert bool((captions.lengths < split.captions.lengths[caps]).any())
+    # the whole-image vector stays the mean of the full grid (the backbone's pooled feature)
+    whole = split.features.streams(("whole",), images)["whole"]
+    torch.testing.assert_close(whole, split.features.regions[images].float().mean(1))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -113,14 +112,11 @@ def test_bundled_mini_dataset_loads():
 
 
 def test_real_flickr8k(flickr8k_dir):
-    start = time.perf_counter()
-    ds = load_dataset(flickr8k_dir)
-    elapsed = time.perf_counter() - start
+    ds = load_dataset(flickr8k_dir)  # its speed is measured by a benchmark, not asserted here
     assert ds.name == "flickr8k"
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [6000, 1000, 1000]
     assert all(len(im.captions) == 5 == len(im.tokens) for im in ds.images)
     assert ds.images[0].path.is_file()
-    assert elapsed < 2.0, f"loading Flickr8k took {elapsed:.2f} s"
 
 
 # ---------------------------------------------------------------- precomp

@@ -101,3 +101,56 @@ def test_explain_bad_input_is_one_line(demo_run, tmp_path, capsys, args, named):
 
 def test_bundled_data_is_found_without_shared():
     assert (BUNDLED_DATA / "dataset_flickr8k.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["caan_cpu", "mlasm_cpu"])
+def test_demo_and_explain_run_every_model(tmp_path, monkeypatch, capsys, config):
+    """``itm demo --config`` and ``itm explain`` for the other two papers: the report's attention
+    section and the pair pictures are the maps each model declares."""
+    from helpers import tiny_overrides
+
+    from itm.models import MODELS  # noqa: F401  (registers every model)
+
+    name = config.removesuffix("_cpu")
+    data = tiny_slice(tmp_path / "data", {"train": 16, "val": 4, "test": 4})
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    overrides = [*tiny_overrides(name)[1:], *TINY[4:], "features.backbone=efficientnet_lite0", "features.image_size=96"]
+    assert main(["demo", "--data", str(data), "--out", str(tmp_path / "out"), "--config", config,
+                 *sum((["--set", o] for o in overrides), [])]) == 0
+    out = tmp_path / "out"
+    assert "What the model attends to" in (out / "report.html").read_text(encoding="utf-8")
+    assert list(out.glob("attention_0_*.png"))
+    image = sorted((data / "images").iterdir())[0]
+    assert main(["explain", "--checkpoint", str(out / "run"), "--image", str(image), "--caption", "a dog runs",
+                 "--out", str(tmp_path / "pair")]) == 0
+    drawn = {p.stem for p in (tmp_path / "pair").glob("*.png")}
+    assert drawn == {"words_over_regions", "regions_over_words"} | ({"region_weights", "word_weights"}
+                                                                    if name == "caan" else set())
+
+
+@pytest.mark.slow
+def test_pointing_game_command_end_to_end(demo_run, tmp_path, monkeypatch, capsys):
+    """A word of test image 0's captions is boxed by the whole photo (every peak is a hit); the same
+    word in other photos has no box there, so those photos give no case."""
+    root, data, _ = demo_run
+    monkeypatch.setenv("ITM_CACHE", str(root / "cache"))
+    images = [im for im in json.loads((data / "dataset_flickr8k.json").read_text())["images"] if im["split"] == "test"]
+    word = images[0]["sentences"][0]["tokens"][1]
+    boxes = {"images": [{"id": n, "file_name": im["filename"], "width": 1000, "height": 800}
+                        for n, im in enumerate(images)],
+             "categories": [{"id": 7, "name": "thing"}],
+             "annotations": [{"image_id": 0, "category_id": 7, "bbox": [0, 0, 1000, 800], "iscrowd": 0}]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    (tmp_path / "syn.json").write_text(json.dumps({word: "thing"}))
+    assert main(["pointing-game", "--checkpoint", str(root / "out" / "run"), "--data", str(data),
+                 "--boxes", str(tmp_path / "boxes.json"), "--synonyms", str(tmp_path / "syn.json"),
+                 "--json", str(tmp_path / "out.json"), "--min-cases", "1"]) == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    expected = sum(s["tokens"][: 30].count(word) for s in images[0]["sentences"])
+    assert result["overall"]["cases"] == expected >= 1
+    assert result["overall"]["hit"] == result["overall"]["random_cell"] == result["overall"]["centre_cell"] == 100.0
+    assert "thing" in capsys.readouterr().out
+    assert main(["pointing-game", "--checkpoint", str(root / "out" / "run"), "--data", str(data),
+                 "--boxes", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

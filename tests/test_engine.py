@@ -13,23 +13,18 @@ import functools
 import numpy as np
 import pytest
 import torch
+from helpers import D, E, M, P, Q, V, randomise_non_weights
+from helpers import tiny_model as new_tiny_model
 
-from itm.config import load_config
 from itm.data.types import Captions, ImageFeatures
 from itm.evaluation import engine
 from itm.evaluation.engine import TilePlan, plan_tiles, score_all_pairs, score_pairs_naive
 from itm.evaluation.evaluate import JSON_KEYS, Member, evaluate_ensemble, evaluate_model
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models import MODELS
-from itm.models.registry import InputDims, _load_all
-from itm.training.checkpoint import new_model
 
-_load_all()
 VARIANTS = MODELS.names()
-
-E, M, Q, D, P, V = 6, 5, 7, 4, 3, 30
-DIMS = InputDims(word_dim=E, region_dim=M, object_dim=Q, vocab_size=V)
-TINY = ["model.w2r_hidden=8", "model.w2r_mlp=[6]", "model.o2w_hidden=5", "model.o2w_mlp=[6, 4]"]
+BSSAN_VARIANTS = [n for n in VARIANTS if n.startswith("bssan")]
 N_IMAGES = 5
 LENGTHS = [4, 1, 7, 3, 7, 2, 5, 3, 6]  # unsorted, ties, a single word; 9 captions
 OWNER = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3])  # images 0-3 own two captions, image 4 one
@@ -40,27 +35,8 @@ TILINGS = [(0, 1), (0, 4), (0.005, 2), (0.02, 1), (0.05, 2), (0.05, 4), (1, 3), 
 PLANS = [(1, 1, 1), (2, 3, 1), (3, 2, 2), (5, 4, 3), (4, 9, 4), (5, 9, 5), (5, 2, 2)]
 
 
-
-def randomise_non_weights(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial batch-norm statistics/affines and attention biases (defaults hide mistakes)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen))
-                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                module.weight.copy_(torch.randn(n, generator=gen))
-                module.bias.copy_(torch.randn(n, generator=gen))
-        for name, param in model.named_parameters():
-            if name.endswith(".bias") and param.dim() == 0:
-                param.fill_(0.3)
-
-
 def tiny_model(name: str, *overrides: str):
-    config = load_config(None, [f"model.name={name}", *TINY, *overrides])
-    torch.manual_seed(0)
-    model = new_model(config, DIMS)
+    model, config = new_tiny_model(name, *overrides)
     randomise_non_weights(model)
     return model.eval(), config
 
@@ -191,12 +167,12 @@ def test_engine_restores_modes_when_scoring_fails(monkeypatch):
     assert _modes(model) == before
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", BSSAN_VARIANTS)
 def test_score_block_parts_combine_with_lambda(name):
     model, config = tiny_model(name, "model.o2w_weight=0.37")
     features, captions = make_data()
     with torch.no_grad():
-        images = model.prepare_images(features.regions, features.objects)
+        images = model.prepare_images(features.streams(model.image_streams))
         caps = model.prepare_captions(captions)
         parts = model.score_block(images, caps, parts=True)
         combined = model.score_block(images, caps)
@@ -212,12 +188,12 @@ def test_score_block_parts_combine_with_lambda(name):
         one = Captions(one.ids[:, :n], one.lengths)
         for i in range(N_IMAGES):
             with torch.no_grad():
-                out = model(features.regions[i : i + 1], features.objects[i : i + 1], one)
+                out = model(features.streams(model.image_streams, slice(i, i + 1)), one)
             for branch, value in out.parts.items():
                 torch.testing.assert_close(parts[branch][i, c], value[0], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", BSSAN_VARIANTS)
 def test_score_block_eq8_uniform_matches_forward(name):
     """The in-batch losses' path (score_block with a uniform mask, training mode) applies eq. 8 to
     exactly the pairs the forward path does (batch norms frozen so both see the same statistics)."""
@@ -226,12 +202,12 @@ def test_score_block_eq8_uniform_matches_forward(name):
     features, captions = make_data()
     uniform = torch.rand(N_IMAGES, len(LENGTHS), generator=torch.Generator().manual_seed(3)) < 0.5
     with torch.no_grad():
-        images = model.prepare_images(features.regions, features.objects)
+        images = model.prepare_images(features.streams(model.image_streams))
         block = model.score_block(images, model.prepare_captions(captions), uniform=uniform)
         ii, cc = torch.meshgrid(torch.arange(N_IMAGES), torch.arange(len(LENGTHS)), indexing="ij")
         ii, cc = ii.reshape(-1), cc.reshape(-1)
         picked = captions.select(cc)
-        pair = model(features.regions[ii], features.objects[ii], picked, uniform=uniform.reshape(-1)).score
+        pair = model(features.streams(model.image_streams, ii), picked, uniform=uniform.reshape(-1)).score
     torch.testing.assert_close(block.reshape(-1), pair, rtol=1e-4, atol=1e-4)
     assert uniform.any() and (~uniform).any()
 

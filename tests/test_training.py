@@ -7,8 +7,6 @@ feature extraction included, and kill -9 a run mid-way to check that ``--resume`
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import math
@@ -23,47 +21,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fit_quietly, setup_run
 
 from itm.config import load_config
 from itm.data.synthetic import synthetic_karpathy_dir, synthetic_split
 from itm.evaluation import chance_metrics
 from itm.evaluation.engine import score_all_pairs
-from itm.models.registry import InputDims
+from itm.models.objectives import sample_negatives
 from itm.training import loop
-from itm.training.checkpoint import load_checkpoint, model_payload, new_model, read_payload, save_atomic
-from itm.training.loop import (
-    Trainer,
-    TrainingDiverged,
-    epoch_order,
-    sample_negatives,
-    scheduled_lr,
-    seed_everything,
-)
-
-DIM = 16
-TINY = ["model.w2r_hidden=16", "model.w2r_mlp=[16]", "model.o2w_hidden=16", "model.o2w_mlp=[16]",
-        "eval.memory_budget_mb=64"]
-
-
-
-def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256, n_val: int = 32):
-    """A tiny BSSAN, its Trainer, and train/val splits of one synthetic problem (val held out)."""
-    train, vocab = synthetic_split(n_train, seed=seed, region_dim=DIM)
-    val, _ = synthetic_split(n_val, seed=seed + 100, vocab=vocab, region_dim=DIM)
-    config = load_config(None, [*TINY, "train.optimizer=adam", "train.lr=0.02", "train.batch_size=32",
-                                "train.epochs=2", "train.patience=10", f"train.seed={seed}", *overrides])
-    dims = InputDims(word_dim=DIM, region_dim=DIM, object_dim=DIM, vocab_size=len(vocab))
-    seed_everything(config.train.seed)
-    model = new_model(config, dims)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, config, run_dir,
-                      lambda: model_payload(model, config, vocab, dims, {"backbone": "synthetic"}))
-    return trainer, train, val
-
-
-def fit_quietly(trainer: Trainer, train, val) -> dict:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return trainer.fit(train, val, progress=False)
+from itm.training.checkpoint import load_checkpoint, read_payload, save_atomic
+from itm.training.loop import Trainer, TrainingDiverged, epoch_order, scheduled_lr
 
 
 def val_scores(model, split) -> np.ndarray:
@@ -177,14 +144,15 @@ def test_save_atomic_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch
 
 # -- (c) divergence --------------------------------------------------------------------------------
 
-def nan_from_call(monkeypatch, loss_name: str, first_bad_call: int, gradient_only: bool = False) -> None:
-    """Make the step loss NaN (or only its gradient, the loss staying finite) from one call on."""
-    real = loop.STEP_LOSSES[loss_name]
+def nan_from_call(monkeypatch, trainer: Trainer, first_bad_call: int, gradient_only: bool = False) -> None:
+    """Make the model's training loss NaN (or only its gradient, the loss staying finite) from one call on."""
+    model = trainer.model
+    real = model.training_loss
     calls = {"n": 0}
 
-    def poisoned(model, *args):
+    def poisoned(batch):
         calls["n"] += 1
-        value = real(model, *args)
+        value = real(batch)
         if calls["n"] < first_bad_call:
             return value
         if gradient_only:  # sqrt at 0: finite value 0, NaN gradient (0 * inf)
@@ -192,12 +160,12 @@ def nan_from_call(monkeypatch, loss_name: str, first_bad_call: int, gradient_onl
             return value + (anchor.sum() * 0).sqrt()
         return value * float("nan")
 
-    monkeypatch.setitem(loop.STEP_LOSSES, loss_name, poisoned)
+    monkeypatch.setattr(model, "training_loss", poisoned)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     trainer, train, val = setup_run(tmp_path, "train.epochs=3", n_train=64, n_val=8)  # 10 steps/epoch
-    nan_from_call(monkeypatch, "pairwise_hinge", first_bad_call=14)  # epoch 2, step 4
+    nan_from_call(monkeypatch, trainer, first_bad_call=14)  # epoch 2, step 4
     with pytest.raises(TrainingDiverged) as info:
         fit_quietly(trainer, train, val)
     message = str(info.value)
@@ -215,7 +183,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 def test_nan_before_any_checkpoint_says_so(tmp_path, monkeypatch):
     trainer, train, val = setup_run(tmp_path, n_train=64, n_val=8)
-    nan_from_call(monkeypatch, "pairwise_hinge", first_bad_call=2)
+    nan_from_call(monkeypatch, trainer, first_bad_call=2)
     with pytest.raises(TrainingDiverged, match="no checkpoint was written yet"):
         fit_quietly(trainer, train, val)
     assert not (tmp_path / "last.pt").exists()
@@ -225,7 +193,7 @@ def test_nan_gradient_never_reaches_a_checkpoint(tmp_path, monkeypatch):
     # last.pt after every batch: a NaN gradient must stop the run before the weights (and so the
     # checkpoint written right after the step) turn NaN
     trainer, train, val = setup_run(tmp_path, "train.checkpoint_minutes=0", n_train=64, n_val=8)
-    nan_from_call(monkeypatch, "pairwise_hinge", first_bad_call=5, gradient_only=True)
+    nan_from_call(monkeypatch, trainer, first_bad_call=5, gradient_only=True)
     with pytest.raises(TrainingDiverged, match="gradient became nan at epoch 1 step 5") as info:
         fit_quietly(trainer, train, val)
     assert str(tmp_path / "last.pt") in str(info.value)
@@ -287,16 +255,16 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch, augmentation)
     fit_quietly(reference, train, val)
 
     interrupted, train, val = setup_run(tmp_path / "b", *common, n_train=64, n_val=8)
-    real = loop.STEP_LOSSES["pairwise_hinge"]
+    real = interrupted.model.training_loss
     calls = {"n": 0}
 
-    def killed_mid_epoch_2(*args):
+    def killed_mid_epoch_2(batch):
         calls["n"] += 1
         if calls["n"] == 16:  # epoch 2, step 6
             raise Killed
-        return real(*args)
+        return real(batch)
 
-    monkeypatch.setitem(loop.STEP_LOSSES, "pairwise_hinge", killed_mid_epoch_2)
+    monkeypatch.setattr(interrupted.model, "training_loss", killed_mid_epoch_2)
     with pytest.raises(Killed):
         fit_quietly(interrupted, train, val)
     monkeypatch.undo()
@@ -331,13 +299,8 @@ CLI_TINY = ["model.w2r_hidden=8", "model.w2r_mlp=[8]", "model.o2w_hidden=8", "mo
             "eval.memory_budget_mb=64"]
 
 
-def _needs_feature_extraction():
-    pytest.importorskip("itm.features.extract", reason="itm.features.extract (feature extraction) not built yet")
-
-
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory):
-    _needs_feature_extraction()
     root = tmp_path_factory.mktemp("cli")
     data = synthetic_karpathy_dir(root / "synth", n_train=24, n_val=8, n_test=8, size=64, seed=0)
     env = {**os.environ, "ITM_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",

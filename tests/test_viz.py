@@ -226,3 +226,26 @@ def test_save_figure_writes_a_png_and_closes_pyplot_figures(tmp_path):
     managed = plt.figure(figsize=(1, 1))
     save_figure(managed, tmp_path / "managed.png", dpi=20)
     assert not plt.fignum_exists(managed.number)
+
+
+# -- explanations of any registered model: one picture per declared map it can draw ------------------
+
+@pytest.mark.parametrize("name", ["bssan", "caan", "mlasm", "mlasm_local", "bssan_o2w"])
+def test_pair_figures_draw_every_declared_map(name):
+    from helpers import make_captions, tiny_model
+
+    from itm.data.types import ImageFeatures
+    from itm.viz.explain import DRAWINGS, explain_pair, pair_figures
+
+    model, _ = tiny_model(name)
+    gen = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 20, 15], [2, 8, 30, 22]], dtype=torch.float32)[None]
+    features = ImageFeatures(torch.randn(1, 4, 5, generator=gen), torch.randn(1, 3, 7, generator=gen), boxes, (2, 2))
+    captions = make_captions([3])
+    explanation = explain_pair(model, features, 0, captions, 0, ["a", "dog", "runs"])
+    assert set(explanation.attention) == set(model.attention_specs())
+    figures = pair_figures(explanation, image(), features, 0, title="a dog runs")
+    drawable = {k for k, spec in model.attention_specs().items() if (spec.rows, spec.over) in DRAWINGS}
+    assert set(figures) == drawable and figures
+    for fig in figures.values():
+        assert figure_to_array(fig).shape[2] == 3

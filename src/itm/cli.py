@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "itm.commands.train",
     "eval": "itm.commands.eval",
     "explain": "itm.commands.explain",
+    "pointing-game": "itm.commands.pointing",
     "demo": "itm.commands.demo",
 }
 

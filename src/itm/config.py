@@ -13,13 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from itm.errors import ConfigError, shown
+from itm.registry import Registry
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
 INT_LIMIT = 2**63  # integers beyond int64 cannot reach torch or numpy
 # what PyYAML raises besides YAMLError: ValueError for an integer too long for int() (CVE-2020-10735),
 # RecursionError for nesting deeper than Python's stack, UnicodeDecodeError for non-UTF-8 bytes
@@ -55,25 +56,51 @@ class TextConfig:
     trainable: bool = False  # fine-tune the GloVe-initialised embeddings
 
 
+DEFAULT_MODEL = "bssan"
+
+
 @dataclass
 class ModelConfig:
-    """Matcher architecture. ``name`` is a key of the model registry (``itm models``)."""
+    """The base of every model's config. ``name`` is a key of the model registry (``itm models``);
+    each model registers its own subclass with its fields (``register_model_config``) and checks
+    them in ``validate``."""
 
-    name: str = "bssan"
-    branches: list[str] = field(default_factory=lambda: ["w2r", "o2w"])
-    w2r_hidden: int = 1024  # LSTM hidden size (paper: 1024)
-    w2r_mlp: list[int] = field(default_factory=lambda: [512, 128])  # hidden layers after the LSTM
-    o2w_hidden: int = 512  # BiLSTM hidden size per direction (paper: 512)
-    o2w_mlp: list[int] = field(default_factory=lambda: [512, 256, 64])  # per-object MLP
-    o2w_weight: float = 0.6  # lambda in MS = f_w2r + lambda * f_o2w
-    reg_weight: float = 0.01  # delta: weight of the squared L2 norm of the weights
-    negative_attention: str = "uniform"  # eq. 8: uniform | softmax on negative pairs in training
-    # Extensions beyond the paper (defaults = the paper). docs/bssan.md, "Beyond the paper", says why.
-    attention_scale: float = 1.0  # softmax(scale * tanh(...)): tanh alone caps the peak/uniform ratio
-    match_input: bool = False  # also feed the attended alignment score sum_j alpha_j e_j to LSTM / MLP
-    feature_norm: bool = False  # L2-normalise region and object vectors before both branches
-    dropout: float = 0.0  # training-time dropout on word vectors and on region / object vectors
-    w2r_context: int = 0  # >0: W2R attends with BiLSTM states of this width, not the word vectors
+    name: str = DEFAULT_MODEL
+
+    TINY: ClassVar[dict[str, Any]] = {}  # field values of a tiny instance, for tests and smoke runs
+
+    def validate(self) -> None:
+        """Range and choice checks of the model's own fields: ConfigError naming ``model.<key>``."""
+
+
+@dataclass
+class ModelEntry:
+    """A registered model name: its config class and the field values the variant fixes."""
+
+    config_class: type[ModelConfig]
+    presets: dict[str, Any] = field(default_factory=dict)
+
+
+MODEL_CONFIGS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model_config(name: str, config_class: type[ModelConfig], presets: dict[str, Any]) -> None:
+    """Called by ``itm.models.registry.register_model``: config.py never imports a model."""
+    MODEL_CONFIGS.add(name, ModelEntry(config_class, dict(presets)))
+
+
+def model_entry(name: Any) -> ModelEntry:
+    """The registered entry of ``model.name``; a one-line ConfigError for anything else."""
+    if not isinstance(name, str):
+        raise ConfigError(f"model.name: expected a string, got {_show(name)}")
+    if name not in MODEL_CONFIGS:
+        known = ", ".join(MODEL_CONFIGS.names()) or "none registered: import itm.models first"
+        raise ConfigError(f"model.name: unknown model '{shown(name)}' (known: {known})")
+    return MODEL_CONFIGS.get(name)
+
+
+def default_model_config() -> ModelConfig:
+    return model_entry(DEFAULT_MODEL).config_class(name=DEFAULT_MODEL, **model_entry(DEFAULT_MODEL).presets)
 
 
 @dataclass
@@ -116,7 +143,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=default_model_config)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -129,7 +156,9 @@ class Config:
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The dataclass fields' annotations (class constants such as ``TINY`` are no config keys)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _show(value: Any) -> str:
@@ -204,11 +233,22 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
             known = ", ".join(sorted(hints))
             raise ConfigError(f"{where}: unknown key '{shown(key)}' (known: {known})")
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[key] = _build(annotation, {} if value is None else value, f"{where}.{key}")  # "data:" alone is {}
+        section = {} if value is None else value  # "data:" alone is {}; 'value or {}' fails on a tensor
+        if annotation is ModelConfig:
+            kwargs[key] = _build_model(section, f"{where}.{key}")
+        elif dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, section, f"{where}.{key}")
         else:
             kwargs[key] = _coerce(value, annotation, f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _build_model(raw: Any, where: str) -> ModelConfig:
+    """The model section as its registered model's own config class."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {_show(raw)}")
+    entry = model_entry(raw.get("name", DEFAULT_MODEL))
+    return _build(entry.config_class, raw, where)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -273,15 +313,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     model = raw.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError(f"{source}: 'model' must be a mapping")
-    from itm.models.registry import model_presets  # late: the models import this module
-
-    name = model.get("name", ModelConfig.name)
-    if not isinstance(name, str):
-        raise ConfigError(f"model.name: expected a string, got {_show(name)}")
-    try:
-        presets = model_presets(name)
-    except ConfigError as exc:
-        raise ConfigError(f"model.name: {exc}") from None
+    presets = dict(model_entry(model.get("name", DEFAULT_MODEL)).presets)
     user_model = overridden.get("model")
     if isinstance(user_model, dict) and "name" in user_model:
         # the variant was chosen by an override: its presets replace the file's values for those
@@ -306,67 +338,50 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return config
 
 
-_CHOICES = {
-    ("text", "source"): ("glove", "minilm"),
-    ("model", "negative_attention"): ("uniform", "softmax"),
-    ("train", "optimizer"): ("sgd", "adam"),
-    ("train", "lr_schedule"): ("constant", "cosine"),
-}
+def check_fields(section: str, obj: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                 fraction: tuple[str, ...] = (), optional_positive: tuple[str, ...] = (),
+                 positive_lists: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Range and choice checks of one section's fields; a one-line ConfigError naming the key.
+    ``fraction``: in [0, 1); ``optional_positive``: positive or null."""
+    def fail(key: str, what: str) -> None:
+        raise ConfigError(f"{section}.{key}: {what}, got {getattr(obj, key)!r}")
+
+    for key, allowed in (choices or {}).items():
+        if getattr(obj, key) not in allowed:
+            fail(key, f"must be one of {', '.join(allowed)}")
+    for key in positive:
+        if getattr(obj, key) <= 0:
+            fail(key, "must be positive")
+    for key in non_negative:
+        if getattr(obj, key) < 0:
+            fail(key, "must not be negative")
+    for key in fraction:
+        if not 0 <= getattr(obj, key) < 1:
+            fail(key, "must be in [0, 1)")
+    for key in optional_positive:
+        if getattr(obj, key) is not None and getattr(obj, key) <= 0:
+            fail(key, "must be positive or null")
+    for key in positive_lists:
+        if any(size <= 0 for size in getattr(obj, key)):
+            fail(key, "layer sizes must be positive")
 
 
 def validate(config: Config) -> None:
-    """Range and choice checks that the types alone do not catch."""
-    for (section, key), choices in _CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in choices:
-            raise ConfigError(f"{section}.{key}: '{value}' is not one of {', '.join(choices)}")
-    positive = [
-        ("data", "max_words"), ("features", "image_size"), ("features", "num_objects"),
-        ("model", "w2r_hidden"), ("model", "o2w_hidden"), ("train", "batch_size"),
-        ("train", "epochs"), ("train", "negatives"), ("train", "val_images"),
-        ("eval", "image_tile"), ("eval", "caption_tile"), ("eval", "memory_budget_mb"),
-    ]
-    for section, key in positive:
-        value = getattr(getattr(config, section), key)
-        if value <= 0:
-            raise ConfigError(f"{section}.{key}: must be positive, got {value}")
-    for section, key in [("model", "w2r_mlp"), ("model", "o2w_mlp")]:
-        sizes = getattr(getattr(config, section), key)
-        if any(size <= 0 for size in sizes):
-            raise ConfigError(f"{section}.{key}: layer sizes must be positive, got {sizes}")
-    strictly_positive = [("train", "lr"), ("train", "temperature"), ("train", "patience"),
-                         ("model", "attention_scale"),
-                         ("data", "min_word_count")]
-    non_negative = [("train", "margin"), ("train", "momentum"), ("train", "grad_clip"),
-                    ("train", "checkpoint_minutes"), ("model", "o2w_weight"), ("model", "reg_weight"),
-                    ("model", "w2r_context")]
-    for section, key in strictly_positive:
-        value = getattr(getattr(config, section), key)
-        if value <= 0:
-            raise ConfigError(f"{section}.{key}: must be positive, got {value}")
-    for section, key in non_negative:
-        value = getattr(getattr(config, section), key)
-        if value < 0:
-            raise ConfigError(f"{section}.{key}: must not be negative, got {value}")
-    for section, key in [("train", "max_minutes"), ("train", "threads")]:
-        value = getattr(getattr(config, section), key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{section}.{key}: must be positive or null, got {value}")
-    for section, key in [("model", "dropout"), ("train", "region_drop"), ("train", "word_drop"),
-                         ("train", "ema_decay")]:
-        value = getattr(getattr(config, section), key)
-        if not 0 <= value < 1:
-            raise ConfigError(f"{section}.{key}: must be in [0, 1), got {value}")
+    """Range and choice checks that the types alone do not catch; the model checks its own."""
+    check_fields("data", config.data, positive=("max_words", "min_word_count"))
+    check_fields("features", config.features, positive=("image_size", "num_objects"))
+    check_fields("text", config.text, choices={"source": ("glove", "minilm")})
+    check_fields("train", config.train,
+                 positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience"),
+                 non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes"),
+                 fraction=("region_drop", "word_drop", "ema_decay"), optional_positive=("max_minutes", "threads"),
+                 choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine")})
+    check_fields("eval", config.eval, positive=("image_tile", "caption_tile", "memory_budget_mb"))
+    config.model.validate()
     from itm.losses import LOSSES  # late: keeps this module free of torch at import
-    from itm.models.registry import MODELS, _load_all
 
-    _load_all()
-    for (section, key), registry in {("model", "name"): MODELS, ("train", "loss"): LOSSES}.items():
-        value = getattr(getattr(config, section), key)
-        if value not in registry:
-            raise ConfigError(f"{section}.{key}: '{value}' is not one of {', '.join(registry.names())}")
-    if not set(config.model.branches) or not set(config.model.branches) <= {"w2r", "o2w"}:
-        raise ConfigError(f"model.branches: must be a non-empty subset of [w2r, o2w], got {config.model.branches}")
+    if config.train.loss not in LOSSES:
+        raise ConfigError(f"train.loss: '{config.train.loss}' is not one of {', '.join(LOSSES.names())}")
 
 
 def validate_features(features: FeatureConfig) -> None:

@@ -98,8 +98,8 @@ def build_report(model_name: str, data_dir: Path, summary: dict[str, Any], metri
                                         image_index, title=" ".join(explanation.words)).items():
             name = f"attention_{image_index}_{branch}.png"
             figures[name] = fig
-            what = "word-to-regions heat maps" if branch == "w2r" else "object-to-words attention (top-3 objects)"
-            attention.append((name, f"{what} for test image {image_index} and its first caption"))
+            what = explanation.specs[branch].title
+            attention.append((name, f"{what}: test image {image_index} and its first caption"))
     save_pictures(figures, out_dir)
 
     report = Report(f"itm demo: {model_name} on {data_dir.name}")
@@ -111,8 +111,8 @@ def build_report(model_name: str, data_dir: Path, summary: dict[str, Any], metri
     report.add("Training", [], [("training_curve.png", "Validation rsum and training loss per epoch.")])
     report.add("Retrieval examples", [], examples)
     report.add("What the model attends to", [
-        "Each word's W2R attention over the region grid, upsampled and smoothed, over the image (alpha 0.7); "
-        "O2W: each of the top-3 proposals' attention over the caption's words."], attention)
+        "The attention maps the model declares: maps over the region grid are upsampled and smoothed over "
+        "the image (alpha 0.7); maps over the words are drawn as curves or bars."], attention)
     return report
 
 

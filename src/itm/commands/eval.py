@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the metrics as JSON")
     parser.add_argument("--memory-mb", type=int, default=None, help="memory budget of the scoring engine")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images, with a report")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a scoring switch of the saved config, e.g. --set model.global_context=pairwise")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -30,18 +32,18 @@ def run(args: argparse.Namespace) -> int:
     from itm.evaluation.evaluate import Member, evaluate_ensemble
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
-    from itm.pipeline import feature_config, prepare_split
+    from itm.pipeline import prepare_split
     from itm.training.checkpoint import load_checkpoint
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
-    checkpoints = [load_checkpoint(path) for path in args.checkpoint]  # all load before any long work
+    # all load before any long work
+    checkpoints = [load_checkpoint(path, args.overrides) for path in args.checkpoint]
     dataset = load_dataset(args.data, args.split).split(args.split)
     if not len(dataset):
         raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")
     members, owners = [], []
     for ckpt in checkpoints:
         config = ckpt.config
-        config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
         split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress)
         members.append(Member(ckpt.model, split.features, split.captions))
         owners.append(split.caption_to_image)
@@ -57,9 +59,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
         out["checkpoint"] = " + ".join(args.checkpoint)
+        out["peak_rss_mb"] = peak_rss_mb()  # the whole process: data, model and the engine's tiles
         out["model"] = model_name
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)

@@ -48,7 +48,7 @@ def _single_image_dataset(image: str, caption: str):
 
 def explain_pair_command(args: argparse.Namespace) -> None:
     from itm.data.tokenize import tokenize
-    from itm.pipeline import feature_config, prepare_split
+    from itm.pipeline import prepare_split
     from itm.training.checkpoint import load_checkpoint
     from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
     from itm.viz.render import save_figure
@@ -57,7 +57,6 @@ def explain_pair_command(args: argparse.Namespace) -> None:
     tokens = tokenize(args.caption)
     check_known_words(tokens, ckpt.vocab, args.caption)
     config = ckpt.config
-    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
     prepared = prepare_split(_single_image_dataset(args.image, args.caption), config, ckpt.vocab, progress=False)
     explanation = explain_pair(ckpt.model, prepared.features, 0, prepared.captions, 0, tokens)
     parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
@@ -74,7 +73,7 @@ def explain_retrieval_command(args: argparse.Namespace) -> None:
     from itm.data.tokenize import tokenize
     from itm.errors import ItmError
     from itm.evaluation.engine import score_all_pairs
-    from itm.pipeline import feature_config, prepare_split, word_vectors
+    from itm.pipeline import prepare_split, word_vectors
     from itm.training.checkpoint import load_checkpoint
     from itm.viz.explain import (
         LazyImages,
@@ -87,7 +86,6 @@ def explain_retrieval_command(args: argparse.Namespace) -> None:
 
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.config
-    config.features = feature_config({**ckpt.feature_settings, "cache_dir": config.features.cache_dir})
     split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab)
     images = split.dataset.images
     out = Path(args.out)

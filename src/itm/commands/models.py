@@ -12,12 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from itm.models.registry import MODELS, _load_all
+    from itm.models.registry import MODELS, model_presets
 
-    _load_all()
     width = max(len(n) for n in MODELS.names())
     for name in MODELS.names():
-        spec = MODELS.get(name)
-        presets = ", ".join(f"{k}={v}" for k, v in spec.presets.items()) or "defaults"
-        print(f"{name:<{width}}  {spec.help}  [{presets}]")
+        presets = ", ".join(f"{k}={v}" for k, v in model_presets(name).items()) or "defaults"
+        print(f"{name:<{width}}  {MODELS.help(name)}  [{presets}]")
     return 0

@@ -70,6 +70,9 @@ class Captions:
         return Captions(self.ids[index], self.lengths[index], vectors)
 
 
+IMAGE_STREAMS = ("regions", "objects", "whole")
+
+
 @dataclass
 class ImageFeatures:
     """Frozen image features for a list of images, aligned with a Dataset's ``images``."""
@@ -82,6 +85,25 @@ class ImageFeatures:
 
     def __len__(self) -> int:
         return int(self.regions.shape[0])
+
+    def stream(self, name: str, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """One named image stream (of the rows ``index``): "regions" (N, D, M), "objects" (N, P, Q),
+        or "whole" (N, M), the whole-image vector. "whole" is the mean of the region grid, which is
+        exactly the backbone's global average-pooled feature (at the cache's float16 precision), so
+        the cache needs no third array; for SCAN precomp it is the mean of the precomputed regions."""
+        rows = slice(None) if index is None else index
+        if name == "regions":
+            return self.regions[rows]
+        if name == "objects":
+            return self.objects[rows]
+        if name == "whole":
+            return self.regions[rows].float().mean(dim=1)  # (N, M)
+        raise KeyError(f"unknown image stream '{name}' (known: {', '.join(IMAGE_STREAMS)})")
+
+    def streams(self, names: tuple[str, ...] | list[str],
+                index: torch.Tensor | slice | None = None) -> dict[str, torch.Tensor]:
+        """The named streams a model reads, for the rows ``index`` (all rows when None)."""
+        return {name: self.stream(name, index) for name in names}
 
     def select(self, index: torch.Tensor | slice | list[int]) -> ImageFeatures:
         boxes = self.boxes[index] if self.boxes is not None else None

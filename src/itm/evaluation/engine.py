@@ -52,7 +52,7 @@ def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
                memory_budget_mb: float = 1024, caption_tile: int = 512) -> TilePlan:
     """Tile sizes that keep prepared states and one tile's per-pair tensors within the budget."""
     budget = int(memory_budget_mb * 2**20)  # fractional megabytes allowed (tiny budgets in tests)
-    probe_images = model.prepare_images(features.regions[:1], features.objects[:1])
+    probe_images = model.prepare_images(features.streams(model.image_streams, slice(0, 1)))
     image_bytes = _per_item_bytes(probe_images)
     image_chunk = max(1, min(len(features), (budget // 2) // max(image_bytes, 1)))
     steps = int(captions.lengths.max())
@@ -77,7 +77,7 @@ def score_all_pairs(model: Matcher, features: ImageFeatures, captions: Captions,
                    disable=not progress, leave=False)
         for i0 in range(0, n_img, plan.image_chunk):
             chunk = slice(i0, min(i0 + plan.image_chunk, n_img))
-            images = model.prepare_images(features.regions[chunk], features.objects[chunk])
+            images = model.prepare_images(features.streams(model.image_streams, chunk))
             n_chunk = chunk.stop - chunk.start
             for c0 in range(0, n_cap, plan.caption_tile):
                 tile = ordered.select(slice(c0, c0 + plan.caption_tile))
@@ -105,5 +105,5 @@ def score_pairs_naive(model: Matcher, features: ImageFeatures, captions: Caption
             one = captions.select(slice(c, c + 1))
             steps = int(one.lengths[0])
             one = Captions(one.ids[:, :steps], one.lengths, None if one.vectors is None else one.vectors[:, :steps])
-            out[n] = model(features.regions[i : i + 1], features.objects[i : i + 1], one).score[0].item()
+            out[n] = model(features.streams(model.image_streams, slice(i, i + 1)), one).score[0].item()
     return out

@@ -41,6 +41,8 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
     ensembles SCAN-era papers report). Every member must cover the same images and captions."""
     if not members:
         raise ValueError("evaluate_ensemble: no members")
+    for member in members:
+        member.model.check_evaluable()
     sizes = {(len(m.features), len(m.captions)) for m in members}
     if len(sizes) != 1:
         raise ValueError(f"evaluate_ensemble: members cover different (images, captions): {sorted(sizes)}")

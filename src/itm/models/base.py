@@ -1,14 +1,18 @@
 """The one contract every matcher implements.
 
-Cross-attention matchers have no embedding to index, so scoring is split into three parts that the
-all-pairs engine (``itm.evaluation.engine``) can reuse:
+A matcher scores (image, caption) pairs. Images arrive as named **streams** (``ImageStreams``): the
+region grid, the object proposals and the whole-image vector; each model says which it reads
+(``image_streams``). Cross-attention matchers have no embedding to index, so scoring is split into
+three parts that the all-pairs engine (``itm.evaluation.engine``) reuses:
 
 - ``prepare_images``: everything computable once per image (a dict of tensors, leading dim N_img);
 - ``prepare_captions``: everything computable once per caption (leading dim N_cap);
 - ``score_block``: the scores of every image x caption pair of two prepared blocks, (N_img, N_cap).
 
-``forward`` scores aligned pairs (image i with caption i), one at a time or in a batch; it is the
-reference the engine is tested against, the path training uses, and it can return attention maps.
+``forward`` scores aligned pairs (image i with caption i): the reference the engine is tested
+against. It returns the total, its named parts and, on request, the attention maps the model
+declares in ``attention_specs`` (what attends over what), so pictures never switch on a model.
+Training calls one hook, ``training_loss``; a model's training-only behaviour lives behind it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,25 @@ from torch import nn
 from itm.data.types import Captions
 
 State = dict[str, torch.Tensor]
+ImageStreams = dict[str, torch.Tensor]  # "regions": (N, D, M), "objects": (N, P, Q), "whole": (N, M)
+
+# what a map's rows and columns are: "words" (L), "regions" (D grid cells), "objects" (P),
+# "image" / "caption" (one row: a weight per fragment of the other axis)
+AXES = ("words", "regions", "objects", "image", "caption")
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """One attention map a model returns: ``rows`` attend over ``over``; each real row sums to 1
+    over the real positions of ``over`` (padded words get 0, padded word rows are all 0)."""
+
+    rows: str
+    over: str
+    title: str  # for pictures and ``itm models``
+
+    def __post_init__(self):
+        if self.rows not in AXES or self.over not in AXES:
+            raise ValueError(f"attention axes must be among {AXES}, got ({self.rows}, {self.over})")
 
 
 @dataclass
@@ -28,8 +51,8 @@ class PairScores:
     """Scores of aligned pairs, their parts (per branch), and attention maps on request."""
 
     score: torch.Tensor  # (B,)
-    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # branch name -> (B,)
-    attention: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "w2r": (B, L, D)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # part name -> (B,)
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, rows, over)
 
 
 class WordEmbedder(nn.Module):
@@ -69,8 +92,15 @@ class Matcher(nn.Module):
     """Base class: subclasses implement the three scoring parts and ``forward``."""
 
     words: WordEmbedder
+    image_streams: tuple[str, ...] = ("regions",)  # the ImageFeatures streams the model reads
+    # True for models whose score is encode_images(..) @ encode_captions(..).T (a shortlist index)
+    indexable: bool = False
 
-    def prepare_images(self, regions: torch.Tensor, objects: torch.Tensor) -> State:
+    def attention_specs(self) -> dict[str, AttentionSpec]:
+        """The attention maps ``forward(..., return_attention=True)`` returns, by name."""
+        return {}
+
+    def prepare_images(self, images: ImageStreams) -> State:
         raise NotImplementedError
 
     def prepare_captions(self, captions: Captions) -> State:
@@ -83,16 +113,16 @@ class Matcher(nn.Module):
         """Approximate bytes of per-pair temporaries in ``score_block`` (sizes the engine's tiles)."""
         return 8 * sum(v[0].numel() for v in images.values()) * 4
 
-    def forward(self, regions: torch.Tensor, objects: torch.Tensor, captions: Captions,
-                uniform: torch.Tensor | None = None, return_attention: bool = False) -> PairScores:
-        """Score aligned pairs. ``uniform`` (B,) bool marks pairs whose attention is replaced by the
-        uniform distribution (BSSAN eq. 8: unmatched pairs in training)."""
+    def forward(self, images: ImageStreams, captions: Captions, return_attention: bool = False) -> PairScores:
+        """Score aligned pairs: image i of every stream with caption i."""
         raise NotImplementedError
 
-    def regularization(self) -> torch.Tensor:
-        """Squared L2 norm of the weight matrices (not biases, norms or the word table)."""
-        total = torch.zeros(())
-        for name, p in self.named_parameters():
-            if p.requires_grad and p.dim() >= 2 and not name.startswith("words."):
-                total = total + p.pow(2).sum()
-        return total
+    def training_loss(self, batch) -> torch.Tensor:
+        """The loss of one training step (``itm.models.objectives.TrainingBatch``): the configured
+        objective on the total score. Models with training-only behaviour override this."""
+        from itm.models.objectives import objective_loss
+
+        return objective_loss(self, batch)
+
+    def check_evaluable(self) -> None:
+        """Raise ItmError when this model must not be evaluated as configured (e.g. a leak)."""

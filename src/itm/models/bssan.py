@@ -21,16 +21,62 @@ MLP's word-context projection are per caption and o_j^T W' with the MLP's object
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from itm.config import ModelConfig
+from itm.config import ConfigError, ModelConfig, check_fields
 from itm.data.types import Captions
-from itm.models.base import Matcher, PairScores, State, WordEmbedder, length_mask
+from itm.models.base import (
+    AttentionSpec,
+    ImageStreams,
+    Matcher,
+    PairScores,
+    State,
+    WordEmbedder,
+    length_mask,
+)
+from itm.models.objectives import objective_loss
 from itm.models.registry import InputDims, register_model
+
+
+@dataclass
+class BSSANConfig(ModelConfig):
+    """BSSAN's architecture; the defaults are the paper's."""
+
+    name: str = "bssan"
+    branches: list[str] = field(default_factory=lambda: ["w2r", "o2w"])
+    w2r_hidden: int = 1024  # LSTM hidden size (paper: 1024)
+    w2r_mlp: list[int] = field(default_factory=lambda: [512, 128])  # hidden layers after the LSTM
+    o2w_hidden: int = 512  # BiLSTM hidden size per direction (paper: 512)
+    o2w_mlp: list[int] = field(default_factory=lambda: [512, 256, 64])  # per-object MLP
+    o2w_weight: float = 0.6  # lambda in MS = f_w2r + lambda * f_o2w
+    reg_weight: float = 0.01  # delta: weight of the squared L2 norm of the weights
+    negative_attention: str = "uniform"  # eq. 8: uniform | softmax on negative pairs in training
+    # Extensions beyond the paper (defaults = the paper). docs/bssan.md, "Beyond the paper", says why.
+    attention_scale: float = 1.0  # softmax(scale * tanh(...)): tanh alone caps the peak/uniform ratio
+    match_input: bool = False  # also feed the attended alignment score sum_j alpha_j e_j to LSTM / MLP
+    feature_norm: bool = False  # L2-normalise region and object vectors before both branches
+    dropout: float = 0.0  # training-time dropout on word vectors and on region / object vectors
+    w2r_context: int = 0  # >0: W2R attends with BiLSTM states of this width, not the word vectors
+
+    # sizes small enough for unit tests and smoke runs (every model supplies its own)
+    TINY: ClassVar[dict] = {"w2r_hidden": 8, "w2r_mlp": [6], "o2w_hidden": 5, "o2w_mlp": [6, 4]}
+
+    def validate(self) -> None:
+        check_fields("model", self, positive=("w2r_hidden", "o2w_hidden", "attention_scale"),
+                     non_negative=("o2w_weight", "reg_weight", "w2r_context"), fraction=("dropout",),
+                     positive_lists=("w2r_mlp", "o2w_mlp"),
+                     choices={"negative_attention": ("uniform", "softmax")})
+        if not set(self.branches) or not set(self.branches) <= set(BRANCH_STREAMS):
+            raise ConfigError(f"model.branches: must be a non-empty subset of [w2r, o2w], got {self.branches}")
+
+
+BRANCH_STREAMS = {"w2r": "regions", "o2w": "objects"}  # the image stream each branch reads
 
 
 def mlp_layers(sizes: list[int]) -> tuple[nn.ModuleList, nn.ModuleList]:
@@ -258,8 +304,12 @@ class O2W(nn.Module):
 class BSSAN(Matcher):
     """W2R and/or O2W branches; MS = f_w2r + lambda * f_o2w."""
 
-    def __init__(self, config: ModelConfig, dims: InputDims, words: WordEmbedder):
+    ATTENTION = {"w2r": AttentionSpec("words", "regions", "W2R: each word's attention over the region grid"),
+                 "o2w": AttentionSpec("objects", "words", "O2W: each object's attention over the words")}
+
+    def __init__(self, config: BSSANConfig, dims: InputDims, words: WordEmbedder):
         super().__init__()
+        self.image_streams = tuple(BRANCH_STREAMS[name] for name in ("w2r", "o2w") if name in config.branches)
         self.words = words
         self.o2w_weight = config.o2w_weight
         self.reg_weight = config.reg_weight
@@ -275,10 +325,13 @@ class BSSAN(Matcher):
             self.branches["o2w"] = O2W(dims.word_dim, dims.object_dim, config.o2w_hidden, config.o2w_mlp,
                                        **extensions)
 
-    def visual_inputs(self, regions, objects) -> dict[str, torch.Tensor]:
+    def attention_specs(self) -> dict[str, AttentionSpec]:
+        return {name: self.ATTENTION[name] for name in self.branches}
+
+    def visual_inputs(self, images: ImageStreams) -> dict[str, torch.Tensor]:
         """Each branch's visual input, float32, unit-length per vector when ``feature_norm`` is set
         (dropout, when configured, after the normalisation)."""
-        inputs = {"w2r": regions.float(), "o2w": objects.float()}
+        inputs = {name: images[BRANCH_STREAMS[name]].float() for name in self.branches}
         if self.feature_norm:
             inputs = {name: F.normalize(x, dim=-1) for name, x in inputs.items()}
         return {name: self.dropout(x) for name, x in inputs.items()}
@@ -294,10 +347,11 @@ class BSSAN(Matcher):
         weights = self.branch_weights()
         return sum(weights[name] * score for name, score in parts.items())
 
-    def forward(self, regions, objects, captions: Captions, uniform=None, return_attention=False):
+    def forward(self, images: ImageStreams, captions: Captions, return_attention=False, uniform=None):
+        """Aligned pairs; ``uniform`` (B,) bool marks the training negatives of eq. 8."""
         words = self.word_vectors(captions)  # (B, L, E)
         lengths = captions.lengths
-        inputs = self.visual_inputs(regions, objects)
+        inputs = self.visual_inputs(images)
         if self.negative_attention == "softmax" or not self.training:
             uniform = None  # eq. 8 applies to training negatives only, and only when configured
         parts, attention = {}, {}
@@ -305,8 +359,8 @@ class BSSAN(Matcher):
             parts[name], attention[name] = branch(inputs[name], words, lengths, uniform)
         return PairScores(self._combine(parts), parts, attention if return_attention else {})
 
-    def prepare_images(self, regions, objects) -> State:
-        inputs = self.visual_inputs(regions, objects)
+    def prepare_images(self, images: ImageStreams) -> State:
+        inputs = self.visual_inputs(images)
         state: State = {}
         for name, branch in self.branches.items():
             state.update(branch.prepare_images(inputs[name]))
@@ -341,17 +395,36 @@ class BSSAN(Matcher):
         return 4 * floats
 
     def regularization(self) -> torch.Tensor:
-        return self.reg_weight * super().regularization() if self.reg_weight else torch.zeros(())
+        """delta * the squared L2 norm of the weight matrices (not biases, norms or the word table)."""
+        if not self.reg_weight:
+            return torch.zeros(())
+        total = torch.zeros(())
+        for name, p in self.named_parameters():
+            if p.requires_grad and p.dim() >= 2 and not name.startswith("words."):
+                total = total + p.pow(2).sum()
+        return self.reg_weight * total
+
+    def training_loss(self, batch) -> torch.Tensor:
+        """Eq. 18: each branch's loss weighted like its score, eq. 8's uniform attention on the
+        negatives (when configured), plus the weight regulariser."""
+        def aligned(images, captions, negative):
+            return self(images, captions, uniform=negative).parts
+
+        def block(images, captions, positives):
+            return self.score_block(self.prepare_images(images), self.prepare_captions(captions),
+                                    uniform=~positives, parts=True)
+
+        return objective_loss(self, batch, aligned, block, self.branch_weights()) + self.regularization()
 
 
-def build_bssan(config: ModelConfig, dims: InputDims, words: WordEmbedder) -> BSSAN:
+def build_bssan(config: BSSANConfig, dims: InputDims, words: WordEmbedder) -> BSSAN:
     return BSSAN(config, dims, words)
 
 
-register_model("bssan", build_bssan, "BSSAN: W2R + lambda * O2W, weight regulariser (the paper's model)")
-register_model("bssan_w2r", build_bssan, "BSSAN, word-to-regions branch only", branches=["w2r"])
-register_model("bssan_o2w", build_bssan, "BSSAN, object-to-words branch only", branches=["o2w"])
-register_model("bssan_no_reg", build_bssan, "BSSAN without the weight regulariser (delta = 0)", reg_weight=0.0)
-register_model("bssan_sharp", build_bssan,
+register_model("bssan", build_bssan, BSSANConfig, "BSSAN: W2R + lambda * O2W, weight regulariser (the paper's model)")
+register_model("bssan_w2r", build_bssan, BSSANConfig, "BSSAN, word-to-regions branch only", branches=["w2r"])
+register_model("bssan_o2w", build_bssan, BSSANConfig, "BSSAN, object-to-words branch only", branches=["o2w"])
+register_model("bssan_no_reg", build_bssan, BSSANConfig, "BSSAN without the weight regulariser (delta = 0)", reg_weight=0.0)
+register_model("bssan_sharp", build_bssan, BSSANConfig,
                "BSSAN with attention softmax(10 tanh(.)) over L2-normalised features (our extension)",
                attention_scale=10.0, feature_norm=True)

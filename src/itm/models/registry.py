@@ -1,22 +1,26 @@
-"""Registered matchers and their variants: a variant is a builder plus config presets."""
+"""Registered matchers and their variants: a variant is a builder, a config class and presets.
+
+A model module registers itself on import (``register_model``); importing ``itm.models`` imports
+every model module. The config side of each entry (class and presets) lives in
+``itm.config.MODEL_CONFIGS``, so that configs resolve without config.py importing a model.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from itm.config import ModelConfig
+from itm.config import ModelConfig, model_entry, register_model_config
 from itm.models.base import Matcher, WordEmbedder
 from itm.registry import Registry
 
 
 @dataclass
 class ModelSpec:
-    """How to build one registered model: ``builder(config, dims, words)`` and the presets it fixes."""
+    """How to build one registered model: ``builder(config, dims, words)``."""
 
     builder: Callable[..., Matcher]
-    presets: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields this variant sets
     help: str = ""
 
 
@@ -25,7 +29,7 @@ class InputDims:
     """Feature widths a model is built for (read from the data, stored in checkpoints)."""
 
     word_dim: int  # E
-    region_dim: int  # M
+    region_dim: int  # M (also the width of the whole-image vector)
     object_dim: int  # Q
     vocab_size: int
 
@@ -33,21 +37,17 @@ class InputDims:
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def register_model(name: str, builder: Callable[..., Matcher], help: str, **presets: Any) -> None:
-    MODELS.add(name, ModelSpec(builder, presets, help), help)
+def register_model(name: str, builder: Callable[..., Matcher], config_class: type[ModelConfig], help: str,
+                   **presets: Any) -> None:
+    """Register a model name: how to build it, its config class, and the config values it fixes."""
+    MODELS.add(name, ModelSpec(builder, help), help)
+    register_model_config(name, config_class, presets)
 
 
 def model_presets(name: str) -> dict[str, Any]:
-    """The ModelConfig fields a registered variant sets (applied before the user's own values)."""
-    _load_all()
-    return dict(MODELS.get(name).presets)
+    """The config fields a registered variant sets (applied before the user's own values)."""
+    return dict(model_entry(name).presets)
 
 
 def build_model(config: ModelConfig, dims: InputDims, words: WordEmbedder) -> Matcher:
-    _load_all()
     return MODELS.get(config.name).builder(config, dims, words)
-
-
-def _load_all() -> None:
-    """Import the model modules so that they register themselves."""
-    from itm.models import bssan  # noqa: F401

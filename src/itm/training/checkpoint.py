@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from itm.config import Config
+from itm.config import Config, apply_overrides
 from itm.data.vocab import Vocab
 from itm.errors import ItmError
 from itm.models.base import Matcher, WordEmbedder
 from itm.models.registry import InputDims, build_model
+from itm.pipeline import feature_config
 
 FORMAT_VERSION = 1
 
@@ -110,23 +111,26 @@ def _payload_problem(payload: dict[str, Any]) -> str | None:
     return None
 
 
-def _load_weights(model: Matcher, weights: dict[str, torch.Tensor], path: Path) -> None:
-    """Load a checkpoint's weights; one ItmError line when they belong to another model or input size."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:  # torch lists every missing / unexpected / misshapen tensor, one a line
-        detail = " ".join(str(exc).split("\n")[1:2]).strip()[:200]
-        raise ItmError(f"checkpoint {path}: its weights do not fit the model its config describes "
-                       f"(another model or input size? {detail})") from None
+def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> LoadedCheckpoint:
+    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder: the one
+    loader for inference. ``config.features`` are the extractor settings the model was trained on.
 
-
-def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
-    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder."""
+    ``overrides`` (``model.global_context=pairwise``, ...) change the saved config before the model
+    is built: switches that leave the weights' shapes alone; anything else fails to load in one line."""
     payload = read_payload(path)
     config = Config.from_dict(payload["config"], f"checkpoint {path}")
+    if overrides:
+        config = apply_overrides(config, overrides)
     dims = InputDims(**payload["dims"])
     model = new_model(config, dims)
-    _load_weights(model, payload["model"], Path(path))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:  # missing / unexpected keys or shapes: another model or version
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ItmError(f"checkpoint {path}: its weights do not fit model '{config.model.name}' as configured "
+                       f"({first}); retrain, or load it with the itm version that wrote it") from None
     model.eval()
+    # new images must be extracted exactly as the model's training images were
+    config.features = feature_config({**payload["feature_settings"], "cache_dir": config.features.cache_dir})
     return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
                             payload["feature_settings"], payload)

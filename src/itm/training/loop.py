@@ -26,8 +26,8 @@ from itm.data.types import Captions
 from itm.errors import ItmError
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
-from itm.losses import LOSSES
 from itm.models.base import Matcher
+from itm.models.objectives import OBJECTIVES, TrainingBatch
 from itm.pipeline import PreparedSplit
 from itm.registry import Registry
 from itm.training.augment import drop_regions, drop_words
@@ -72,16 +72,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
-def sample_negatives(owner: torch.Tensor, images: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k caption indices per row whose image differs from ``images`` (B,): (B, k)."""
-    neg = torch.randint(len(owner), (len(images), k), generator=gen)
-    clash = owner[neg] == images[:, None]
-    while clash.any():  # rare: redraw only the clashing ones
-        neg[clash] = torch.randint(len(owner), (int(clash.sum()),), generator=gen)
-        clash = owner[neg] == images[:, None]
-    return neg
-
-
 def batch_captions(captions: Captions, index: torch.Tensor) -> Captions:
     """Selected captions with the padding trimmed to the batch's longest."""
     picked = captions.select(index)
@@ -90,49 +80,23 @@ def batch_captions(captions: Captions, index: torch.Tensor) -> Captions:
     return Captions(picked.ids[:, :steps], picked.lengths, vectors)
 
 
-def training_inputs(split: PreparedSplit, images: torch.Tensor, caps: torch.Tensor, cfg: TrainConfig,
-                    gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, Captions]:
-    """Regions, objects and captions of one step, with train.region_drop / train.word_drop applied."""
-    feats = split.features
-    regions = drop_regions(feats.regions[images], cfg.region_drop, gen)  # (B, D', M)
+def training_inputs(model: Matcher, split: PreparedSplit, images: torch.Tensor, caps: torch.Tensor,
+                    cfg: TrainConfig, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], Captions]:
+    """The image streams the model reads and the captions of one step, with train.region_drop /
+    train.word_drop applied (the whole-image vector stays that of the full grid)."""
+    streams = split.features.streams(model.image_streams, images)
+    if "regions" in streams:
+        streams["regions"] = drop_regions(streams["regions"], cfg.region_drop, gen)  # (B, D', M)
     captions = drop_words(batch_captions(split.captions, caps), cfg.word_drop, gen)
-    return regions, feats.objects[images], captions
+    return streams, captions
 
 
-def siamese_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
-                 cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Eq. 7 + 17: each positive pair against ``negatives`` sampled unmatched captions, one forward."""
-    images = owner[caps]  # (B,)
-    neg = sample_negatives(owner, images, cfg.negatives, gen)  # (B, K)
-    all_images = torch.cat([images, images.repeat(cfg.negatives)])  # (B + B*K,)
-    all_caps = torch.cat([caps, neg.t().reshape(-1)])  # negatives laid out (K, B)
-    uniform = torch.arange(len(all_caps)) >= len(caps)  # eq. 8 applies to the negatives
-    out = model(*training_inputs(split, all_images, all_caps, cfg, gen), uniform=uniform)
-    b = len(caps)
-    weights = model.branch_weights()
-    return sum(weights[name] * LOSSES.get("pairwise_hinge")(s[:b], s[b:].view(cfg.negatives, b).t(), cfg.margin)
-               for name, s in out.parts.items())
+def training_batch(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
+                   cfg: TrainConfig, gen: torch.Generator) -> TrainingBatch:
+    def inputs(images: torch.Tensor, captions: torch.Tensor):
+        return training_inputs(model, split, images, captions, cfg, gen)
 
-
-IN_BATCH_PARAMETER = {"infonce": "temperature", "vse_hardest": "margin"}  # the TrainConfig field each reads
-
-
-def in_batch_loss(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
-                  cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """InfoNCE / VSE++ over the B x B block of the batch's images and captions."""
-    images = owner[caps]  # (B,)
-    positives = images[:, None] == images[None, :]  # (B, B) matched pairs, incl. same-image captions
-    regions, objects, captions = training_inputs(split, images, caps, cfg, gen)
-    image_state = model.prepare_images(regions, objects)
-    caption_state = model.prepare_captions(captions)
-    parts = model.score_block(image_state, caption_state, uniform=~positives, parts=True)
-    loss_fn = LOSSES.get(cfg.loss)
-    extra = getattr(cfg, IN_BATCH_PARAMETER[cfg.loss])
-    weights = model.branch_weights()
-    return sum(weights[name] * loss_fn(s, positives, extra) for name, s in parts.items())
-
-
-STEP_LOSSES = {"pairwise_hinge": siamese_loss, "infonce": in_batch_loss, "vse_hardest": in_batch_loss}
+    return TrainingBatch(caps, owner, cfg, gen, inputs)
 
 
 def validate(model: Matcher, split: PreparedSplit, config: Config) -> dict[str, Any]:
@@ -150,8 +114,8 @@ class Trainer:
         self.cfg = config.train
         self.run_dir = Path(run_dir)
         self.meta = meta  # -> the plain-data checkpoint payload of the current weights
-        if self.cfg.loss not in STEP_LOSSES:
-            raise ItmError(f"train.loss: '{self.cfg.loss}' is not one of {', '.join(STEP_LOSSES)}")
+        if self.cfg.loss not in OBJECTIVES:
+            raise ItmError(f"train.loss: '{self.cfg.loss}' is not one of {', '.join(OBJECTIVES.names())}")
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZERS.get(self.cfg.optimizer)(params, self.cfg)
         self.state = LoopState()
@@ -197,7 +161,6 @@ class Trainer:
         owner = torch.as_tensor(train.caption_to_image)
         n_caps = len(owner)
         steps_per_epoch = math.ceil(n_caps / self.cfg.batch_size)
-        step_loss = STEP_LOSSES[self.cfg.loss]
         started = time.time() - self.state.elapsed
         last_save = time.time()
         while self.state.epoch < self.cfg.epochs:
@@ -213,7 +176,7 @@ class Trainer:
             while self.state.step < steps_per_epoch:
                 s = self.state.step
                 caps = order[s * self.cfg.batch_size : (s + 1) * self.cfg.batch_size]
-                loss = step_loss(self.model, train, caps, owner, self.cfg, gen) + self.model.regularization()
+                loss = self.model.training_loss(training_batch(self.model, train, caps, owner, self.cfg, gen))
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "
                                            f"{self.last_good()} (try a lower train.lr)")

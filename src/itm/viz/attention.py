@@ -233,3 +233,25 @@ def object_word_figure(image, boxes, attention, words: Sequence[str],
     if heading:
         fig.suptitle(heading, fontsize=12)
     return fig
+
+
+def word_weights_figure(words: Sequence[str], weights, score: float | None = None,
+                        parts: Mapping[str, float] | None = None, title: str | None = None,
+                        ylabel: str = "weight") -> Figure:
+    """A bar per word: one distribution over the caption's words (e.g. CAAN's word weights)."""
+    values = as_numpy(weights).astype(np.float64).reshape(-1)
+    words = list(words)
+    if len(words) != values.shape[0]:
+        raise ValueError(f"{len(words)} words but {values.shape[0]} weights")
+    heading = score_title(score, parts, title)
+    fig = new_figure(max(4.5, 0.42 * len(words) + 1.2), 3.4 + (0.3 if heading else 0))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(words))
+    ax.bar(x, values, color=OBJECT_COLORS[1])
+    ax.set_xticks(x, words, rotation=50, ha="right", rotation_mode="anchor", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(float(values.max()), 1e-6) * 1.1)
+    ax.grid(True, axis="y", alpha=0.3)
+    if heading:
+        fig.suptitle(heading, fontsize=12)
+    return fig

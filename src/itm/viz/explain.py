@@ -16,8 +16,8 @@ from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
 from itm.errors import ItmError
 from itm.features.images import load_image
-from itm.models.base import Matcher, PairScores
-from itm.viz.attention import object_word_figure, word_attention_figure
+from itm.models.base import AttentionSpec, Matcher, PairScores
+from itm.viz.attention import object_word_figure, word_attention_figure, word_weights_figure
 from itm.viz.sheets import captions_sheet, images_sheet
 
 
@@ -28,7 +28,8 @@ class PairExplanation:
     words: list[str]
     score: float
     parts: dict[str, float]
-    attention: dict[str, np.ndarray]  # "w2r": (L, D); "o2w": (P, L)
+    attention: dict[str, np.ndarray]  # name -> (rows, over), real words only
+    specs: dict[str, AttentionSpec]  # what each map is (the model's declaration)
 
 
 def check_known_words(tokens: list[str], vocab: Vocab, caption: str) -> None:
@@ -46,11 +47,11 @@ def explain_pair(model: Matcher, features: ImageFeatures, image_index: int, capt
     one = captions.select(slice(caption_index, caption_index + 1))
     n = int(one.lengths[0])
     one = Captions(one.ids[:, :n], one.lengths, None if one.vectors is None else one.vectors[:, :n])
-    out: PairScores = model(features.regions[image_index : image_index + 1],
-                            features.objects[image_index : image_index + 1], one, return_attention=True)
+    out: PairScores = model(features.streams(model.image_streams, slice(image_index, image_index + 1)), one,
+                            return_attention=True)
     attention = {name: att[0].float().numpy() for name, att in out.attention.items()}
     return PairExplanation(tokens[:n], float(out.score[0]), {k: float(v[0]) for k, v in out.parts.items()},
-                           attention)
+                           attention, model.attention_specs())
 
 
 def image_array(path) -> np.ndarray:
@@ -58,23 +59,76 @@ def image_array(path) -> np.ndarray:
     return np.asarray(load_image(path).convert("RGB"))
 
 
+@dataclass
+class FigureContext:
+    """What a drawing needs besides the map: the pair, the photo, its grid and boxes."""
+
+    explanation: PairExplanation
+    image: np.ndarray
+    grid_shape: tuple[int, int] | None
+    boxes: np.ndarray | None  # (P, 4) in the image's pixels
+    title: str
+
+
+def _word_panels(att: np.ndarray, ctx: FigureContext) -> Figure:
+    """(L, D): one heat map per word over the region grid."""
+    # each panel is min-max scaled to be visible, so say how peaked the attention really is
+    labels = [f"{w}\npeak {row.max() * att.shape[1]:.1f}x uniform"
+              for w, row in zip(ctx.explanation.words, att, strict=True)]
+    return word_attention_figure(ctx.image, att, labels, score=ctx.explanation.score, parts=ctx.explanation.parts,
+                                 grid_shape=ctx.grid_shape, title=ctx.title or None)
+
+
+def _regions_to_words(att: np.ndarray, ctx: FigureContext) -> Figure:
+    """(D, L): per word, how much each region attends to it (each region's row sums to 1)."""
+    labels = [f"regions -> {w}" for w in ctx.explanation.words]
+    return word_attention_figure(ctx.image, att.T, labels, score=ctx.explanation.score,
+                                 parts=ctx.explanation.parts, grid_shape=ctx.grid_shape, title=ctx.title or None)
+
+
+def _region_weights(att: np.ndarray, ctx: FigureContext) -> Figure:
+    """(1, D): one weight per grid region."""
+    return word_attention_figure(ctx.image, att, [f"region weights\npeak {att.max() * att.shape[1]:.1f}x uniform"],
+                                 score=ctx.explanation.score, parts=ctx.explanation.parts,
+                                 grid_shape=ctx.grid_shape, title=ctx.title or None)
+
+
+def _word_weights(att: np.ndarray, ctx: FigureContext) -> Figure:
+    """(1, L): one weight per word."""
+    return word_weights_figure(ctx.explanation.words, att[0], score=ctx.explanation.score,
+                               parts=ctx.explanation.parts, title=ctx.title or None, ylabel="word weight")
+
+
+def _objects_to_words(att: np.ndarray, ctx: FigureContext) -> Figure | None:
+    """(P, L): the top objects' boxes and their attention over the words (needs boxes)."""
+    if ctx.boxes is None:
+        return None
+    return object_word_figure(ctx.image, ctx.boxes, att, ctx.explanation.words, score=ctx.explanation.score,
+                              parts=ctx.explanation.parts, title=ctx.title or None)
+
+
+# (rows, over) of a declared map -> its drawing; a model's names never matter here
+DRAWINGS = {
+    ("words", "regions"): _word_panels,
+    ("regions", "words"): _regions_to_words,
+    ("image", "regions"): _region_weights,
+    ("caption", "words"): _word_weights,
+    ("objects", "words"): _objects_to_words,
+}
+
+
 def pair_figures(explanation: PairExplanation, image: np.ndarray, features: ImageFeatures,
                  image_index: int, title: str = "") -> dict[str, Figure]:
-    """W2R word panels and the O2W object chart, for whichever branches the model has."""
+    """One figure per attention map the model declared (by its name), for the maps we can draw."""
+    boxes = None if features.boxes is None else features.boxes[image_index].float().numpy()
+    ctx = FigureContext(explanation, image, features.grid_shape, boxes, title)
     figures = {}
-    if "w2r" in explanation.attention:
-        att = explanation.attention["w2r"]  # (L, D)
-        # each panel is min-max scaled to be visible, so say how peaked the attention really is
-        labels = [f"{w}\npeak {row.max() * att.shape[1]:.1f}x uniform" for w, row in zip(explanation.words, att,
-                                                                                          strict=True)]
-        figures["w2r"] = word_attention_figure(image, att, labels,
-                                               score=explanation.score, parts=explanation.parts,
-                                               grid_shape=features.grid_shape, title=title or None)
-    if "o2w" in explanation.attention and features.boxes is not None:
-        boxes = features.boxes[image_index].float().numpy()  # (P, 4) in the image's pixels
-        figures["o2w"] = object_word_figure(image, boxes, explanation.attention["o2w"], explanation.words,
-                                            score=explanation.score, parts=explanation.parts,
-                                            title=title or None)
+    for name, att in explanation.attention.items():
+        spec = explanation.specs[name]
+        draw = DRAWINGS.get((spec.rows, spec.over))
+        figure = draw(att, ctx) if draw else None
+        if figure is not None:
+            figures[name] = figure
     return figures
 
 

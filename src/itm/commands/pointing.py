@@ -1,0 +1,60 @@
+"""``itm pointing-game``: does a model's word attention point at the objects the words name?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "pointing game: hit rate of each named object's peak word attention inside its boxes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    parser.add_argument("--data", required=True, help="Karpathy-format folder (e.g. ../shared/data/coco_boxes_dev)")
+    parser.add_argument("--boxes", required=True, help="COCO instances JSON with the photos' boxes")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--synonyms", help="JSON {word: category} added to the built-in word table")
+    parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
+    parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
+    parser.add_argument("--pictures", metavar="DIR", help="draw misses of the worst categories into DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    from itm.data.load import load_dataset
+    from itm.evaluation.grounding import pointing_cases
+    from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
+    from itm.pipeline import prepare_split
+    from itm.training.checkpoint import load_checkpoint
+
+    boxes, categories = read_coco_boxes(args.boxes)
+    words = word_table(categories, read_synonyms(args.synonyms) if args.synonyms else None)
+    ckpt = load_checkpoint(args.checkpoint)
+    config = ckpt.config
+    split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False)
+    cases = pointing_cases(ckpt.model, split, boxes, words)
+    result = summarise(cases, args.min_cases)
+    print(format_summary(result, f"{config.model.name} on {args.data}"))
+    if args.json_out:
+        result.update(checkpoint=str(args.checkpoint), model=config.model.name, data=str(args.data))
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if args.pictures:
+        from itm.viz.pointing import draw_worst_misses
+
+        for path in draw_worst_misses(cases, result, split, Path(args.pictures), boxes=boxes):
+            print(f"wrote {path}")
+    return 0
+
+
+def format_summary(result: dict, title: str) -> str:
+    overall = result["overall"]
+    lines = [f"{title}: {overall['cases']} cases",
+             f"  hit {overall['hit']:.1f}%   random cell {overall['random_cell']:.1f}%   "
+             f"centre cell {overall['centre_cell']:.1f}%",
+             f"  {'category':<16}{'cases':>6}{'hit %':>8}{'random %':>10}{'centre %':>10}"]
+    for name, r in sorted(result["per_category"].items(), key=lambda kv: (kv[1]["hit"], -kv[1]["cases"])):
+        lines.append(f"  {name:<16}{r['cases']:>6}{r['hit']:>8.1f}{r['random_cell']:>10.1f}{r['centre_cell']:>10.1f}")
+    if result["categories_at_zero"]:
+        lines.append(f"  at 0% with >= {result['min_cases']} cases: {', '.join(result['categories_at_zero'])}")
+    return "\n".join(lines)

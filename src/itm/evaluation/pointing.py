@@ -1,0 +1,165 @@
+"""The pointing game: does a word's attention peak on the object the word names?
+
+For every caption word that names an object category present in its image (``WORD_TO_CATEGORY``,
+extendable), take the grid cell of the word's highest attention over the image regions and count a
+hit when that cell's centre lies inside a box of the category. Two baselines come from the same
+cases: a cell drawn uniformly at random (its exact expected hit rate, no sampling) and always the
+centre cell. Pure functions over arrays; the model is run by ``itm.evaluation.grounding``.
+
+Grid geometry: features are extracted from the photo resized to a square, so the grid's gh x gw
+cells tile the whole photo, stretched: cell (r, c) covers x in [c/gw, (c+1)/gw) of its width and
+y in [r/gh, (r+1)/gh) of its height.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from itm.errors import DataError
+
+# COCO category names that are single words map to themselves (and their plurals); these are the
+# other words of captions that name a COCO category. Extend with a JSON file {"word": "category"}.
+SYNONYMS = {
+    "man": "person", "men": "person", "woman": "person", "women": "person", "people": "person",
+    "boy": "person", "boys": "person", "girl": "person", "girls": "person", "child": "person",
+    "children": "person", "kid": "person", "kids": "person", "guy": "person", "guys": "person",
+    "lady": "person", "ladies": "person", "player": "person", "players": "person", "persons": "person",
+    "skier": "person", "surfer": "person", "skateboarder": "person", "baby": "person", "adults": "person",
+    "table": "dining table", "tables": "dining table", "bike": "bicycle", "bikes": "bicycle",
+    "motorbike": "motorcycle", "plane": "airplane", "jet": "airplane", "aeroplane": "airplane",
+    "ball": "sports ball", "phone": "cell phone", "cellphone": "cell phone", "television": "tv",
+    "sofa": "couch", "computer": "laptop", "doughnut": "donut", "doughnuts": "donut", "racket": "tennis racket",
+    "racquet": "tennis racket", "bat": "baseball bat", "glove": "baseball glove", "plant": "potted plant",
+    "glass": "wine glass", "hydrant": "fire hydrant", "teddy": "teddy bear", "puppy": "dog", "kitten": "cat",
+    "motorcycles": "motorcycle", "buses": "bus", "ski": "skis", "skiis": "skis", "hotdog": "hot dog",
+}
+
+
+def plural(word: str) -> str:
+    return word + ("es" if word.endswith(("s", "sh", "ch", "x")) else "s")
+
+
+def word_table(categories: list[str], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Word -> category name: single-word category names and their plurals, the synonyms, ``extra``."""
+    table = {}
+    for name in categories:
+        if " " not in name:
+            table[name] = name
+            table[plural(name)] = name
+    table.update({w: c for w, c in SYNONYMS.items() if c in categories})
+    table.update(extra or {})
+    return table
+
+
+def read_synonyms(path: str | Path) -> dict[str, str]:
+    """A user's {"word": "category"} JSON file; one-line DataError naming it otherwise."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"synonyms file {path}: cannot read it as JSON ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise DataError(f"synonyms file {path}: expected an object of word -> category name strings")
+    return {k.lower(): v for k, v in raw.items()}
+
+
+@dataclass
+class ImageBoxes:
+    """One photo's boxes, by category, in the pixels of the photo as it was annotated."""
+
+    width: int  # the annotated (original) size
+    height: int
+    boxes: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)  # x1, y1, x2, y2
+
+
+def read_coco_boxes(path: str | Path) -> tuple[dict[str, ImageBoxes], list[str]]:
+    """COCO instances JSON -> {file name: ImageBoxes}, category names. Crowd boxes are left out."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        names = {int(c["id"]): str(c["name"]) for c in raw["categories"]}
+        images = {int(im["id"]): (str(im["file_name"]), int(im["width"]), int(im["height"])) for im in raw["images"]}
+        out = {name: ImageBoxes(w, h) for name, w, h in images.values()}
+        for ann in raw["annotations"]:
+            if ann.get("iscrowd"):
+                continue
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            name, _, _ = images[int(ann["image_id"])]
+            out[name].boxes.setdefault(names[int(ann["category_id"])], []).append((x, y, x + w, y + h))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"boxes file {path}: cannot read it as JSON ({exc.__class__.__name__})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"boxes file {path}: not a COCO instances file ({exc.__class__.__name__}: {exc})") from None
+    return out, sorted(set(names.values()))
+
+
+def cell_centres(grid: tuple[int, int], width: float, height: float) -> np.ndarray:
+    """(gh * gw, 2) x, y centres of the grid cells (row-major) in a width x height photo."""
+    gh, gw = grid
+    ys, xs = np.meshgrid((np.arange(gh) + 0.5) / gh * height, (np.arange(gw) + 0.5) / gw * width, indexing="ij")
+    return np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1)
+
+
+def inside_any(points: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """(N,) bool: which points lie inside at least one box (edges included)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # (K, 4)
+    x, y = points[:, :1], points[:, 1:]
+    return ((x >= b[:, 0]) & (x <= b[:, 2]) & (y >= b[:, 1]) & (y <= b[:, 3])).any(axis=1)
+
+
+def scaled(boxes: list[tuple[float, float, float, float]], sx: float, sy: float):
+    return [(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in boxes]
+
+
+@dataclass
+class PointingCase:
+    """One word that names a category present in its image."""
+
+    image: str
+    caption: int  # index of the caption among the image's
+    position: int  # the word's index in the caption
+    word: str
+    category: str
+    cell: int  # the most attended cell
+    hit: bool
+    random_hit: float  # the expected hit of a uniformly drawn cell
+    centre_hit: bool
+
+
+def point(attention_row: np.ndarray, grid: tuple[int, int], photo_size: tuple[int, int], boxes: ImageBoxes,
+          category: str) -> tuple[int, bool, float, bool]:
+    """(peak cell, hit, random-cell expected hit, centre-cell hit) for one word's attention (D,) over
+    the grid of a photo of ``photo_size`` (W, H) whose boxes are in the annotated size's pixels."""
+    width, height = photo_size
+    category_boxes = scaled(boxes.boxes[category], width / boxes.width, height / boxes.height)
+    inside = inside_any(cell_centres(grid, width, height), category_boxes)  # (D,)
+    if attention_row.shape != inside.shape:
+        raise ValueError(f"attention over {attention_row.shape[0]} cells, grid {grid} has {inside.size}")
+    peak = int(np.argmax(attention_row))
+    centre = (grid[0] // 2) * grid[1] + grid[1] // 2
+    return peak, bool(inside[peak]), float(inside.mean()), bool(inside[centre])
+
+
+def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
+    """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict."""
+    def rates(group: list[PointingCase]) -> dict:
+        n = len(group)
+        return {"cases": n, "hit": 100 * sum(c.hit for c in group) / n,
+                "random_cell": 100 * sum(c.random_hit for c in group) / n,
+                "centre_cell": 100 * sum(c.centre_hit for c in group) / n}
+
+    if not cases:
+        raise DataError("pointing game: no caption word names a category boxed in its image (check the boxes "
+                        "file's file names and the word table)")
+    by_category = defaultdict(list)
+    for case in cases:
+        by_category[case.category].append(case)
+    per_category = {name: rates(group) for name, group in sorted(by_category.items())}
+    zero = sorted(name for name, r in per_category.items() if r["cases"] >= min_cases and r["hit"] == 0)
+    return {"overall": rates(cases), "per_category": per_category,
+            "categories_at_zero": zero, "min_cases": min_cases}

@@ -1,0 +1,260 @@
+"""CAAN: Context-Aware Attention Network (Zhang, Lei, Zhang, Li, CVPR 2020) — a reconstruction.
+
+The paper's method section could not be read; ``docs/caan.md`` marks what rests on the paper or on
+reading notes and what is our reconstruction ([R]) or decision ([D]). One pair, R fragments (grid
+regions by default), L words, joint size D:
+
+1. V = l2norm(W_v f) (R x D); U = l2norm(mean of a bi-GRU's two directions) (L x D).
+2. H = V U^T (R x L), the region-word affinity [D: cosine].
+3. Inter-modal attention, H normalised both ways: A_w2r = softmax over regions of lambda H (each word
+   column sums to 1); A_r2w = softmax over the real words of lambda H (each region row sums to 1).
+4. Second-order ("semantics-based") intra-modal attention: Q_rr = A_r2w A_r2w^T, Q_ww = A_w2r^T A_w2r,
+   row-normalised [D] (``intra_source: feature`` uses softmax(V V^T), softmax(U U^T) instead).
+5. Fragment weights [R]: a_r = softmax_i w_r^T tanh(W1 v_i + W2 c_i + W3 g_i) with the cross-modal
+   context c = A_r2w U and the intra-modal context g = Q_rr V; words alike over their own contexts.
+6. v* = sum a_r v, u* = sum a_w u; score = cos(v*, u*) [D] (or the inner product).
+
+All-pairs scoring never touches D per pair beyond H: the projections W1 V, W3 V, W5 V and the Gram
+V V^T are per image, the GRU, W2 U, W4 U, W6 U and U U^T per caption, and
+<v*, u*> = a_r^T H a_w, |v*|^2 = a_r^T (V V^T) a_r, |u*|^2 = a_w^T (U U^T) a_w.
+``forward`` computes the same pair literally, at D, and is the reference the engine is tested against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from itm.config import ModelConfig, check_fields
+from itm.data.types import Captions
+from itm.models.base import (
+    AttentionSpec,
+    ImageStreams,
+    Matcher,
+    PairScores,
+    State,
+    WordEmbedder,
+    length_mask,
+)
+from itm.models.registry import InputDims, register_model
+
+EPS = 1e-8
+
+
+@dataclass
+class CAANConfig(ModelConfig):
+    """CAAN's architecture; the defaults are the spec's (docs/caan.md), sizes the paper's [R]."""
+
+    name: str = "caan"
+    fragments: str = "regions"  # the image stream the words attend over: regions (grid) | objects
+    embed_dim: int = 1024  # D, the joint space [R]
+    attention_hidden: int = 512  # h, the fragment-weight MLP [D]
+    temperature: float = 10.0  # lambda in softmax(lambda H) [D: 10 for a cosine H]
+    use_inter: bool = True  # cross-modal context in the fragment weights (ablation switch)
+    use_intra: bool = True  # intra-modal context in the fragment weights (ablation switch)
+    intra_source: str = "semantic"  # semantic (second-order, the paper) | feature (softmax of V V^T)
+    score: str = "cosine"  # cosine | dot of the pooled vectors [D]
+    dropout: float = 0.0  # training-time dropout on fragment and word vectors (our extension)
+
+    TINY: ClassVar[dict] = {"embed_dim": 8, "attention_hidden": 6}
+
+    def validate(self) -> None:
+        check_fields("model", self, positive=("embed_dim", "attention_hidden", "temperature"), fraction=("dropout",),
+                     choices={"fragments": ("regions", "objects"), "intra_source": ("semantic", "feature"),
+                              "score": ("cosine", "dot")})
+
+
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    return x / (x.norm(dim=-1, keepdim=True) + EPS)
+
+
+def word_column_softmax(logits: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    """(..., R, L) -> softmax over R per word column, columns of padded words all 0."""
+    return torch.softmax(logits, dim=-2) * word_mask.unsqueeze(-2)
+
+
+def masked_row_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim where ``mask`` (broadcastable) is True; exactly 0 elsewhere."""
+    return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def row_normalise(q: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their sums (all-zero rows, i.e. padded words, stay 0): convex combinations."""
+    return q / q.sum(-1, keepdim=True).clamp_min(EPS)
+
+
+def region_second_order(r2w: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """row_normalise(A A^T) @ values with A = r2w (Ni, Nc, R, L), values (Ni, R, h) per image,
+    without the R x R matrix: A (A^T values) over the row sums A (A^T 1). 2 R L h per pair instead
+    of R^2 h (with 81 grid regions the R x R product was most of a training step)."""
+    through_words = torch.einsum("icrl,irh->iclh", r2w, values)  # A^T values
+    row_sums = torch.einsum("icrl,icl->icr", r2w, r2w.sum(-2))  # (A A^T 1)_r
+    scaled = r2w / row_sums.clamp_min(EPS)[..., None]  # divide the R x L rows, not the R x h result
+    return torch.einsum("icrl,iclh->icrh", scaled, through_words)
+
+
+def word_second_order(w2r: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """row_normalise(A^T A) @ values with A = w2r (Ni, Nc, R, L), values (Nc, L, h) per caption."""
+    through_regions = torch.einsum("icrl,clh->icrh", w2r, values)  # A values
+    row_sums = torch.einsum("icrl,icr->icl", w2r, w2r.sum(-1))  # (A^T A 1)_l
+    scaled = w2r / row_sums.clamp_min(EPS)[..., None, :]
+    return torch.einsum("icrl,icrh->iclh", scaled, through_regions)
+
+
+class CAAN(Matcher):
+    """Context-aware fragment weights over a region-word affinity; cosine of the pooled vectors."""
+
+    def __init__(self, config: CAANConfig, dims: InputDims, words: WordEmbedder):
+        super().__init__()
+        self.config = config
+        self.words = words
+        self.image_streams = (config.fragments,)
+        d, h = config.embed_dim, config.attention_hidden
+        in_dim = dims.region_dim if config.fragments == "regions" else dims.object_dim
+        self.fragment_fc = nn.Linear(in_dim, d)  # W_v
+        self.gru = nn.GRU(dims.word_dim, d, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(config.dropout)
+        # fragment-weight MLPs: own term (with the bias), cross-modal term, intra-modal term
+        self.region_own, self.word_own = nn.Linear(d, h), nn.Linear(d, h)  # W1, W4
+        self.region_cross = nn.Linear(d, h, bias=False) if config.use_inter else None  # W2
+        self.word_cross = nn.Linear(d, h, bias=False) if config.use_inter else None  # W5
+        self.region_intra = nn.Linear(d, h, bias=False) if config.use_intra else None  # W3
+        self.word_intra = nn.Linear(d, h, bias=False) if config.use_intra else None  # W6
+        self.region_out = nn.Linear(h, 1, bias=False)  # w_r
+        self.word_out = nn.Linear(h, 1, bias=False)  # w_w
+
+    def attention_specs(self) -> dict[str, AttentionSpec]:
+        over = self.config.fragments
+        return {"words_over_regions": AttentionSpec("words", over, "each word's attention over the image fragments"),
+                "regions_over_words": AttentionSpec(over, "words", "each image fragment's attention over the words"),
+                "region_weights": AttentionSpec("image", over, "CAAN's context-aware fragment weights"),
+                "word_weights": AttentionSpec("caption", "words", "CAAN's context-aware word weights")}
+
+    # -- encoders (per item) ----------------------------------------------------------------------
+    def encode_fragments(self, images: ImageStreams) -> torch.Tensor:
+        return l2norm(self.fragment_fc(self.dropout(images[self.config.fragments].float())))  # (N, R, D)
+
+    def encode_words(self, captions: Captions) -> torch.Tensor:
+        """(N, L, D): the bi-GRU over the real words, directions averaged, unit length; 0 at padding."""
+        words = self.dropout(self.words(captions))  # (N, L, E)
+        packed = pack_padded_sequence(words, captions.lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=words.shape[1])  # (N, L, 2D)
+        forward, backward = out.chunk(2, dim=-1)
+        return l2norm((forward + backward) / 2) * length_mask(captions.lengths, words.shape[1])[..., None]
+
+    def intra(self, attention: torch.Tensor, gram: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """Row-normalised intra-modal affinity: second-order A A^T, or softmax of the feature Gram."""
+        if self.config.intra_source == "semantic":
+            return row_normalise(attention @ attention.transpose(-1, -2))
+        if mask is None:
+            return torch.softmax(gram, dim=-1)
+        return masked_row_softmax(gram, mask.unsqueeze(-2)) * mask.unsqueeze(-1)
+
+    # -- one pair at a time, literally (the reference) ------------------------------------------------
+    def forward(self, images: ImageStreams, captions: Captions, return_attention: bool = False) -> PairScores:
+        v = self.encode_fragments(images)  # (B, R, D)
+        u = self.encode_words(captions)  # (B, L, D)
+        mask = length_mask(captions.lengths, u.shape[1])  # (B, L)
+        lam = self.config.temperature
+        h = v @ u.transpose(1, 2)  # (B, R, L)
+        w2r = word_column_softmax(lam * h, mask)  # (B, R, L): each word column sums to 1 over R
+        r2w = masked_row_softmax(lam * h, mask[:, None, :])  # (B, R, L): each region row over the words
+        region_terms = self.region_own(v)  # (B, R, h)
+        word_terms = self.word_own(u)  # (B, L, h)
+        if self.config.use_inter:
+            region_terms = region_terms + self.region_cross(r2w @ u)  # c_r = A_r2w U
+            word_terms = word_terms + self.word_cross(w2r.transpose(1, 2) @ v)  # c_w = A_w2r^T V
+        if self.config.use_intra:
+            q_rr = self.intra(r2w, v @ v.transpose(1, 2), None)  # (B, R, R)
+            q_ww = self.intra(w2r.transpose(1, 2), u @ u.transpose(1, 2), mask)  # (B, L, L)
+            region_terms = region_terms + self.region_intra(q_rr @ v)
+            word_terms = word_terms + self.word_intra(q_ww @ u)
+        a_r = torch.softmax(self.region_out(torch.tanh(region_terms)).squeeze(-1), dim=-1)  # (B, R)
+        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask)  # (B, L)
+        v_star = (a_r[:, :, None] * v).sum(1)  # (B, D)
+        u_star = (a_w[:, :, None] * u).sum(1)  # (B, D)
+        score = (v_star * u_star).sum(-1)
+        if self.config.score == "cosine":
+            score = score / (v_star.norm(dim=-1) * u_star.norm(dim=-1)).clamp_min(EPS)
+        attention = {}
+        if return_attention:
+            attention = {"words_over_regions": w2r.transpose(1, 2), "regions_over_words": r2w,
+                         "region_weights": a_r[:, None, :], "word_weights": a_w[:, None, :]}
+        return PairScores(score, {}, attention)
+
+    # -- all pairs -------------------------------------------------------------------------------------
+    def prepare_images(self, images: ImageStreams) -> State:
+        v = self.encode_fragments(images)  # (N, R, D)
+        state = {"v": v, "own": self.region_own(v), "gram": v @ v.transpose(1, 2)}  # (N,R,D), (N,R,h), (N,R,R)
+        if self.config.use_inter:
+            state["to_words"] = self.word_cross(v)  # (N, R, h): W5 v, mixed into the word contexts
+        if self.config.use_intra:
+            state["intra"] = self.region_intra(v)  # (N, R, h): W3 v
+            if self.config.intra_source == "feature":  # per image: no caption involved
+                state["intra_context"] = torch.softmax(state["gram"], dim=-1) @ state["intra"]  # (N, R, h)
+        return state
+
+    def prepare_captions(self, captions: Captions) -> State:
+        u = self.encode_words(captions)  # (N, L, D)
+        state = {"lengths": captions.lengths, "u": u, "own": self.word_own(u), "gram": u @ u.transpose(1, 2)}
+        if self.config.use_inter:
+            state["to_regions"] = self.region_cross(u)  # (N, L, h): W2 u
+        if self.config.use_intra:
+            state["intra"] = self.word_intra(u)  # (N, L, h): W6 u
+            if self.config.intra_source == "feature":
+                mask = length_mask(captions.lengths, u.shape[1])
+                q_ww = masked_row_softmax(state["gram"], mask[:, None, :]) * mask[:, :, None]
+                state["intra_context"] = q_ww @ state["intra"]  # (N, L, h)
+        return state
+
+    def score_block(self, images: State, captions: State) -> torch.Tensor:
+        """(Ni, Nc) scores; per pair only H, the attention, the h-sized contexts and the pooling."""
+        mask = length_mask(captions["lengths"], captions["u"].shape[1])  # (Nc, L)
+        lam = self.config.temperature
+        h = torch.einsum("ird,cld->icrl", images["v"], captions["u"])  # (Ni, Nc, R, L)
+        w2r = word_column_softmax(lam * h, mask[None])  # (Ni, Nc, R, L)
+        r2w = masked_row_softmax(lam * h, mask[None, :, None, :])
+        region_terms = images["own"][:, None]  # (Ni, 1, R, h)
+        word_terms = captions["own"][None]  # (1, Nc, L, h)
+        if self.config.use_inter:
+            region_terms = region_terms + torch.einsum("icrl,clh->icrh", r2w, captions["to_regions"])
+            word_terms = word_terms + torch.einsum("icrl,irh->iclh", w2r, images["to_words"])
+        if self.config.use_intra:
+            if self.config.intra_source == "semantic":
+                region_terms = region_terms + region_second_order(r2w, images["intra"])
+                word_terms = word_terms + word_second_order(w2r, captions["intra"])
+            else:
+                region_terms = region_terms + images["intra_context"][:, None]
+                word_terms = word_terms + captions["intra_context"][None]
+        a_r = torch.softmax(self.region_out(torch.tanh(region_terms)).squeeze(-1), dim=-1)  # (Ni, Nc, R)
+        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask[None])  # (Ni, Nc, L)
+        dot = torch.einsum("icr,icrl,icl->ic", a_r, h, a_w)  # <v*, u*> = a_r^T H a_w
+        if self.config.score == "dot":
+            return dot
+        v_norm2 = torch.einsum("icr,irs,ics->ic", a_r, images["gram"], a_r)  # |v*|^2
+        u_norm2 = torch.einsum("icl,clm,icm->ic", a_w, captions["gram"], a_w)  # |u*|^2
+        return dot / (v_norm2.clamp_min(EPS * EPS).sqrt() * u_norm2.clamp_min(EPS * EPS).sqrt())
+
+    def pair_bytes(self, images: State, steps: int) -> int:
+        r, hidden = images["own"].shape[1:]
+        floats = 4 * r * steps + 2 * (r + steps) * hidden + r * r + steps * steps
+        return 4 * floats
+
+
+def build_caan(config: CAANConfig, dims: InputDims, words: WordEmbedder) -> CAAN:
+    return CAAN(config, dims, words)
+
+
+register_model("caan", build_caan, CAANConfig, "CAAN: context-aware attention, inter + second-order intra (reconstructed)")
+register_model("caan_no_inter", build_caan, CAANConfig, "CAAN ablation: fragment weights without cross-modal context",
+               use_inter=False)
+register_model("caan_no_intra", build_caan, CAANConfig, "CAAN ablation: fragment weights without intra-modal context",
+               use_intra=False)
+register_model("caan_feature_intra", build_caan, CAANConfig,
+               "CAAN ablation: intra-modal affinity from feature similarity (the variant the paper argues against)",
+               intra_source="feature")

@@ -1,0 +1,126 @@
+"""Shared test helpers (a plain module, not a test module): tiny models of any registered name,
+random captions and image streams at tiny sizes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+
+from itm.config import MODEL_CONFIGS, load_config
+from itm.data.synthetic import synthetic_split
+from itm.data.types import Captions, ImageFeatures
+from itm.models.objectives import TrainingBatch
+from itm.models.registry import InputDims
+from itm.training.checkpoint import model_payload, new_model
+from itm.training.loop import Trainer, seed_everything
+
+E, M, Q, D, P, V = 6, 5, 7, 4, 3, 30  # word, region, object dims; regions, objects; vocabulary
+DIMS = InputDims(word_dim=E, region_dim=M, object_dim=Q, vocab_size=V)
+
+
+def tiny_overrides(name: str) -> list[str]:
+    """``--set`` overrides that pick ``name`` at the tiny sizes its config class supplies."""
+    tiny = MODEL_CONFIGS.get(name).config_class.TINY
+    return [f"model.name={name}", *(f"model.{key}={value}" for key, value in tiny.items())]
+
+
+def tiny_config(name: str, *overrides: str):
+    return load_config(None, [*tiny_overrides(name), *overrides])
+
+
+def tiny_model(name: str, *overrides: str, seed: int = 0):
+    config = tiny_config(name, *overrides)
+    torch.manual_seed(seed)
+    return new_model(config, DIMS), config
+
+
+def make_captions(lengths: list[int], width: int | None = None, seed: int = 0) -> Captions:
+    """Random word ids 1..V-1 at real positions, 0 (padding) after each caption's length."""
+    gen = torch.Generator().manual_seed(seed)
+    width = width or max(lengths)
+    ids = torch.randint(1, V, (len(lengths), width), generator=gen)
+    lengths_t = torch.tensor(lengths)
+    ids[torch.arange(width)[None, :] >= lengths_t[:, None]] = 0
+    return Captions(ids, lengths_t)
+
+
+def make_features(n: int, seed: int = 1, half: bool = False) -> ImageFeatures:
+    gen = torch.Generator().manual_seed(seed)
+    regions, objects = torch.randn(n, D, M, generator=gen), torch.randn(n, P, Q, generator=gen)
+    if half:
+        regions, objects = regions.half(), objects.half()
+    return ImageFeatures(regions, objects)
+
+
+def make_images(n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    features = make_features(n, seed)
+    return features.regions, features.objects
+
+
+def streams(regions: torch.Tensor, objects: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every image stream of the given regions and objects (what ``ImageFeatures.streams`` gives)."""
+    return ImageFeatures(regions, objects).streams(("regions", "objects", "whole"))
+
+
+def randomise_non_weights(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial batch-norm statistics/affines and scalar biases (defaults hide mistakes)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=gen))
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.weight.copy_(torch.randn(n, generator=gen))
+                module.bias.copy_(torch.randn(n, generator=gen))
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") and param.dim() == 0:
+                param.fill_(0.3)
+
+
+def tiny_batch(model, n_images: int = 4, per_image: int = 2, loss: str = "infonce") -> TrainingBatch:
+    """A training step over random data: captions 2k, 2k+1 belong to image k."""
+    regions, objects = make_images(n_images)
+    lengths = [3, 5, 1, 4, 2, 6, 2, 3][: n_images * per_image]
+    captions = make_captions(lengths)
+    owner = torch.arange(n_images).repeat_interleave(per_image)
+    cfg = load_config(None, [f"train.loss={loss}"]).train
+
+    def inputs(images, caps):
+        picked = captions.select(caps)
+        return streams(regions[images], objects[images]), picked
+
+    return TrainingBatch(torch.arange(len(owner)), owner, cfg, torch.Generator().manual_seed(0), inputs)
+
+
+# -- a tiny training run on synthetic data ----------------------------------------------------------
+
+DIM = 16
+TRAIN_TINY = ["model.w2r_hidden=16", "model.w2r_mlp=[16]", "model.o2w_hidden=16", "model.o2w_mlp=[16]",
+              "eval.memory_budget_mb=64"]
+
+
+def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256, n_val: int = 32,
+              model_overrides: list[str] | None = None):
+    """A tiny model (BSSAN unless ``model_overrides`` picks another), its Trainer, and train/val
+    splits of one synthetic problem (val held out)."""
+    train, vocab = synthetic_split(n_train, seed=seed, region_dim=DIM)
+    val, _ = synthetic_split(n_val, seed=seed + 100, vocab=vocab, region_dim=DIM)
+    model_part = TRAIN_TINY if model_overrides is None else [*model_overrides, "eval.memory_budget_mb=64"]
+    config = load_config(None, [*model_part, "train.optimizer=adam", "train.lr=0.02", "train.batch_size=32",
+                                "train.epochs=2", "train.patience=10", f"train.seed={seed}", *overrides])
+    dims = InputDims(word_dim=DIM, region_dim=DIM, object_dim=DIM, vocab_size=len(vocab))
+    seed_everything(config.train.seed)
+    model = new_model(config, dims)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, config, run_dir,
+                      lambda: model_payload(model, config, vocab, dims, {"backbone": "synthetic"}))
+    return trainer, train, val
+
+
+def fit_quietly(trainer: Trainer, train, val) -> dict:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return trainer.fit(train, val, progress=False)

@@ -1,0 +1,107 @@
+"""The pointing game on cases whose answer is known: a peak inside / outside a box, boxes given in
+the annotated photo's pixels and scaled to the shown photo, the two baselines, words with no box."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from itm.errors import DataError
+from itm.evaluation.pointing import (
+    ImageBoxes,
+    PointingCase,
+    cell_centres,
+    point,
+    read_coco_boxes,
+    read_synonyms,
+    summarise,
+    word_table,
+)
+
+GRID = (3, 4)  # 3 rows, 4 columns: cell centres at x = 12.5, 37.5, 62.5, 87.5 and y = 10, 30, 50 in 100 x 60
+
+
+def peak_at(cell: int, cells: int = 12) -> np.ndarray:
+    row = np.full(cells, 0.01)
+    row[cell] = 0.9
+    return row
+
+
+def test_cell_centres_are_row_major_over_the_stretched_photo():
+    centres = cell_centres(GRID, 100, 60)
+    assert centres.shape == (12, 2)
+    np.testing.assert_allclose(centres[0], [12.5, 10])
+    np.testing.assert_allclose(centres[5], [37.5, 30])  # row 1, column 1
+    np.testing.assert_allclose(centres[11], [87.5, 50])
+
+
+def test_peak_inside_the_box_is_a_hit_and_outside_a_miss():
+    photo = ImageBoxes(100, 60, {"dog": [(30, 20, 45, 40)]})  # holds only the centre of cell 5
+    assert point(peak_at(5), GRID, (100, 60), photo, "dog")[:2] == (5, True)
+    assert point(peak_at(6), GRID, (100, 60), photo, "dog")[:2] == (6, False)
+
+
+def test_boxes_are_scaled_from_the_annotated_size_to_the_shown_photo():
+    # annotated at 400 x 240 (4x), shown at 100 x 60: the same box in annotated pixels
+    photo = ImageBoxes(400, 240, {"dog": [(120, 80, 180, 160)]})
+    assert point(peak_at(5), GRID, (100, 60), photo, "dog")[1]
+    # read without scaling, the box would hold no cell centre of the shown photo at all
+    unscaled = ImageBoxes(100, 60, {"dog": [(120, 80, 180, 160)]})
+    assert not point(peak_at(5), GRID, (100, 60), unscaled, "dog")[1]
+
+
+def test_baselines_random_is_the_share_of_cells_inside_centre_is_the_middle_cell():
+    photo = ImageBoxes(100, 60, {"cat": [(0, 0, 50, 60)]})  # the left two columns: 6 of 12 cells
+    _, _, random_hit, centre_hit = point(peak_at(0), GRID, (100, 60), photo, "cat")
+    assert random_hit == pytest.approx(0.5)
+    assert not centre_hit  # the centre cell is (1, 2): x = 62.5, outside
+    left = ImageBoxes(100, 60, {"cat": [(50, 20, 75, 40)]})
+    assert point(peak_at(0), GRID, (100, 60), left, "cat")[3]
+
+
+def test_word_table_maps_plurals_synonyms_and_user_words(tmp_path):
+    table = word_table(["person", "dog", "dining table", "bus"], {"pooch": "dog"})
+    assert table["dogs"] == "dog" and table["buses"] == "bus" and table["man"] == "person"
+    assert table["table"] == "dining table" and table["pooch"] == "dog"
+    assert "bike" not in table  # bicycle is no category here
+    path = tmp_path / "syn.json"
+    path.write_text(json.dumps({"Pup": "dog"}))
+    assert read_synonyms(path) == {"pup": "dog"}
+    path.write_text("[1, 2]")
+    with pytest.raises(DataError, match="syn.json: expected an object"):
+        read_synonyms(path)
+
+
+def test_coco_boxes_are_read_as_corner_boxes_without_crowds(tmp_path):
+    raw = {"images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100}],
+           "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
+           "annotations": [{"image_id": 1, "category_id": 18, "bbox": [10, 20, 30, 40], "iscrowd": 0},
+                           {"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1}]}
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(raw))
+    boxes, categories = read_coco_boxes(path)
+    assert categories == ["dog", "person"]
+    assert boxes["a.jpg"].boxes == {"dog": [(10.0, 20.0, 40.0, 60.0)]}
+    path.write_text(json.dumps({"images": []}))
+    with pytest.raises(DataError, match="boxes.json: not a COCO instances file") as info:
+        read_coco_boxes(path)
+    assert "\n" not in str(info.value)
+
+
+def case(category: str, hit: bool, random_hit: float = 0.25, centre: bool = False) -> PointingCase:
+    return PointingCase("a.jpg", 0, 0, category, category, 0, hit, random_hit, centre)
+
+
+def test_summary_rates_and_categories_at_zero():
+    cases = [case("dog", True), case("dog", False), *[case("sink", False, 0.1, True) for _ in range(5)]]
+    result = summarise(cases, min_cases=5)
+    assert result["overall"]["cases"] == 7
+    assert result["overall"]["hit"] == pytest.approx(100 / 7)
+    assert result["per_category"]["dog"]["hit"] == 50.0
+    assert result["per_category"]["sink"]["centre_cell"] == 100.0
+    assert result["per_category"]["sink"]["random_cell"] == pytest.approx(10.0)
+    assert result["categories_at_zero"] == ["sink"]  # dog has fewer than 5 cases
+    with pytest.raises(DataError, match="no caption word names a category"):
+        summarise([])
