@@ -17,10 +17,14 @@ from typing import Any, ClassVar
 
 import yaml
 
-from itm.errors import ConfigError
+from itm.errors import ConfigError, shown
 from itm.registry import Registry
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
+INT_LIMIT = 2**63  # integers beyond int64 cannot reach torch or numpy
+# what PyYAML raises besides YAMLError: ValueError for an integer too long for int() (CVE-2020-10735),
+# RecursionError for nesting deeper than Python's stack, UnicodeDecodeError for non-UTF-8 bytes
+_YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
 
 
 @dataclass
@@ -88,10 +92,10 @@ def register_model_config(name: str, config_class: type[ModelConfig], presets: d
 def model_entry(name: Any) -> ModelEntry:
     """The registered entry of ``model.name``; a one-line ConfigError for anything else."""
     if not isinstance(name, str):
-        raise ConfigError(f"model.name: expected a string, got {name!r}")
+        raise ConfigError(f"model.name: expected a string, got {_show(name)}")
     if name not in MODEL_CONFIGS:
         known = ", ".join(MODEL_CONFIGS.names()) or "none registered: import itm.models first"
-        raise ConfigError(f"model.name: unknown model '{name}' (known: {known})")
+        raise ConfigError(f"model.name: unknown model '{shown(name)}' (known: {known})")
     return MODEL_CONFIGS.get(name)
 
 
@@ -157,6 +161,26 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def _show(value: Any) -> str:
+    """A value for an error message: its repr on one line, cut at 80 characters (the repr of an int
+    of over 4300 digits would itself raise)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # such an int inside a list
+        return "a value too large to print"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _as_float(value: int | float) -> float:
+    """float(value), inf for an int beyond float's range (float() would raise OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a dataclass field annotation (int, float, str, bool, list, Optional)."""
     origin = typing.get_origin(annotation)
@@ -168,47 +192,52 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return _coerce(value, inner[0], where)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
         (item_type,) = typing.get_args(annotation)
         return [_coerce(v, item_type, where) for v in value]
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+        if not -INT_LIMIT < value < INT_LIMIT:
+            raise ConfigError(f"{where}: integer out of range ({value.bit_length()} bits, at most 63)")
         return value
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+                raise ConfigError(f"{where}: expected a number, got {_show(value)}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_as_float(value)):
+            raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
+        if not value.isprintable():  # names and paths: a newline would also break every message quoting it
+            raise ConfigError(f"{where}: expected a one-line string, got {_show(value)}")
         return value
     return value
 
 
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {_show(raw)}")
     hints = _field_types(cls)
     kwargs = {}
     for key, value in raw.items():
         if key not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {known})")
+            raise ConfigError(f"{where}: unknown key '{shown(key)}' (known: {known})")
         annotation = hints[key]
+        section = {} if value is None else value  # "data:" alone is {}; 'value or {}' fails on a tensor
         if annotation is ModelConfig:
-            kwargs[key] = _build_model(value or {}, f"{where}.{key}")
+            kwargs[key] = _build_model(section, f"{where}.{key}")
         elif dataclasses.is_dataclass(annotation):
-            kwargs[key] = _build(annotation, value or {}, f"{where}.{key}")
+            kwargs[key] = _build(annotation, section, f"{where}.{key}")
         else:
             kwargs[key] = _coerce(value, annotation, f"{where}.{key}")
     return cls(**kwargs)
@@ -217,7 +246,7 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
 def _build_model(raw: Any, where: str) -> ModelConfig:
     """The model section as its registered model's own config class."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {_show(raw)}")
     entry = model_entry(raw.get("name", DEFAULT_MODEL))
     return _build(entry.config_class, raw, where)
 
@@ -225,15 +254,15 @@ def _build_model(raw: Any, where: str) -> ModelConfig:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``model.hidden=256`` into (["model", "hidden"], 256), the value parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}': expected key=value, e.g. model.w2r_hidden=256")
+        raise ConfigError(f"override '{shown(text)}': expected key=value, e.g. model.w2r_hidden=256")
     key, value = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
-        raise ConfigError(f"override '{text}': empty key")
+        raise ConfigError(f"override '{shown(text)}': empty key")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': cannot parse value ({exc.__class__.__name__})") from None
+    except _YAML_ERRORS as exc:
+        raise ConfigError(f"override '{shown(text)}': cannot parse value ({exc.__class__.__name__})") from None
     return path, parsed
 
 
@@ -242,7 +271,7 @@ def _set_path(raw: dict[str, Any], path: list[str], value: Any, text: str) -> No
     for part in path[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{text}': '{part}' is not a section")
+            raise ConfigError(f"override '{shown(text)}': '{shown(part)}' is not a section")
     node[path[-1]] = value
 
 
@@ -269,8 +298,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = str(file)
         try:
             raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config {file}: not valid YAML ({exc.__class__.__name__})") from None
+        except OSError as exc:
+            raise ConfigError(f"config {shown(file)}: cannot read ({exc.strerror})") from None
+        except _YAML_ERRORS as exc:  # UnicodeDecodeError is a ValueError
+            raise ConfigError(f"config {shown(file)}: not valid YAML ({exc.__class__.__name__})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {file}: expected a mapping at the top level")
     overridden: dict[str, Any] = {}  # the overrides alone: which model fields the user set last

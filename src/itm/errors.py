@@ -15,3 +15,10 @@ class DataError(ItmError):
 
 class ConfigError(ItmError):
     """A configuration file or override that cannot be used."""
+
+
+def shown(name: object) -> str:
+    """A file name, key or value for an error message: as is when printable, else quoted with
+    escapes, so that a newline or control character in a user's name cannot break the one line."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)

@@ -13,7 +13,7 @@ from typing import Any
 
 from itm.data.tokenize import tokenize
 from itm.data.types import Dataset, ImageRecord
-from itm.errors import DataError
+from itm.errors import DataError, shown
 
 JSON_PATTERN = "dataset_*.json"
 
@@ -47,6 +47,10 @@ def read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # a number too long for int(): Python's digit limit (CVE-2020-10735)
+        raise DataError(f"{path}: unreadable JSON value ({str(exc).split(':')[0]})") from None
 
 
 def _field(entry: Any, key: str, kind: type, where: str) -> Any:
@@ -77,7 +81,9 @@ def _record(entry: Any, index: int, path: Path) -> tuple[ImageRecord, str]:
     """One image entry -> (record with path unset, its ``filepath`` sub-folder or "")."""
     where = f"{path}: image {index}"
     filename = _field(entry, "filename", str, where)
-    where = f"{path}: image {filename}"
+    where = f"{path}: image {shown(filename)}"
+    if not filename or "\x00" in filename:
+        raise DataError(f"{path}: image {index}: file name {filename!r} cannot name a file")
     split = _field(entry, "split", str, where)
     sentences = _field(entry, "sentences", list, where)
     if not sentences:
@@ -91,11 +97,19 @@ def _record(entry: Any, index: int, path: Path) -> tuple[ImageRecord, str]:
     return ImageRecord(filename, None, split, captions, tokens), str(subdir)
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False also for a name the file system refuses (too long, ...)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _image_folder(root: Path, subdir: str, first_filename: str) -> Path:
     """The first candidate folder holding ``first_filename``; DIR/images when none does."""
     candidates = [root / "images", root / "images" / subdir, root / subdir, root, root / "flickr30k-images"]
     for folder in candidates:
-        if (folder / first_filename).is_file():
+        if _is_file(folder / first_filename):
             return folder
     return root / "images"  # images absent: feature extraction names the missing files
 
@@ -109,6 +123,17 @@ def _attach_paths(root: Path, records: list[ImageRecord], subdirs: list[str]) ->
         record.path = folders[subdir] / record.filename
 
 
+def _refuse_duplicates(records: list[ImageRecord], path: Path) -> None:
+    """DataError for a file listed twice: its two entries would be two gallery images with identical
+    features, each counted wrong when the other is ranked first."""
+    first: dict[Path | None, int] = {}
+    for i, record in enumerate(records):
+        j = first.setdefault(record.path, i)
+        if j != i:
+            raise DataError(f"{path}: image {shown(record.filename)} is listed twice (entries {j} and {i}); "
+                            "merge its captions into one entry")
+
+
 def parse_karpathy(raw: Any, path: Path, root: Path) -> Dataset:
     """Build a Dataset from an already parsed Karpathy JSON document."""
     images = _field(raw, "images", list, str(path))
@@ -117,6 +142,7 @@ def parse_karpathy(raw: Any, path: Path, root: Path) -> Dataset:
     parsed = [_record(entry, i, path) for i, entry in enumerate(images)]
     records = [r for r, _ in parsed]
     _attach_paths(root, records, [s for _, s in parsed])
+    _refuse_duplicates(records, path)
     name = raw.get("dataset") if isinstance(raw.get("dataset"), str) else path.stem.removeprefix("dataset_")
     return Dataset(name, root, records)
 

@@ -32,10 +32,14 @@ def _read_features(path: Path) -> np.ndarray:
         raise DataError(f"{path}: no such file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({' '.join(str(exc).split())})") from None
+    # numpy's header parser raises ValueError, OSError, EOFError (an empty file), ... on damaged files
+    except Exception as exc:  # noqa: BLE001
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DataError(f"{path}: not a readable .npy array ({reason})") from None
     if array.ndim != 3:
         raise DataError(f"{path}: expected a 3-d array (images, regions, dim), got shape {array.shape}")
+    if array.dtype.kind not in "fiu":  # bool, complex, strings, dates, records: not feature values
+        raise DataError(f"{path}: expected real numbers, got dtype {array.dtype}")
     return array
 
 

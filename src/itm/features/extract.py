@@ -22,7 +22,7 @@ from itm.config import FeatureConfig
 from itm.data.types import Dataset, ImageFeatures, ImageRecord
 from itm.errors import DataError
 from itm.features.backbones import Backbone, build_backbone
-from itm.features.cache import FORMAT_VERSION, FeatureCache, content_key, default_cache_root
+from itm.features.cache import FLOAT16_MAX, FORMAT_VERSION, FeatureCache, content_key, default_cache_root
 from itm.features.images import decode_image, image_tensor, original_size, read_image_file
 from itm.features.proposals import ProposalInput, ProposalMethod, build_proposals
 from itm.features.roi import roi_align
@@ -137,10 +137,24 @@ def precomputed_features(dataset: Dataset, settings: FeatureConfig) -> ImageFeat
     if array is None or array.ndim != 3 or array.shape[0] != len(dataset):
         shape = None if array is None else tuple(array.shape)
         raise DataError(f"{dataset.root}: precomputed features must be (images={len(dataset)}, regions, dim), got {shape}")
-    regions = torch.from_numpy(np.asarray(array, dtype=np.float16))  # (N, R, d)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, naming the image
+        # a copy: a float16 file's memory map would come back as is, read-only (torch warns)
+        regions = torch.from_numpy(np.array(array, dtype=np.float16))  # (N, R, d)
+    _check_finite(regions, dataset)
     p = min(settings.num_objects, regions.shape[1])
     info = {"format": FORMAT_VERSION, "precomputed": str(dataset.root), "num_objects": p}
     return ImageFeatures(regions, regions[:, :p], None, None, info)
+
+
+def _check_finite(regions: torch.Tensor, dataset: Dataset, rows: int = 1024) -> None:
+    """DataError naming the first image whose features hold NaN or inf (also float16 overflow):
+    they would turn every score of a run into NaN. Checked in blocks of rows to bound memory."""
+    for start in range(0, regions.shape[0], rows):
+        finite = torch.isfinite(regions[start : start + rows]).flatten(1).all(dim=1)  # (rows,)
+        if not bool(finite.all()):
+            record = dataset.images[start + int((~finite).nonzero()[0])]
+            raise DataError(f"{dataset.root}: precomputed features of {record.filename} are not finite "
+                            f"(NaN, inf, or beyond float16's range of +-{FLOAT16_MAX:g})")
 
 
 def _hash_all(dataset: Dataset, skip_bad: bool, skipped: list[tuple[str, str]]) -> list[str | None]:

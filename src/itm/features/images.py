@@ -2,8 +2,8 @@
 
 Any mode (grayscale, palette, CMYK, alpha, 16-bit) comes back as 8-bit RGB. Images above
 ``MAX_PIXELS`` are decoded at a reduced JPEG DCT scale (1/2, 1/4 or 1/8) that fits under the limit,
-so a decompression-bomb-sized photo costs at most ~256 MB; a non-JPEG above the limit (whose
-decoder cannot skip pixels) is refused with a DataError. The original (W, H) stays available through
+so a decompression-bomb-sized photo costs at most ~256 MB; a non-JPEG or progressive JPEG above the
+limit (whose decoder cannot skip pixels) is refused with a DataError. The original (W, H) stays available through
 ``original_size`` so that boxes are reported in the photo's own pixel coordinates.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from itm.errors import DataError
+from itm.errors import DataError, shown
 
 MAX_PIXELS = 89_478_485  # Pillow's own warning threshold (~256 MB as 8-bit RGB)
 ORIGINAL_SIZE = "itm_original_size"  # img.info key: (W, H) of the file before any reduced decoding
@@ -49,36 +50,48 @@ def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
 
 def read_image_file(path: str | Path) -> bytes:
     """The file's bytes; a one-line DataError naming it when absent or unreadable."""
-    path = Path(path)
+    name = shown(path)
     try:
-        return path.read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
+        raise DataError(f"{name}: image file not found") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image file") from None
+        raise DataError(f"{name}: is a folder, not an image file") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read image file ({exc.strerror})") from None
+        raise DataError(f"{name}: cannot read image file ({exc.strerror})") from None
+    except ValueError:  # a NUL byte in the name: no file system can hold it
+        raise DataError(f"{name}: not a valid file name") from None
 
 
 def decode_image(data: bytes, name: str | Path, min_size: int | None = None) -> Image.Image:
-    """Decode image bytes (``name`` is only used in error messages); see ``load_image``."""
+    """Decode image bytes (``name`` is only used in error messages); see ``load_image``.
+
+    The one guarded path from bytes to RGB: whatever Pillow raises while reading the header,
+    decoding or applying EXIF becomes a one-line DataError naming the file.
+    """
+    name = shown(name)
     if not data:
         raise DataError(f"{name}: empty image file (0 bytes)")
-    with _own_pixel_limit():
-        try:
-            img = Image.open(io.BytesIO(data))
-        except Image.UnidentifiedImageError:
-            raise DataError(f"{name}: not an image file (unrecognised format)") from None
-        except OSError as exc:  # TEMP until the issue-23 branch lands
-            raise DataError(f"{name}: cannot decode image ({exc})") from None
-        header_size = img.size
-        _reduce_while_decoding(img, name, min_size)
-        try:
-            img.load()
-        # Pillow's plugins raise many exception types on corrupt data (OSError, SyntaxError, ...)
-        except Exception as exc:  # noqa: BLE001
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataError(f"{name}: cannot decode image ({reason})") from None
+    try:
+        # Pillow warns (file:line + source, on stderr) about corrupt EXIF it then ignores: not the user's concern
+        with _own_pixel_limit(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return _decode(data, name, min_size)
+    except DataError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{name}: not an image file (unrecognised format)") from None
+    # Pillow's plugins raise many types on corrupt data, in Image.open as well as in load():
+    # OSError (a header cut short), SyntaxError, ValueError, struct.error, EOFError, MemoryError ...
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{name}: cannot decode image ({_reason(exc)})") from None
+
+
+def _decode(data: bytes, name: str | Path, min_size: int | None) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    header_size = img.size
+    _reduce_while_decoding(img, name, min_size)
+    img.load()
     decoded_size = img.size
     img = ImageOps.exif_transpose(img)
     # a 90-degree EXIF rotation swaps the sides of the original too
@@ -86,6 +99,12 @@ def decode_image(data: bytes, name: str | Path, min_size: int | None = None) -> 
     rgb = to_rgb(img)
     rgb.info[ORIGINAL_SIZE] = header_size[::-1] if swapped else header_size
     return rgb
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a decoder's message (at most 200 characters), else the exception's type."""
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines and lines[0].strip() else type(exc).__name__
 
 
 def _reduce_while_decoding(img: Image.Image, name: str | Path, min_size: int | None) -> None:
@@ -101,6 +120,9 @@ def _reduce_while_decoding(img: Image.Image, name: str | Path, min_size: int | N
         return
     if not fits:
         raise DataError(f"{name}: image too large ({w}x{h} pixels) even at 1/8 scale")
+    if img.info.get("progressive") and w * h > MAX_PIXELS:
+        # libjpeg keeps a progressive file's every DCT coefficient (~3 bytes/pixel) whatever the scale
+        raise DataError(f"{name}: progressive JPEG too large to decode safely ({w}x{h} pixels > {MAX_PIXELS})")
     scale = fits[0]
     if min_size:
         # the coarsest scale that still leaves both sides >= min_size, if coarser than needed for memory

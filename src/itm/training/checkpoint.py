@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,18 +71,44 @@ class LoadedCheckpoint:
 
 
 def read_payload(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's payload with its parts checked; one ItmError line naming the file otherwise."""
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
         raise ItmError(f"checkpoint {path}: no such file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle before refusing it: we say it
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise ItmError(f"checkpoint {path}: not a readable itm checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # a tensor here: '!=' would not be a bool
         raise ItmError(f"checkpoint {path}: not an itm checkpoint (format {FORMAT_VERSION} expected)")
+    problem = _payload_problem(payload)
+    if problem:
+        raise ItmError(f"checkpoint {path}: damaged or not an itm checkpoint ({problem})")
     return payload
+
+
+_PARTS = {"model": dict, "config": dict, "vocab": list, "dims": dict, "feature_settings": dict}
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """What makes an unpickled payload unusable (a key missing or of the wrong type), else None."""
+    for key, kind in _PARTS.items():
+        if not isinstance(payload.get(key), kind):
+            return f"'{key}' missing or not a {kind.__name__}"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items()):
+        return "'model' is not a table of weights"
+    dims, fields = payload["dims"], [f.name for f in dataclasses.fields(InputDims)]
+    if sorted(dims) != sorted(fields) or not all(type(dims[f]) is int and dims[f] > 0 for f in fields):
+        return f"'dims' should hold the positive integers {', '.join(fields)}"
+    vocab = payload["vocab"]
+    if not all(isinstance(w, str) for w in vocab) or len(vocab) != dims["vocab_size"]:
+        return f"'vocab' should be {dims['vocab_size']} words"
+    return None
 
 
 def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> LoadedCheckpoint:

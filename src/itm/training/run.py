@@ -34,6 +34,9 @@ def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Co
     """The config, data folder and last checkpoint of an interrupted run. ``overrides`` may change
     train.* values only (e.g. a longer budget); anything else would not match the saved weights."""
     payload = read_payload(run_dir / "last.pt")
+    if not isinstance(payload.get("loop"), dict) or not isinstance(payload.get("optimizer"), dict):
+        raise ItmError(f"checkpoint {run_dir / 'last.pt'}: no training state to resume from "
+                       "(weights only, like a best.pt)")
     config = Config.from_dict(payload["config"], f"run {run_dir}")
     for text in overrides or []:
         if not text.strip().startswith("train."):
