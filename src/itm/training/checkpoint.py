@@ -131,6 +131,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> Loa
                        f"({first}); retrain, or load it with the itm version that wrote it") from None
     model.eval()
     # new images must be extracted exactly as the model's training images were
-    config.features = feature_config({**payload["feature_settings"], "cache_dir": config.features.cache_dir})
+    saved = dataclasses.asdict(config.features)
+    config.features = feature_config({**saved, **payload["feature_settings"], "cache_dir": saved["cache_dir"]})
     return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
                             payload["feature_settings"], payload)
