@@ -133,7 +133,7 @@ class TrainConfig:
 class EvalConfig:
     """All-pairs scoring."""
 
-    image_tile: int = 128
+    image_tile: int = 128  # images per prepared chunk at most: the unit torchrun processes share
     caption_tile: int = 512
     memory_budget_mb: int = 1024
 

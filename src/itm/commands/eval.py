@@ -23,11 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images, with a report")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a scoring switch of the saved config, e.g. --set model.global_context=pairwise")
+    parser.add_argument("--scores", metavar="OUT.npy", help="also save the (images x captions) score matrix "
+                        "(flickr protocol; the mean matrix for an ensemble)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from itm.data.load import load_dataset
+    from itm.distributed import is_main, setup, world_size
     from itm.errors import ItmError
     from itm.evaluation.evaluate import Member, evaluate_ensemble
     from itm.evaluation.metrics import format_table
@@ -36,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from itm.training.checkpoint import load_checkpoint
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
+    if args.scores and args.protocol != "flickr":
+        raise ItmError("--scores saves the one matrix of the flickr protocol; drop it for coco1k / coco5k")
+    setup()  # under torchrun: each process scores its share of the images (itm.evaluation.engine)
     # all load before any long work
     checkpoints = [load_checkpoint(path, args.overrides) for path in args.checkpoint]
     dataset = load_dataset(args.data, args.split).split(args.split)
@@ -51,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
         raise ItmError(f"dataset {args.data}: the checkpoints read different captions of split '{args.split}'")
     config = checkpoints[0].config
     result = evaluate_ensemble(members, owners[0], args.protocol, args.memory_mb or config.eval.memory_budget_mb,
-                               config.eval.caption_tile, progress=not args.no_progress)
+                               config.eval.caption_tile, progress=not args.no_progress and is_main(),
+                               keep_scores=bool(args.scores), max_image_chunk=config.eval.image_tile)
+    if not is_main():
+        return 0  # rank 0 prints and writes
+    if args.scores:
+        Path(args.scores).parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.scores, result.pop("scores"))
     model_name = " + ".join(ckpt.config.model.name for ckpt in checkpoints)
     title = (f"{model_name} on {args.data} [{args.split}, {args.protocol}]: "
              f"{result['n_images']} images, {result['n_captions']} captions, {result['seconds']:.1f} s")
@@ -61,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         out["checkpoint"] = " + ".join(args.checkpoint)
         out["peak_rss_mb"] = peak_rss_mb()  # the whole process: data, model and the engine's tiles
         out["model"] = model_name
+        out["processes"] = world_size()
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -49,12 +49,16 @@ def _per_item_bytes(state: State) -> int:
 
 
 def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
-               memory_budget_mb: float = 1024, caption_tile: int = 512) -> TilePlan:
-    """Tile sizes that keep prepared states and one tile's per-pair tensors within the budget."""
+               memory_budget_mb: float = 1024, caption_tile: int = 512, max_image_chunk: int = 128) -> TilePlan:
+    """Tile sizes that keep prepared states and one tile's per-pair tensors within the budget.
+    Image chunks hold at most ``max_image_chunk`` images: they are the unit processes share under
+    torchrun, so one process and several compute every chunk with the same shapes (exact results)."""
     budget = int(memory_budget_mb * 2**20)  # fractional megabytes allowed (tiny budgets in tests)
-    probe_images = model.prepare_images(features.streams(model.image_streams, slice(0, 1)))
+    device = model_device(model)
+    probe = features.streams(model.image_streams, slice(0, 1))
+    probe_images = model.prepare_images({k: v.to(device) for k, v in probe.items()})
     image_bytes = _per_item_bytes(probe_images)
-    image_chunk = max(1, min(len(features), (budget // 2) // max(image_bytes, 1)))
+    image_chunk = max(1, min(len(features), max_image_chunk, (budget // 2) // max(image_bytes, 1)))
     steps = int(captions.lengths.max())
     pair_bytes = model.pair_bytes(probe_images, steps)
     caption_tile = max(1, min(caption_tile, len(captions)))
@@ -62,34 +66,67 @@ def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
     return TilePlan(image_chunk, caption_tile, image_tile)
 
 
+def model_device(model: Matcher) -> torch.device:
+    return next(model.parameters()).device
+
+
+def on_device(captions: Captions, device: torch.device) -> Captions:
+    vectors = None if captions.vectors is None else captions.vectors.to(device)
+    return Captions(captions.ids.to(device), captions.lengths.to(device), vectors)
+
+
 @torch.inference_mode()
 def score_all_pairs(model: Matcher, features: ImageFeatures, captions: Captions,
                     memory_budget_mb: float = 1024, caption_tile: int = 512,
-                    progress: bool = False) -> np.ndarray:
-    """Scores of every image x caption pair, (n_images, n_captions) float32, exact."""
+                    progress: bool = False, max_image_chunk: int = 128) -> np.ndarray:
+    """Scores of every image x caption pair, (n_images, n_captions) float32, exact. Inputs may live
+    on the CPU whatever the model's device; the matrix comes back on the CPU. Under torchrun each
+    process scores a contiguous share of the image chunks and every process gets the whole matrix,
+    equal to one process's bit for bit."""
+    from itm.distributed import gather_rows, shard, world_size
+
+    n_img, n_cap = len(features), len(captions)
+    if n_img == 0 or n_cap == 0:
+        return np.zeros((n_img, n_cap), dtype=np.float32)
     with eval_mode(model):
-        plan = plan_tiles(model, features, captions, memory_budget_mb, caption_tile)
-        order = torch.argsort(captions.lengths, descending=True, stable=True)  # similar lengths per tile
-        ordered = captions.select(order)
-        n_img, n_cap = len(features), len(captions)
-        scores = torch.empty(n_img, n_cap)
-        bar = tqdm(total=n_img * n_cap, desc="scoring pairs", unit="pair", unit_scale=True,
-                   disable=not progress, leave=False)
-        for i0 in range(0, n_img, plan.image_chunk):
-            chunk = slice(i0, min(i0 + plan.image_chunk, n_img))
-            images = model.prepare_images(features.streams(model.image_streams, chunk))
-            n_chunk = chunk.stop - chunk.start
-            for c0 in range(0, n_cap, plan.caption_tile):
-                tile = ordered.select(slice(c0, c0 + plan.caption_tile))
-                tile = Captions(tile.ids[:, : int(tile.lengths.max())], tile.lengths,
-                                None if tile.vectors is None else tile.vectors[:, : int(tile.lengths.max())])
-                caption_state = model.prepare_captions(tile)
-                for j0 in range(0, n_chunk, plan.image_tile):
-                    rows = slice(j0, min(j0 + plan.image_tile, n_chunk))
-                    block = model.score_block(select_state(images, rows), caption_state)  # (ni, nc)
-                    scores[chunk.start + rows.start : chunk.start + rows.stop, c0 : c0 + len(tile)] = block
-                    bar.update(block.numel())
-        bar.close()
+        plan = plan_tiles(model, features, captions, memory_budget_mb, caption_tile, max_image_chunk)
+        starts = list(range(0, n_img, plan.image_chunk))
+        mine = starts[shard(len(starts))]  # all of them in one process
+        rows = score_chunks(model, features, captions, plan, mine, progress)  # (my rows, n_cap)
+    if world_size() > 1:
+        return gather_rows(torch.from_numpy(rows)).numpy()
+    return rows
+
+
+def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, plan: TilePlan,
+                 starts: list[int], progress: bool) -> np.ndarray:
+    """The rows of the image chunks beginning at ``starts`` (consecutive), every caption."""
+    device = model_device(model)
+    n_img, n_cap = len(features), len(captions)
+    order = torch.argsort(captions.lengths, descending=True, stable=True)  # similar lengths per tile
+    ordered = captions.select(order)
+    first = starts[0] if starts else 0
+    last = min(starts[-1] + plan.image_chunk, n_img) if starts else 0
+    scores = torch.empty(last - first, n_cap)
+    bar = tqdm(total=(last - first) * n_cap, desc="scoring pairs", unit="pair", unit_scale=True,
+               disable=not progress, leave=False)
+    for i0 in starts:
+        chunk = slice(i0, min(i0 + plan.image_chunk, n_img))
+        streams = features.streams(model.image_streams, chunk)
+        images = model.prepare_images({k: v.to(device) for k, v in streams.items()})
+        n_chunk = chunk.stop - chunk.start
+        for c0 in range(0, n_cap, plan.caption_tile):
+            tile = ordered.select(slice(c0, c0 + plan.caption_tile))
+            tile = Captions(tile.ids[:, : int(tile.lengths.max())], tile.lengths,
+                            None if tile.vectors is None else tile.vectors[:, : int(tile.lengths.max())])
+            caption_state = model.prepare_captions(on_device(tile, device))
+            for j0 in range(0, n_chunk, plan.image_tile):
+                rows = slice(j0, min(j0 + plan.image_tile, n_chunk))
+                block = model.score_block(select_state(images, rows), caption_state)  # (ni, nc)
+                top = chunk.start - first + rows.start
+                scores[top : top + rows.stop - rows.start, c0 : c0 + len(tile)] = block.cpu()
+                bar.update(block.numel())
+    bar.close()
     result = torch.empty_like(scores)
     result[:, order] = scores  # back to the callers' caption order
     return result.numpy()
@@ -99,11 +136,13 @@ def score_all_pairs(model: Matcher, features: ImageFeatures, captions: Captions,
 def score_pairs_naive(model: Matcher, features: ImageFeatures, captions: Captions,
                       pairs: list[tuple[int, int]]) -> np.ndarray:
     """The reference: each (image, caption) pair alone through the model's ordinary forward."""
+    device = model_device(model)
     with eval_mode(model):
         out = np.empty(len(pairs), dtype=np.float32)
         for n, (i, c) in enumerate(pairs):
             one = captions.select(slice(c, c + 1))
             steps = int(one.lengths[0])
             one = Captions(one.ids[:, :steps], one.lengths, None if one.vectors is None else one.vectors[:, :steps])
-            out[n] = model(features.streams(model.image_streams, slice(i, i + 1)), one).score[0].item()
+            streams = features.streams(model.image_streams, slice(i, i + 1))
+            out[n] = model({k: v.to(device) for k, v in streams.items()}, on_device(one, device)).score[0].item()
     return out

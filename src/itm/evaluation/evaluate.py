@@ -36,9 +36,10 @@ def evaluate_model(model: Matcher, features: ImageFeatures, captions: Captions, 
 
 def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, protocol: str = "flickr",
                       memory_budget_mb: int = 1024, caption_tile: int = 512,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False, keep_scores: bool = False, max_image_chunk: int = 128) -> dict[str, Any]:
     """Like ``evaluate_model`` with the mean of the members' score matrices as the score (the
-    ensembles SCAN-era papers report). Every member must cover the same images and captions."""
+    ensembles SCAN-era papers report). Every member must cover the same images and captions.
+    ``keep_scores``: the last block scored is returned under "scores" (flickr: the whole matrix)."""
     if not members:
         raise ValueError("evaluate_ensemble: no members")
     for member in members:
@@ -50,11 +51,16 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
     def score_block(image_idx: np.ndarray, caption_idx: np.ndarray) -> np.ndarray:
         images, caps = torch.as_tensor(image_idx), torch.as_tensor(caption_idx)
         total = sum(score_all_pairs(m.model, m.features.select(images), m.captions.select(caps), memory_budget_mb,
-                                    caption_tile, progress=progress) for m in members)
-        return total / len(members)
+                                    caption_tile, progress=progress, max_image_chunk=max_image_chunk)
+                    for m in members)
+        kept["scores"] = total / len(members)
+        return kept["scores"]
 
+    kept: dict[str, np.ndarray] = {}
     started = time.time()
     result = evaluate_protocol(protocol, score_block, caption_to_image, n_images=len(members[0].features))
+    if keep_scores:
+        result["scores"] = kept["scores"]
     result["seconds"] = round(time.time() - started, 2)
     result["protocol"] = protocol
     return result

@@ -1,0 +1,55 @@
+"""torch.distributed on CPU (gloo), started as users start it: torchrun with 2 processes.
+
+``torchrun -m itm eval`` splits the all-pairs matrix by image rows across the processes and gathers
+it: the matrix and the metrics equal a single process's exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import index_checkpoint
+
+from itm.data.synthetic import synthetic_karpathy_dir
+from itm.distributed import shard
+
+pytestmark = pytest.mark.slow
+
+
+def test_shards_cover_the_range_in_order():
+    for n in (0, 1, 5, 7, 100):
+        for count in (1, 2, 3, 8):
+            parts = [shard(n, i, count) for i in range(count)]
+            assert [i for part in parts for i in range(n)[part]] == list(range(n))
+            sizes = [len(range(n)[part]) for part in parts]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def run(command: list[str], env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_torchrun_eval_equals_one_process(tmp_path):
+    data = synthetic_karpathy_dir(tmp_path / "data", n_train=2, n_val=2, n_test=7, size=48, seed=0)
+    ckpt = index_checkpoint(tmp_path / "bssan.pt", "bssan")
+    env = {**os.environ, "ITM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    # chunks of 2 images: 4 chunks, 2 for each process
+    common = ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--split", "test", "--no-progress",
+              "--set", "eval.image_tile=2"]
+    run([sys.executable, "-m", "itm", *common, "--json", str(tmp_path / "one.json"), "--scores",
+         str(tmp_path / "one.npy")], env)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "itm", *common,
+         "--json", str(tmp_path / "two.json"), "--scores", str(tmp_path / "two.npy")], env)
+    one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
+    assert one.shape == (7, 35)
+    np.testing.assert_array_equal(one, two)
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert (a["processes"], b["processes"]) == (1, 2)
+    assert (a["i2t"], a["t2i"], a["rsum"]) == (b["i2t"], b["t2i"], b["rsum"])
