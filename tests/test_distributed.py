@@ -53,3 +53,21 @@ def test_torchrun_eval_equals_one_process(tmp_path):
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert (a["processes"], b["processes"]) == (1, 2)
     assert (a["i2t"], a["t2i"], a["rsum"]) == (b["i2t"], b["t2i"], b["rsum"])
+
+
+def cache_files(root) -> dict[str, bytes]:
+    """Every chunk file of a feature cache, by path below the root (settings folder / chunk / file)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("chunk-*/*"))}
+
+
+def test_torchrun_features_write_the_cache_one_process_writes(tmp_path):
+    data = synthetic_karpathy_dir(tmp_path / "data", n_train=5, n_val=2, n_test=2, size=48, seed=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["features", "--data", str(data), "--image-size", "64", "--chunk-size", "2", "--no-progress"]
+    run([sys.executable, "-m", "itm", *common, "--out", str(tmp_path / "one")], env)
+    two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "itm",
+               *common, "--out", str(tmp_path / "two")], env)
+    assert "9 images" in two.stdout  # rank 0 reports, once
+    one_files, two_files = cache_files(tmp_path / "one"), cache_files(tmp_path / "two")
+    assert len(one_files) == 5 * 4  # 9 photos in chunks of 2: 5 chunks of keys + 3 arrays
+    assert one_files == two_files  # the same chunks, byte for byte

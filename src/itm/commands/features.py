@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from itm.config import FeatureConfig
+    from itm.distributed import is_main, setup
     from itm.errors import ConfigError
     from itm.features.extract import extract_features
 
@@ -48,10 +49,13 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     settings = FeatureConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights,
                              proposals=args.proposals, num_objects=args.num_objects)
+    setup()  # under torchrun: each process extracts its share of the chunks into the one cache
     dataset = _load(args.data, args.split)
     features, _, report = extract_features(dataset, settings, args.out, batch_size=args.batch_size,
-                                           skip_bad=args.skip_bad, progress=not args.no_progress,
+                                           skip_bad=args.skip_bad, progress=not args.no_progress and is_main(),
                                            chunk_size=args.chunk_size)
+    if not is_main():
+        return 0
     if dataset.precomputed is not None:
         print(f"{len(dataset)} images with precomputed features {tuple(features.regions.shape)}: nothing to extract.")
         return 0

@@ -131,8 +131,13 @@ class FeatureCache:
             if not _pid_alive(pid):
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed += 1
-        for tmp in self.dir.glob(".settings-*.json"):
-            tmp.unlink(missing_ok=True)
+        for tmp in self.dir.glob(".settings-*.json"):  # another live process may be writing its own
+            try:
+                pid = int(tmp.name.split("-")[1].split(".")[0])
+            except (IndexError, ValueError):
+                continue
+            if not _pid_alive(pid):
+                tmp.unlink(missing_ok=True)
         return removed
 
     def chunks(self) -> list[Path]:

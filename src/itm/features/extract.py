@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from itm.config import FeatureConfig
 from itm.data.types import Dataset, ImageFeatures, ImageRecord
+from itm.distributed import shard, world_size
 from itm.errors import DataError
 from itm.features.backbones import Backbone, build_backbone
 from itm.features.cache import FLOAT16_MAX, FORMAT_VERSION, FeatureCache, content_key, default_cache_root
@@ -253,26 +254,59 @@ def extract_features(
 
     keys = _hash_all(dataset, skip_bad, report.skipped)
     index = cache.index()
-    todo: dict[str, ImageRecord] = {}  # first record of each missing photo, in dataset order
-    for record, key in zip(dataset.images, keys, strict=True):
-        if key is not None and key not in index and key not in todo:
-            todo[key] = record
-    items = [(record, key) for key, record in todo.items()]
+    mine = my_chunks(pending_chunks(dataset, keys, index, chunk_size))
     bad: set[str] = set()  # keys of files that could be read but not decoded
-    with tqdm(total=len(items), desc="image features", unit="img", disable=not progress or not items) as bar:
-        for start in range(0, len(items), chunk_size):
+    total = sum(len(items) for items in mine)
+    with tqdm(total=total, desc="image features", unit="img", disable=not progress or not total) as bar:
+        for items in mine:
             chunk_keys, names, (grid, objects, boxes) = _extract_chunk(
-                extractor, items[start : start + chunk_size], batch_size, skip_bad, report, bad, bar)
+                extractor, items, batch_size, skip_bad, report, bad, bar)
             if chunk_keys:
                 h, w = _grid_shape(grid.shape[1], extractor)
                 cache.write_chunk(chunk_keys, names, grid, objects, boxes, (h, w))
+    bad |= other_processes_bad(bad)
+    if world_size() > 1:
+        index = cache.index()  # the other processes' chunks
     rows = [i for i, k in enumerate(keys) if k is not None and k not in bad]
     kept = Dataset(dataset.name, dataset.root, [dataset.images[i] for i in rows])
     report.cached = len(rows) - report.extracted
     report.seconds = time.perf_counter() - started
     report.cache_bytes = cache.size_bytes()
-    report.cache_images = len(index) + report.extracted  # every photo extracted now is a new key
+    report.cache_images = len(cache.index())
     return _load(cache, [keys[i] for i in rows], extractor), kept, report
+
+
+def pending_chunks(dataset: Dataset, keys: list[str | None], index: dict, chunk_size: int) -> list[list]:
+    """The missing photos as (record, key) chunks. Chunks cut the dataset's distinct photos in order
+    and keep only what the cache lacks, so an interrupted run, resumed, and a run shared by several
+    processes compute every photo in the same chunk and batch as one uninterrupted process."""
+    first: dict[str, ImageRecord] = {}  # first record of each distinct photo, in dataset order
+    for record, key in zip(dataset.images, keys, strict=True):
+        if key is not None and key not in first:
+            first[key] = record
+    distinct = list(first.items())
+    chunks = []
+    for start in range(0, len(distinct), chunk_size):
+        missing = [(record, key) for key, record in distinct[start : start + chunk_size] if key not in index]
+        if missing:
+            chunks.append(missing)
+    return chunks
+
+
+def my_chunks(chunks: list[list]) -> list[list]:
+    """This process's contiguous share of the chunks under torchrun (all of them otherwise)."""
+    return chunks[shard(len(chunks))]
+
+
+def other_processes_bad(bad: set[str]) -> set[str]:
+    """Every process's undecodable keys (a barrier too: the cache is complete after it)."""
+    if world_size() == 1:
+        return set()
+    import torch.distributed as dist
+
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, sorted(bad))
+    return {key for part in gathered for key in part}
 
 
 def _grid_shape(cells: int, extractor: Extractor) -> tuple[int, int]:
