@@ -71,3 +71,72 @@ def test_torchrun_features_write_the_cache_one_process_writes(tmp_path):
     one_files, two_files = cache_files(tmp_path / "one"), cache_files(tmp_path / "two")
     assert len(one_files) == 5 * 4  # 9 photos in chunks of 2: 5 chunks of keys + 3 arrays
     assert one_files == two_files  # the same chunks, byte for byte
+
+
+TRAIN = ["train", "--config", "caan_cpu", "--no-progress",
+         "--set", "features.backbone=efficientnet_lite0", "--set", "features.image_size=64",
+         "--set", "model.embed_dim=8", "--set", "model.attention_hidden=6", "--set", "model.dropout=0",
+         "--set", "train.region_drop=0", "--set", "train.word_drop=0", "--set", "train.batch_size=8",
+         "--set", "train.epochs=2", "--set", "train.val_images=4", "--set", "train.threads=1",
+         "--set", "train.max_minutes=null", "--set", "train.lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    data = synthetic_karpathy_dir(root / "data", n_train=8, n_val=4, n_test=2, size=48, seed=2)
+    env = {**os.environ, "ITM_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
+    return root, data, env
+
+
+@pytest.mark.parametrize("loss", ["infonce", "pairwise_hinge"])
+def test_torchrun_training_matches_one_process_with_the_same_global_batch(train_data, loss):
+    """2 processes x 4 rows of each 8-caption batch vs one process x 8: the same weights after
+    2 epochs (10 Adam steps), within float32 reduction-order noise."""
+    import torch
+
+    root, data, env = train_data
+    args = [*TRAIN, "--data", str(data), "--set", f"train.loss={loss}"]
+    run([sys.executable, "-m", "itm", *args, "--out", str(root / f"one_{loss}")], env)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "itm",
+         *args, "--out", str(root / f"two_{loss}")], env)
+    one = torch.load(root / f"one_{loss}" / "last.pt", weights_only=True)
+    two = torch.load(root / f"two_{loss}" / "last.pt", weights_only=True)
+    assert one["loop"]["epoch"] == two["loop"]["epoch"] == 2
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    summary = json.loads((root / f"two_{loss}" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert len((root / f"two_{loss}" / "metrics.jsonl").read_text().splitlines()) == 2  # one writer
+
+
+def test_a_killed_process_fails_the_job_and_a_restart_resumes(train_data):
+    """kill -9 one worker mid-run: torchrun stops the other and exits non-zero naming the failure;
+    torchrun ... --resume continues from the last checkpoint to the end."""
+    import signal
+    import time
+
+    import torch
+
+    root, data, env = train_data
+    out = root / "killed"
+    args = [*TRAIN, "--data", str(data), "--set", "train.epochs=40", "--set", "train.checkpoint_minutes=0"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "itm"]
+    job = subprocess.Popen([*launcher, *args, "--out", str(out)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2.0)
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "no worker processes found"
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode != 0
+    assert "failed" in stderr.lower() or "signal" in stderr.lower(), stderr[-1500:]
+    stopped = torch.load(out / "last.pt", weights_only=True)["loop"]
+    assert stopped["epoch"] < 40
+    run([*launcher, "train", "--resume", str(out), "--no-progress", "--set", "train.epochs=" + str(stopped["epoch"] + 2)],
+        env)
+    finished = torch.load(out / "last.pt", weights_only=True)["loop"]
+    assert finished["epoch"] == stopped["epoch"] + 2 and finished["step"] == 0

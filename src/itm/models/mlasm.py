@@ -267,6 +267,9 @@ class MLASM(Matcher):
         the code's way: each image's vector from its own caption, each caption's from its own image."""
         if self.config.global_context != "diagonal":
             return objective_loss(self, batch)
+        if batch.share is not None:
+            raise ItmError("model.global_context 'diagonal' (a reproduction of the published code) trains in one "
+                           "process only: its in-batch vectors pair image k with caption k")
 
         def block(images, captions, positives):
             local = self.score_block(self.prepare_images(images), self.prepare_captions(captions),

@@ -38,10 +38,15 @@ class TrainingBatch:
     gen: torch.Generator  # the loop's saved generator: negatives and augmentation draw from it
     # (image indices, caption indices) -> (image streams, captions): the model's inputs, augmented
     inputs: Callable[[torch.Tensor, torch.Tensor], tuple[dict, Captions]]
+    share: slice | None = None  # under torchrun: this process's rows of the global batch
 
     @property
     def images(self) -> torch.Tensor:
         return self.owner[self.caps]  # (B,)
+
+    def my_rows(self) -> torch.Tensor:
+        """Indices into the global batch of the rows this process scores (all of them in one process)."""
+        return torch.arange(len(self.caps))[self.share or slice(None)]
 
 
 def sample_negatives(owner: torch.Tensor, images: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -64,8 +69,13 @@ def siamese_objective(batch: TrainingBatch, aligned: AlignedScorer, block: Align
     all_images = torch.cat([images, images.repeat(cfg.negatives)])  # (B + B*K,)
     all_caps = torch.cat([caps, neg.t().reshape(-1)])  # negatives laid out (K, B)
     negative = torch.arange(len(all_caps)) >= len(caps)
-    parts = aligned(*batch.inputs(all_images, all_caps), negative)
-    b = len(caps)
+    # every process draws the whole global batch's inputs (random state stays in step), then keeps
+    # its positives and their negatives; the gradient average over processes is the global mean
+    streams, captions = batch.inputs(all_images, all_caps)
+    mine = batch.my_rows()
+    b = len(mine)
+    rows = torch.cat([mine, *(len(caps) * (k + 1) + mine for k in range(cfg.negatives))])
+    parts = aligned({k: v[rows] for k, v in streams.items()}, captions.select(rows), negative[rows])
     hinge = LOSSES.get("pairwise_hinge")
     return sum(weights.get(name, 1.0) * hinge(s[:b], s[b:].view(cfg.negatives, b).t(), cfg.margin)
                for name, s in parts.items())
@@ -80,10 +90,27 @@ def in_batch_objective(batch: TrainingBatch, aligned: AlignedScorer, block: Alig
     (captions of the same image included), which the losses keep out of the negatives."""
     images = batch.images  # (B,)
     positives = images[:, None] == images[None, :]  # (B, B)
-    parts = block(*batch.inputs(images, batch.caps), positives)
+    streams, captions = batch.inputs(images, batch.caps)
+    mine = batch.my_rows()
+    # this process scores its images against every caption of the global batch; the rows of all
+    # processes are gathered (autograd-aware), so the loss sees the whole global batch's negatives
+    parts = block({k: v[mine] for k, v in streams.items()}, captions, positives[mine])
+    parts = {name: gather_rows_with_grad(part) for name, part in parts.items()}  # (B, B) each
     loss_fn = LOSSES.get(batch.cfg.loss)
     extra = getattr(batch.cfg, IN_BATCH_PARAMETER[batch.cfg.loss])
     return sum(weights.get(name, 1.0) * loss_fn(s, positives, extra) for name, s in parts.items())
+
+
+def gather_rows_with_grad(part: torch.Tensor) -> torch.Tensor:
+    """Every process's rows in rank order, gradients flowing back to each process's own rows. With
+    the gradient average over processes, the step equals one process's on the whole global batch."""
+    from itm.distributed import world_size
+
+    if world_size() == 1:
+        return part
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(part))
 
 
 OBJECTIVES: Registry = Registry("training objective")

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from itm.config import Config, TrainConfig
 from itm.data.types import Captions
+from itm.distributed import is_main, shard, world_size
 from itm.errors import ItmError
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
@@ -96,7 +97,31 @@ def training_batch(model: Matcher, split: PreparedSplit, caps: torch.Tensor, own
     def inputs(images: torch.Tensor, captions: torch.Tensor):
         return training_inputs(model, split, images, captions, cfg, gen)
 
-    return TrainingBatch(caps, owner, cfg, gen, inputs)
+    share = shard(len(caps)) if world_size() > 1 else None
+    return TrainingBatch(caps, owner, cfg, gen, inputs, share)
+
+
+class LossModule(torch.nn.Module):
+    """The model's training hook as a forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: Matcher):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: TrainingBatch) -> torch.Tensor:
+        return self.model.training_loss(batch)
+
+
+def loss_function(model: Matcher) -> Callable[[TrainingBatch], torch.Tensor]:
+    """The model's loss, wrapped in DistributedDataParallel (gradients averaged across processes)
+    under torchrun; every process holds the whole global batch and scores its share of it."""
+    if world_size() == 1:
+        return lambda batch: model.training_loss(batch)  # looked up per call (tests replace it)
+    from torch.nn.parallel import DistributedDataParallel
+
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        print("note: batch norms see each process's share of the pairs (no SyncBatchNorm)", flush=True)
+    return DistributedDataParallel(LossModule(model))
 
 
 def validate(model: Matcher, split: PreparedSplit, config: Config) -> dict[str, Any]:
@@ -120,6 +145,7 @@ class Trainer:
         self.optimizer = OPTIMIZERS.get(self.cfg.optimizer)(params, self.cfg)
         self.state = LoopState()
         self.average = WeightAverage(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
+        self.loss = loss_function(model)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def last_good(self) -> str:
@@ -135,6 +161,8 @@ class Trainer:
 
     def save_last(self) -> None:
         self.check_finite_weights(f"at epoch {self.state.epoch + 1} step {self.state.step}")
+        if not is_main():
+            return  # one writer: every process holds the same weights
         payload = self.meta()
         payload["optimizer"] = self.optimizer.state_dict()
         payload["loop"] = {k: v for k, v in vars(self.state).items()}
@@ -171,12 +199,12 @@ class Trainer:
                 gen.set_state(self.state.sampler_state)
             self.model.train()
             bar = tqdm(total=steps_per_epoch, initial=self.state.step, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                       unit="batch", disable=not progress, dynamic_ncols=True)
+                       unit="batch", disable=not progress or not is_main(), dynamic_ncols=True)
             out_of_time = False
             while self.state.step < steps_per_epoch:
                 s = self.state.step
                 caps = order[s * self.cfg.batch_size : (s + 1) * self.cfg.batch_size]
-                loss = self.model.training_loss(training_batch(self.model, train, caps, owner, self.cfg, gen))
+                loss = self.loss(training_batch(self.model, train, caps, owner, self.cfg, gen))
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "
                                            f"{self.last_good()} (try a lower train.lr)")
@@ -230,21 +258,28 @@ class Trainer:
         if improved:
             self.state.best_rsum = metrics["rsum"]
             self.state.epochs_without_gain = 0
-            with self.evaluated_weights():
-                save_atomic(self.meta(), self.run_dir / "best.pt")
+            if is_main():
+                with self.evaluated_weights():
+                    save_atomic(self.meta(), self.run_dir / "best.pt")
         else:
             self.state.epochs_without_gain += 1
         record["best"] = improved
         self.state.history.append(record)
-        write_metrics_log(self.state.history, self.run_dir / "metrics.jsonl")
+        if is_main():
+            write_metrics_log(self.state.history, self.run_dir / "metrics.jsonl")
         raw_text = "" if raw is None else f" (raw weights {raw:.1f})"
-        print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val rsum {metrics['rsum']:.1f}{raw_text}"
-              f"{'  (best)' if improved else ''}", flush=True)
+        print_main(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val rsum {metrics['rsum']:.1f}{raw_text}"
+                   f"{'  (best)' if improved else ''}")
         self.state.epoch += 1
         self.state.step = 0
         self.state.loss_sum = 0.0
         self.state.sampler_state = None
         self.save_last()
+
+
+def print_main(text: str) -> None:
+    if is_main():
+        print(text, flush=True)
 
 
 def write_metrics_log(history: list[dict[str, Any]], path: Path) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from itm.config import Config, apply_overrides, save_config
 from itm.data.load import load_dataset
+from itm.distributed import is_main, setup, world_size
 from itm.errors import ItmError
 from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
 from itm.training.checkpoint import model_payload, new_model, read_payload
@@ -25,9 +26,13 @@ def _start(config: Config, data_dir: Path, run_dir: Path) -> None:
     if (run_dir / "last.pt").exists():
         raise ItmError(f"run folder {run_dir} already holds a run: resume it with --resume {run_dir} "
                        "or choose another --out")
+    if world_size() > 1 and config.train.batch_size % world_size():
+        raise ItmError(f"train.batch_size {config.train.batch_size} must be a multiple of the "
+                       f"{world_size()} processes (the global batch is split evenly)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
-    (run_dir / "run.json").write_text(json.dumps({"data": str(Path(data_dir).resolve())}), encoding="utf-8")
+    if is_main():
+        save_config(config, run_dir / "config.yaml")
+        (run_dir / "run.json").write_text(json.dumps({"data": str(Path(data_dir).resolve())}), encoding="utf-8")
 
 
 def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Config, Path, dict[str, Any]]:
@@ -44,7 +49,8 @@ def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Co
     if overrides:
         config = apply_overrides(config, overrides)
         payload["config"] = config.to_dict()
-        save_config(config, run_dir / "config.yaml")
+        if is_main():
+            save_config(config, run_dir / "config.yaml")
     data_dir = Path(json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["data"])
     return config, data_dir, payload
 
@@ -54,6 +60,8 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     """Train (or resume) a run; returns the summary also written to RUN_DIR/summary.json."""
     run_dir = Path(run_dir)
     payload = None
+    setup()  # under torchrun: join the process group (each process trains on its share of every batch)
+    log = log if is_main() else (lambda *args, **kwargs: None)
     if resume:
         config, data_dir, payload = resume_inputs(run_dir, resume_overrides)
         log(f"resuming {run_dir} at epoch {payload['loop']['epoch'] + 1}, step {payload['loop']['step']}")
@@ -84,7 +92,9 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     summary = {"best_val_rsum": result["best_rsum"], "epochs": result["epochs"],
                "train_seconds": round(result["seconds"], 1), "model": config.model.name,
                "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary["processes"] = world_size()
+    if is_main():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log(f"done: best validation rsum {summary['best_val_rsum']:.1f} after {summary['epochs']} epochs, "
         f"{summary['train_seconds']:.0f} s of training; best checkpoint {run_dir / 'best.pt'}")
     return summary
