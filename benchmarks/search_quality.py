@@ -1,0 +1,147 @@
+"""Two-stage retrieval on Flickr8k test: recall and time of the shortlist alone, of exact all-pairs
+scoring, and of shortlist + exact re-rank at several K; latency over a whole-collection index.
+
+    python benchmarks/search_quality.py --shortlist runs/flickr8k/dual_seed0 --checkpoint runs/flickr8k/mlasm_seed0 \\
+        --data ../shared/data/flickr8k [--index runs/flickr8k-index] [--json results/flickr8k/search.json]
+
+Recall: the standard protocol's R@1/5/10 both ways (1,000 images x 5,000 captions). For a re-ranked
+list the top K of the shortlist are ordered by the matcher's exact score and a ground truth outside
+the shortlist ranks after it. Times are measured in this process: the exact all-pairs time of one
+query is the engine scoring it against every gallery item; the two-stage time is the shortlist
+search plus the matcher on K items with cached per-image states (``itm.retrieval.search``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from itm.data.load import load_dataset
+from itm.evaluation.engine import score_all_pairs
+from itm.evaluation.metrics import retrieval_metrics
+from itm.pipeline import prepare_split
+from itm.retrieval.search import build_faiss
+from itm.training.checkpoint import load_checkpoint
+
+KS = (10, 20, 50, 100)
+
+
+def reranked(short: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
+    """Scores whose ranking is: the shortlist's top k by the exact score, then the rest by the shortlist.
+    ``short`` and ``exact`` are (queries, gallery)."""
+    top = np.argsort(-short, axis=1, kind="stable")[:, :k]  # (Q, k)
+    out = short - short.max() - 10.0  # every shortlisted item ranks above every other
+    rows = np.arange(short.shape[0])[:, None]
+    picked = exact[rows, top]
+    out[rows, top] = picked - picked.min() + 1.0  # (exact order among the k, all above the rest)
+    return out
+
+
+def both_ways(short_i2t: np.ndarray, exact: np.ndarray, owner: np.ndarray, k: int | None) -> dict:
+    """R@K of a (images x captions) matrix, re-ranked per query direction at k (None: as is)."""
+    if k is None:
+        return retrieval_metrics(exact, owner)
+    i2t = reranked(short_i2t, exact, k)  # each image's captions
+    t2i = reranked(short_i2t.T, exact.T, k).T  # each caption's images
+    a, b = retrieval_metrics(i2t, owner), retrieval_metrics(t2i, owner)
+    return {"i2t": a["i2t"], "t2i": b["t2i"], "rsum": sum(a["i2t"][f"r{n}"] + b["t2i"][f"r{n}"] for n in (1, 5, 10))}
+
+
+@torch.inference_mode()
+def dual_matrix(ckpt, split) -> np.ndarray:
+    model = ckpt.model.eval()
+    images = model.encode_images(split.features.streams(model.image_streams)).numpy()
+    captions = np.concatenate([model.encode_captions(split.captions.select(slice(s, s + 1000))).numpy()
+                               for s in range(0, len(split.captions), 1000)])
+    return images @ captions.T
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shortlist", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--index", help="an itm index of the whole collection: per-query latency over it")
+    parser.add_argument("--queries", type=int, default=200, help="timed text queries")
+    parser.add_argument("--million", action="store_true", help="also time stage 1 on 1M random 512-d vectors")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    dual, matcher = load_checkpoint(args.shortlist), load_checkpoint(args.checkpoint)
+    test_set = load_dataset(args.data, "test")
+    d_split = prepare_split(test_set, dual.config, dual.vocab, progress=False)
+    m_split = prepare_split(test_set, matcher.config, matcher.vocab, progress=False)
+    owner = d_split.caption_to_image
+    short = dual_matrix(dual, d_split)
+    t0 = time.perf_counter()
+    exact = score_all_pairs(matcher.model, m_split.features, m_split.captions)
+    exact_seconds = time.perf_counter() - t0
+    result = {"shortlist": args.shortlist, "matcher": args.checkpoint, "exact_all_pairs_seconds": round(exact_seconds, 1),
+              "dual_alone": both_ways(short, short, owner, None), "exact": both_ways(short, exact, owner, None)}
+    for k in KS:
+        result[f"rerank_k{k}"] = both_ways(short, exact, owner, k)
+
+    # time per text query over the 1K test images: exact = the query against all 1,000 images
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(m_split.captions), size=min(args.queries, len(m_split.captions)), replace=False)
+    t0 = time.perf_counter()
+    for c in picks[:20]:
+        score_all_pairs(matcher.model, m_split.features, m_split.captions.select(slice(int(c), int(c) + 1)))
+    result["exact_query_ms_1k"] = round(1000 * (time.perf_counter() - t0) / 20, 1)
+    if args.million:
+        result["synthetic_1m"] = synthetic_million(dual.config.model.embed_dim)
+    if args.index:
+        result["index"] = time_index(args.index, [" ".join(t) for im in test_set.images for t in im.tokens], picks)
+    for key, value in result.items():
+        print(f"{key:<22}{json.dumps(value) if isinstance(value, dict) else value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def time_index(index: str, texts: list[str], picks: np.ndarray) -> dict:
+    """Latency of text queries over a whole index (warm per-image state cache after the first pass)."""
+    from itm.retrieval.search import Searcher
+
+    searcher = Searcher(index)
+    out = {"photos": len(searcher)}
+    for k in KS:
+        searcher.search(texts[int(picks[0])], k=10, rerank=k)  # warm-up
+        times = []
+        for c in picks:
+            t0 = time.perf_counter()
+            searcher.search(texts[int(c)], k=10, rerank=k)
+            times.append(1000 * (time.perf_counter() - t0))
+        out[f"k{k}"] = {"median_ms": round(float(np.median(times)), 1), "p95_ms": round(float(np.percentile(times, 95)), 1)}
+    stage1 = []
+    for c in picks:
+        t0 = time.perf_counter()
+        searcher.shortlist(texts[int(c)], 50)
+        stage1.append(1000 * (time.perf_counter() - t0))
+    out["shortlist_only_median_ms"] = round(float(np.median(stage1)), 2)
+    return out
+
+
+def synthetic_million(dim: int = 512, n: int = 1_000_000, queries: int = 100) -> dict:
+    """Stage 1 on random unit vectors: flat and HNSW search time per query (build time too)."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    q = vectors[:queries] + 0.05 * rng.standard_normal((queries, dim), dtype=np.float32)
+    out = {}
+    for name, threshold in (("flat", n + 1), ("hnsw", 0)):
+        t0 = time.perf_counter()
+        index = build_faiss(vectors, threshold)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        index.search(q, 50)
+        out[name] = {"build_s": round(build, 1), "query_ms": round(1000 * (time.perf_counter() - t0) / queries, 2)}
+    return out
+
+
+if __name__ == "__main__":
+    main()
