@@ -56,3 +56,13 @@ def test_branch_matrices_recombine_into_the_models_scores(lam):
     np.testing.assert_allclose(parts["w2r"] + lam * parts["o2w"], full, rtol=1e-5, atol=1e-5)
     assert not np.allclose(parts["o2w"], 0) and not np.allclose(parts["w2r"], full)
     assert set(model.branches) == {"w2r", "o2w"} and model.o2w_weight == lam  # the model is left as it was
+
+
+def test_rerank_at_k_orders_the_shortlist_by_exact_scores_and_keeps_the_rest_behind():
+    spec = importlib.util.spec_from_file_location("search_quality", REPO / "benchmarks" / "search_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    short = np.array([[0.9, 0.8, 0.1, 0.0]])
+    exact = np.array([[0.0, 1.0, 5.0, 0.5]])
+    assert list(np.argsort(-bench.reranked(short, exact, 2)[0])) == [1, 0, 2, 3]  # item 2 is outside the shortlist
+    assert list(np.argsort(-bench.reranked(short, exact, 4)[0])) == [2, 1, 3, 0]  # everything re-ranked
