@@ -103,5 +103,8 @@ def test_summary_rates_and_categories_at_zero():
     assert result["per_category"]["sink"]["centre_cell"] == 100.0
     assert result["per_category"]["sink"]["random_cell"] == pytest.approx(10.0)
     assert result["categories_at_zero"] == ["sink"]  # dog has fewer than 5 cases
+    assert result["per_category"]["sink"]["reachable"] == 100.0 and result["unreachable_at_zero"] == []
+    unreachable = summarise([case("kite", False, 0.0) for _ in range(5)])
+    assert unreachable["unreachable_at_zero"] == ["kite"] and unreachable["per_category"]["kite"]["reachable"] == 0
     with pytest.raises(DataError, match="no caption word names a category"):
         summarise([])

@@ -151,7 +151,9 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
         n = len(group)
         return {"cases": n, "hit": 100 * sum(c.hit for c in group) / n,
                 "random_cell": 100 * sum(c.random_hit for c in group) / n,
-                "centre_cell": 100 * sum(c.centre_hit for c in group) / n}
+                "centre_cell": 100 * sum(c.centre_hit for c in group) / n,
+                # a box holding no cell centre cannot be hit by any attention on this grid
+                "reachable": 100 * sum(c.random_hit > 0 for c in group) / n}
 
     if not cases:
         raise DataError("pointing game: no caption word names a category boxed in its image (check the boxes "
@@ -161,5 +163,6 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
         by_category[case.category].append(case)
     per_category = {name: rates(group) for name, group in sorted(by_category.items())}
     zero = sorted(name for name, r in per_category.items() if r["cases"] >= min_cases and r["hit"] == 0)
-    return {"overall": rates(cases), "per_category": per_category,
-            "categories_at_zero": zero, "min_cases": min_cases}
+    unreachable = sorted(name for name in zero if per_category[name]["reachable"] == 0)
+    return {"overall": rates(cases), "per_category": per_category, "categories_at_zero": zero,
+            "unreachable_at_zero": unreachable, "min_cases": min_cases}
