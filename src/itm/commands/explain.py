@@ -60,7 +60,7 @@ def explain_pair_command(args: argparse.Namespace) -> None:
     prepared = prepare_split(_single_image_dataset(args.image, args.caption), config, ckpt.vocab, progress=False)
     explanation = explain_pair(ckpt.model, prepared.features, 0, prepared.captions, 0, tokens)
     parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
-    print(f"score {explanation.score:.3f} ({parts})")
+    print(f"score {explanation.score:.3f}" + (f" ({parts})" if parts else ""))
     out = Path(args.out)
     for branch, fig in pair_figures(explanation, image_array(args.image), prepared.features, 0,
                                     title=args.caption).items():
