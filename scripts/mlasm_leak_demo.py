@@ -51,11 +51,11 @@ def leaky_and_honest(model, features, captions, caption_to_image) -> dict:
     honest_parts = parts_matrices(model, features, captions)
     rho = model.config.local_weight
     honest = rho * honest_parts["local"] + (1 - rho) * honest_parts["global"]
-    leaky = rho * honest_parts["local"] + (1 - rho) * leaky_global_scores(model, features, captions, caption_to_image)
+    leaky_global = leaky_global_scores(model, features, captions, caption_to_image)
+    leaky = rho * honest_parts["local"] + (1 - rho) * leaky_global
     return {"honest": retrieval_metrics(honest, caption_to_image), "leaky": retrieval_metrics(leaky, caption_to_image),
             "honest_global_only": retrieval_metrics(honest_parts["global"], caption_to_image),
-            "leaky_global_only": retrieval_metrics(
-                leaky_global_scores(model, features, captions, caption_to_image), caption_to_image)}
+            "leaky_global_only": retrieval_metrics(leaky_global, caption_to_image)}
 
 
 def parts_matrices(model, features, captions) -> dict[str, np.ndarray]:

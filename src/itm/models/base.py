@@ -78,6 +78,14 @@ class WordEmbedder(nn.Module):
         return self.table(captions.ids)  # (N, L, E)
 
 
+EPS = 1e-8  # norm and cosine floors of the models that normalise vectors
+
+
+def l2norm(x: torch.Tensor) -> torch.Tensor:
+    """Unit length along the last dim; the norm plus EPS in the denominator (SCAN's convention)."""
+    return x / (x.norm(dim=-1, keepdim=True) + EPS)
+
+
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(N,) true lengths -> (N, max_len) bool, True at real positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]

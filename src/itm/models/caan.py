@@ -32,17 +32,17 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.models.base import (
+    EPS,
     AttentionSpec,
     ImageStreams,
     Matcher,
     PairScores,
     State,
     WordEmbedder,
+    l2norm,
     length_mask,
 )
 from itm.models.registry import InputDims, register_model
-
-EPS = 1e-8
 
 
 @dataclass
@@ -67,9 +67,6 @@ class CAANConfig(ModelConfig):
                      choices={"fragments": ("regions", "objects"), "intra_source": ("semantic", "feature"),
                               "score": ("cosine", "dot")})
 
-
-def l2norm(x: torch.Tensor) -> torch.Tensor:
-    return x / (x.norm(dim=-1, keepdim=True) + EPS)
 
 
 def word_column_softmax(logits: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:

@@ -35,18 +35,19 @@ from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.errors import ConfigError, ItmError
 from itm.models.base import (
+    EPS,
     AttentionSpec,
     ImageStreams,
     Matcher,
     PairScores,
     State,
     WordEmbedder,
+    l2norm,
     length_mask,
 )
 from itm.models.objectives import objective_loss
 from itm.models.registry import InputDims, register_model
 
-EPS = 1e-8
 GLOBAL_CONTEXTS = ("pairwise", "unconditioned", "diagonal")
 
 
@@ -75,9 +76,6 @@ class MLASMConfig(ModelConfig):
         if not 0 <= self.local_weight <= 1:
             raise ConfigError(f"model.local_weight: must be in [0, 1], got {self.local_weight!r}")
 
-
-def l2norm(x: torch.Tensor) -> torch.Tensor:
-    return x / (x.norm(dim=-1, keepdim=True) + EPS)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from itm.data.types import Dataset, ImageRecord
 from itm.errors import DataError, ItmError
@@ -246,7 +245,8 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
     report = IndexReport()
     held = store.images()
     old_vectors = store.vectors()
-    plan = plan_update(root, scan_folder(root), store.files(), held, report)
+    stored = store.files()
+    plan = plan_update(root, scan_folder(root), stored, held, report)
 
     # extract new content once per sha1 (duplicates among the new files share it)
     firsts = {}
@@ -270,7 +270,6 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
         store_cache_dir = store.meta("cache_dir")
     report.skipped = plan.skipped
     bad = {path for path, _ in plan.skipped}
-    stored = store.files()
     for path in plan.extract:
         if path not in bad:
             report.changed += path in stored
@@ -311,11 +310,6 @@ def scan_state(root: Path, path: str) -> FileState:
         return FileState(path, stat.st_size, stat.st_mtime_ns)
     except OSError:
         return FileState(path, -1, -1)
-
-
-def to_numpy(vectors: torch.Tensor) -> np.ndarray:
-    return vectors.detach().float().cpu().numpy()
-
 
 def read_captions_file(path: str | Path) -> list[str]:
     """One caption a line (UTF-8; blank lines skipped); a one-line DataError naming the file and line."""
