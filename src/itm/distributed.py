@@ -6,6 +6,7 @@ group uses NCCL on GPUs and gloo on CPUs. Without torchrun everything here is a 
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 
@@ -23,6 +24,15 @@ def setup(timeout_minutes: float = 30.0) -> None:
     if launched() and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+        # a process group left to the interpreter's teardown can abort the process (SIGABRT seen
+        # with gloo): wait for the others, then close it
+        atexit.register(teardown)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank() -> int:
