@@ -337,3 +337,51 @@ def test_context_queries_make_a_word_attend_by_its_caption():
 def test_context_width_is_validated():
     with pytest.raises(ConfigError, match="model.w2r_context"):
         load_config(None, ["model.w2r_context=-1"])
+
+
+# -- the weak word-region alignment term (issue 22's grounding lever) --------------------------------
+
+def test_alignment_is_the_mean_attended_alignment_over_real_words():
+    model, _ = tiny_model("bssan_sharp", "model.align_weight=0.5")
+    model.eval()
+    regions, objects = make_images(3)
+    captions = make_captions([4, 2, 5])
+    with torch.no_grad():
+        block = model.alignment_block(model.prepare_images(streams(regions, objects)),
+                                      model.prepare_captions(captions), captions.lengths)  # (3, 3)
+        w2r, inputs = model.branches["w2r"], model.visual_inputs(streams(regions, objects))["w2r"]
+        words = model.word_vectors(captions)
+        for i in range(3):
+            for c in range(3):
+                steps = int(captions.lengths[c])
+                e = torch.tanh(words[c, :steps] @ w2r.bilinear @ inputs[i].t() + w2r.bias)  # (L, D)
+                expected = (torch.softmax(w2r.scale * e, dim=-1) * e).sum(-1).mean()
+                assert torch.allclose(block[i, c], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["infonce", "pairwise_hinge"])
+def test_align_weight_adds_the_objective_on_the_alignment(loss):
+    from helpers import tiny_batch
+
+    plain, _ = tiny_model("bssan_sharp")
+    aligned, _ = tiny_model("bssan_sharp", "model.align_weight=0.5")
+    aligned.load_state_dict(plain.state_dict())
+    for model in (plain, aligned):
+        model.train()
+        model.dropout.p = 0.0
+    torch.manual_seed(1)
+    base = plain.training_loss(tiny_batch(plain, loss=loss))
+    torch.manual_seed(1)
+    total = aligned.training_loss(tiny_batch(aligned, loss=loss))
+    assert total.item() > base.item()  # the extra term is a positive loss
+    total.backward()
+    assert aligned.branches["w2r"].bilinear.grad.abs().sum() > 0
+
+
+def test_align_weight_needs_the_w2r_branch_and_is_not_negative():
+    from itm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="align_weight"):
+        tiny_model("bssan_o2w", "model.align_weight=1")
+    with pytest.raises(ConfigError, match="align_weight"):
+        tiny_model("bssan", "model.align_weight=-1")

@@ -10,8 +10,11 @@ HELP = "index a folder of photos (JPEG/PNG/WebP, recursively); a re-run adds, up
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", required=True, help="the photo folder")
     parser.add_argument("--out", required=True, help="the index folder (created; reused by later runs)")
-    parser.add_argument("--shortlist", required=True, help="checkpoint of an indexable model (e.g. a dual encoder run)")
-    parser.add_argument("--checkpoint", help="checkpoint of the cross-attention matcher that re-ranks the shortlist")
+    parser.add_argument("--shortlist", help="checkpoint of an indexable model, e.g. a dual encoder run "
+                        "(default: the shipped dual encoder)")
+    parser.add_argument("--checkpoint", help="checkpoint of the cross-attention matcher that re-ranks the shortlist "
+                        "(default: the shipped BSSAN)")
+    parser.add_argument("--no-rerank", action="store_true", help="shortlist only: no cross-attention re-ranker")
     parser.add_argument("--captions", help="a caption collection to search by image: one caption a line (UTF-8)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -19,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from itm.retrieval.index import IndexStore, index_captions, update_index
     from itm.retrieval.search import SearchModels
+    from itm.shipped import search_checkpoints
 
-    models = SearchModels(args.shortlist, args.checkpoint)
+    models = SearchModels(*search_checkpoints(args.shortlist, args.checkpoint, rerank=not args.no_rerank))
     store = IndexStore(args.out)
     report = update_index(store, args.images, models, progress=not args.no_progress)
     for path, reason in report.skipped:

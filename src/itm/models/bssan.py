@@ -63,17 +63,24 @@ class BSSANConfig(ModelConfig):
     feature_norm: bool = False  # L2-normalise region and object vectors before both branches
     dropout: float = 0.0  # training-time dropout on word vectors and on region / object vectors
     w2r_context: int = 0  # >0: W2R attends with BiLSTM states of this width, not the word vectors
+    # training only: weight of a weakly supervised word-region alignment term, the objective applied
+    # to each pair's mean attended alignment sum_j alpha_jk e_jk over its words (issue 22's grounding
+    # lever). 0 = off (the paper); the score itself never includes it.
+    align_weight: float = 0.0
 
     # sizes small enough for unit tests and smoke runs (every model supplies its own)
     TINY: ClassVar[dict] = {"w2r_hidden": 8, "w2r_mlp": [6], "o2w_hidden": 5, "o2w_mlp": [6, 4]}
 
     def validate(self) -> None:
         check_fields("model", self, positive=("w2r_hidden", "o2w_hidden", "attention_scale"),
-                     non_negative=("o2w_weight", "reg_weight", "w2r_context"), fraction=("dropout",),
+                     non_negative=("o2w_weight", "reg_weight", "w2r_context", "align_weight"),
+                     fraction=("dropout",),
                      positive_lists=("w2r_mlp", "o2w_mlp"),
                      choices={"negative_attention": ("uniform", "softmax")})
         if not set(self.branches) or not set(self.branches) <= set(BRANCH_STREAMS):
             raise ConfigError(f"model.branches: must be a non-empty subset of [w2r, o2w], got {self.branches}")
+        if self.align_weight and "w2r" not in self.branches:
+            raise ConfigError("model.align_weight: the alignment term needs the w2r branch")
 
 
 BRANCH_STREAMS = {"w2r": "regions", "o2w": "objects"}  # the image stream each branch reads
@@ -231,6 +238,18 @@ class W2R(nn.Module):
         return run_mlp(self.linears, self.norms, h_last).view(ni, nc)
 
 
+    def alignment(self, queries, keys, lengths):
+        """Mean over each caption's words of the attended alignment sum_j alpha_jk e_jk: queries
+        (Nc, L, E|C), keys W r_j (Ni, D, E|C) -> (Ni, Nc). High when every word finds a region it
+        aligns with: the weak word-region alignment term trains it (``align_weight``)."""
+        ni, (nc, steps) = keys.shape[0], queries.shape[:2]
+        flat = queries.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E|C)
+        align = torch.tanh(flat @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
+        per_word = attended_alignment(torch.softmax(self.scale * align, dim=-1), align).view(ni, nc, steps)
+        mask = length_mask(lengths, steps)  # (Nc, L)
+        return (per_word * mask).sum(-1) / lengths.clamp(min=1)  # (Ni, Nc)
+
+
 class O2W(nn.Module):
     """Object-to-words branch (eq. 9-16); ``scale`` and ``match_input`` as in W2R (the alignment
     sum_k beta_jk e_jk becomes one more input of the per-object MLP)."""
@@ -313,6 +332,7 @@ class BSSAN(Matcher):
         self.words = words
         self.o2w_weight = config.o2w_weight
         self.reg_weight = config.reg_weight
+        self.align_weight = config.align_weight
         self.negative_attention = config.negative_attention
         self.feature_norm = config.feature_norm
         self.dropout = nn.Dropout(config.dropout)  # identity in eval mode, so evaluation is unchanged
@@ -404,17 +424,29 @@ class BSSAN(Matcher):
                 total = total + p.pow(2).sum()
         return self.reg_weight * total
 
+    def alignment_block(self, images: State, captions: State, lengths: torch.Tensor) -> torch.Tensor:
+        """(Ni, Nc) mean attended word-region alignment of prepared blocks (the ``align_weight`` term)."""
+        return self.branches["w2r"].alignment(captions["w2r_queries"], images["w2r_keys"], lengths)
+
     def training_loss(self, batch) -> torch.Tensor:
         """Eq. 18: each branch's loss weighted like its score, eq. 8's uniform attention on the
         negatives (when configured), plus the weight regulariser."""
         def aligned(images, captions, negative):
-            return self(images, captions, uniform=negative).parts
+            parts = dict(self(images, captions, uniform=negative).parts)
+            if self.align_weight:  # the block's diagonal: B x B alignments are cheap next to the LSTMs
+                parts["align"] = self.alignment_block(self.prepare_images(images), self.prepare_captions(captions),
+                                                      captions.lengths).diagonal()
+            return parts
 
         def block(images, captions, positives):
-            return self.score_block(self.prepare_images(images), self.prepare_captions(captions),
-                                    uniform=~positives, parts=True)
+            image_state, caption_state = self.prepare_images(images), self.prepare_captions(captions)
+            parts = self.score_block(image_state, caption_state, uniform=~positives, parts=True)
+            if self.align_weight:
+                parts["align"] = self.alignment_block(image_state, caption_state, captions.lengths)
+            return parts
 
-        return objective_loss(self, batch, aligned, block, self.branch_weights()) + self.regularization()
+        weights = self.branch_weights() | ({"align": self.align_weight} if self.align_weight else {})
+        return objective_loss(self, batch, aligned, block, weights) + self.regularization()
 
 
 def build_bssan(config: BSSANConfig, dims: InputDims, words: WordEmbedder) -> BSSAN:

@@ -25,6 +25,7 @@ from itm.errors import DataError, ItmError
 from itm.features.cache import FeatureCache, content_key
 from itm.models.base import State, select_state
 from itm.retrieval.index import IndexStore
+from itm.shipped import portable_path, resolve_path
 from itm.training.checkpoint import LoadedCheckpoint, load_checkpoint
 
 MAX_QUERY_CHARS = 500
@@ -34,8 +35,8 @@ class SearchModels:
     """The shortlist model (indexable) and the re-ranking matcher (optional), on one feature setting."""
 
     def __init__(self, shortlist: str | Path, reranker: str | Path | None = None):
-        self.paths = {"shortlist": str(Path(shortlist).resolve()),
-                      "rerank": None if reranker is None else str(Path(reranker).resolve())}
+        self.paths = {"shortlist": portable_path(shortlist),
+                      "rerank": None if reranker is None else portable_path(reranker)}
         self.shortlist = load_checkpoint(shortlist)
         if not self.shortlist.model.indexable:
             raise ItmError(f"--shortlist {shortlist}: model '{self.shortlist.config.model.name}' cannot be indexed "
@@ -138,7 +139,8 @@ class Searcher:
             raise DataError(f"index {index}: empty or not an itm index (build it with itm index)")
         if models is None:
             saved = self.store.meta("checkpoints")
-            models = SearchModels(saved["shortlist"], saved["rerank"])
+            models = SearchModels(resolve_path(saved["shortlist"]),
+                                  None if saved["rerank"] is None else resolve_path(saved["rerank"]))
         self.store.check_identity(models.identity())
         self.models = models
         self.images = self.store.images()  # sha1 -> (image id, row)

@@ -1,0 +1,117 @@
+"""The public Python API: load a model, score photos against captions, index a folder, search it,
+explain a hit. Everything here is also reachable as ``itm.<name>``.
+
+    import itm
+    model = itm.load_model()                      # the shipped BSSAN (or a checkpoint path)
+    scores = model.score(["a.jpg", "b.jpg"], ["a dog runs", "a red car"])   # (2, 2) numpy
+    itm.build_index("~/Photos", "photos.itm")     # incremental: run again after changes
+    hits = itm.open_index("photos.itm").search("a dog on a beach", k=5)
+    png = itm.open_index("photos.itm").explain_png(hits[0].image_id, "a dog on a beach")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from itm.data.encode import encode_captions
+from itm.data.tokenize import tokenize
+from itm.data.types import Captions, Dataset, ImageFeatures, ImageRecord
+from itm.errors import DataError
+from itm.training.checkpoint import LoadedCheckpoint, load_checkpoint
+
+
+class Model:
+    """A trained matcher ready for inference; images are extracted as it was trained (feature cache)."""
+
+    def __init__(self, checkpoint: LoadedCheckpoint):
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model.eval()
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.config.model.name
+
+    def image_features(self, images: Sequence[str | Path]) -> ImageFeatures:
+        """Features of image files in the given order (a missing or unreadable file: DataError naming it)."""
+        from itm.features.extract import extract_features
+        from itm.pipeline import cache_root
+
+        records = []
+        for image in images:
+            path = Path(image).expanduser()
+            if not path.is_file():
+                raise DataError(f"image {path}: no such file")
+            records.append(ImageRecord(str(path.resolve()), path.resolve(), "query", [], []))
+        dataset = Dataset("images", Path("/"), records)
+        config = self.checkpoint.config
+        features, _, _ = extract_features(dataset, config.features, cache_root(config) / "features", progress=False)
+        return features
+
+    def encode_captions(self, captions: Sequence[str]) -> Captions:
+        """Captions as the model's inputs (a caption with no words: DataError naming it)."""
+        from itm.pipeline import word_vectors
+
+        tokens = []
+        for number, text in enumerate(captions, start=1):
+            words = tokenize(text) if isinstance(text, str) else []
+            if not words:
+                raise DataError(f"caption {number} ({str(text)[:40]!r}): no words")
+            tokens.append(words)
+        config = self.checkpoint.config
+        return encode_captions(tokens, self.checkpoint.vocab, config.data.max_words,
+                               word_vectors(tokens, config, progress=False))
+
+    def score(self, images: Sequence[str | Path], captions: Sequence[str]) -> np.ndarray:
+        """(len(images), len(captions)) matching scores: higher is a better match."""
+        from itm.evaluation.engine import score_all_pairs
+
+        if not images or not captions:
+            raise DataError("score: give at least one image and one caption")
+        return score_all_pairs(self.model, self.image_features(images), self.encode_captions(captions))
+
+    def explain(self, image: str | Path, caption: str) -> dict:
+        """The model's attention for one pair as matplotlib figures, by the names the model declares."""
+        from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
+
+        tokens = tokenize(caption) if isinstance(caption, str) else []
+        check_known_words(tokens, self.checkpoint.vocab, str(caption))
+        features = self.image_features([image])
+        explanation = explain_pair(self.model, features, 0, self.encode_captions([caption]), 0, tokens)
+        return pair_figures(explanation, image_array(image), features, 0, title=caption)
+
+
+def load_model(checkpoint: str | Path | None = None) -> Model:
+    """A checkpoint file or run folder for inference; the shipped BSSAN when none is given."""
+    from itm.shipped import ROLES, shipped_checkpoint
+
+    return Model(load_checkpoint(checkpoint if checkpoint is not None else shipped_checkpoint(ROLES["rerank"])))
+
+
+def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | None = None,
+                shortlist: str | Path | None = None, captions: str | Path | None = None, rerank: bool = True,
+                progress: bool = False):
+    """Index (or update the index of) a photo folder; returns the update's report. The shipped models
+    are used for any model not given; ``captions`` (one a line) makes the index searchable by image."""
+    from itm.retrieval.index import IndexStore, index_captions, update_index
+    from itm.retrieval.search import SearchModels
+    from itm.shipped import search_checkpoints
+
+    short, matcher = search_checkpoints(None if shortlist is None else str(shortlist),
+                                        None if checkpoint is None else str(checkpoint), rerank)
+    models = SearchModels(short, matcher)
+    store = IndexStore(out)
+    report = update_index(store, images, models, progress=progress)
+    if captions is not None:
+        index_captions(store, captions, models)
+    return report
+
+
+def open_index(index: str | Path):
+    """A :class:`itm.retrieval.search.Searcher` over an index folder: ``search(text, k)``,
+    ``search_image(bytes, name, k)``, ``explain_png(image_id, text)``, ``path_of(image_id)``."""
+    from itm.retrieval.search import Searcher
+
+    return Searcher(index)

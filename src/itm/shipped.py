@@ -1,0 +1,70 @@
+"""The trained models that ship inside the package, used when no checkpoint is given.
+
+``itm/assets/models/`` holds two itm checkpoints written by ``scripts/ship_models.py`` (weights in
+float16 to keep the wheel small; they load into float32 models) and ``card.json`` (how they were
+trained and what they measure on Flickr8k test):
+
+- ``bssan.pt``: the recommended BSSAN configuration, the cross-attention re-ranker;
+- ``dual.pt``: the dual encoder on the same features, the search shortlist.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from itm.errors import ItmError
+
+SHIPPED = ("bssan", "dual")
+ROLES = {"rerank": "bssan", "shortlist": "dual"}
+
+
+def shipped_folder() -> Path:
+    return Path(str(resources.files("itm") / "assets" / "models"))
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """The shipped checkpoint file ``name`` (``bssan`` or ``dual``); a one-line error if this install lacks it."""
+    if name not in SHIPPED:
+        raise ItmError(f"shipped model '{name}': none such (shipped: {', '.join(SHIPPED)})")
+    path = shipped_folder() / f"{name}.pt"
+    if not path.is_file():
+        raise ItmError(f"shipped model {path}: missing from this install; pass a checkpoint instead "
+                       "(or reinstall itm)")
+    return path
+
+
+def shipped_card() -> dict:
+    """How the shipped models were trained and their measured Flickr8k test metrics."""
+    path = shipped_folder() / "card.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ItmError(f"shipped model card {path}: unreadable ({exc.__class__.__name__})") from None
+
+
+def search_checkpoints(shortlist: str | None, checkpoint: str | None, rerank: bool = True) -> tuple[str, str | None]:
+    """(shortlist, re-ranker) paths for an index: the shipped model for each one not given; no
+    re-ranker when ``rerank`` is False."""
+    short = shortlist if shortlist is not None else str(shipped_checkpoint(ROLES["shortlist"]))
+    if not rerank:
+        return short, None
+    return short, checkpoint if checkpoint is not None else str(shipped_checkpoint(ROLES["rerank"]))
+
+
+def portable_path(path: str | Path) -> str:
+    """How an index records a checkpoint: ``shipped:<name>`` for a shipped model (so the index still
+    opens after itm is reinstalled elsewhere), else the absolute path."""
+    resolved = Path(path).resolve()
+    for name in SHIPPED:
+        if resolved == (shipped_folder() / f"{name}.pt").resolve():
+            return f"shipped:{name}"
+    return str(resolved)
+
+
+def resolve_path(recorded: str) -> str:
+    """The checkpoint file an index's record names (the inverse of ``portable_path``)."""
+    if recorded.startswith("shipped:"):
+        return str(shipped_checkpoint(recorded.split(":", 1)[1]))
+    return recorded

@@ -1,0 +1,73 @@
+"""The public Python API (itm.load_model / build_index / open_index) on tiny checkpoints and photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import itm
+from itm.errors import DataError, ItmError
+from itm.evaluation.engine import score_pairs_naive
+
+from helpers import index_checkpoint, photo, photo_folder
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    return index_checkpoint(tmp_path / "bssan.pt", "bssan")
+
+
+def test_api_names_are_exported_lazily():
+    assert set(itm.__all__) >= {"load_model", "build_index", "open_index", "Model"}
+    with pytest.raises(AttributeError):
+        itm.no_such_name  # noqa: B018
+
+
+def test_score_is_images_by_captions_in_the_given_order(tiny, tmp_path):
+    model = itm.load_model(tiny)
+    red, blue = photo(tmp_path / "p" / "red.jpg", "red"), photo(tmp_path / "p" / "blue.png", "blue")
+    captions = ["a red square", "a blue dog", "a photo"]
+    scores = model.score([red, blue], captions)
+    assert scores.shape == (2, 3) and np.isfinite(scores).all()
+    # the same pairs asked in another order and one by one give the same numbers
+    swapped = model.score([blue, red], captions[::-1])
+    np.testing.assert_allclose(swapped, scores[::-1, ::-1], atol=1e-5)
+    features, encoded = model.image_features([red, blue]), model.encode_captions(captions)
+    pairs = [(i, c) for i in range(2) for c in range(3)]
+    with torch.inference_mode():
+        naive = score_pairs_naive(model.model, features, encoded, pairs).reshape(2, 3)
+    np.testing.assert_allclose(scores, naive, atol=1e-4)
+
+
+def test_score_bad_inputs_name_the_input(tiny, tmp_path):
+    model = itm.load_model(tiny)
+    red = photo(tmp_path / "red.jpg", "red")
+    with pytest.raises(DataError, match="caption 2"):
+        model.score([red], ["a red square", "  ,; "])
+    with pytest.raises(DataError, match="missing.jpg"):
+        model.score([tmp_path / "missing.jpg"], ["a red square"])
+    with pytest.raises(DataError, match="at least one"):
+        model.score([], ["a red square"])
+    with pytest.raises(ItmError, match="nothing.pt"):
+        itm.load_model(tmp_path / "nothing.pt")
+
+
+def test_explain_returns_the_declared_pictures(tiny, tmp_path):
+    model = itm.load_model(tiny)
+    figures = model.explain(photo(tmp_path / "red.jpg", "red"), "a red square")
+    assert figures and set(figures) <= set(model.model.attention_specs())
+    assert all(hasattr(f, "savefig") for f in figures.values())
+
+
+def test_build_then_open_an_index_and_search_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    dual, bssan = index_checkpoint(tmp_path / "dual.pt", "dual"), index_checkpoint(tmp_path / "bssan.pt", "bssan")
+    report = itm.build_index(photo_folder(tmp_path / "photos"), tmp_path / "idx", checkpoint=bssan, shortlist=dual)
+    assert report.images == 5 and len(report.skipped) == 3
+    searcher = itm.open_index(tmp_path / "idx")
+    hits = searcher.search("a red square", k=3)
+    assert len(hits) == 3 and hits[0].score >= hits[-1].score
+    assert searcher.path_of(hits[0].image_id).is_file()
+    assert searcher.explain_png(hits[0].image_id, "a red square")[:4] == b"\x89PNG"
