@@ -106,9 +106,9 @@ TRAIN_TINY = ["model.w2r_hidden=16", "model.w2r_mlp=[16]", "model.o2w_hidden=16"
 
 
 def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256, n_val: int = 32,
-              model_overrides: list[str] | None = None):
-    """A tiny model (BSSAN unless ``model_overrides`` picks another), its Trainer, and train/val
-    splits of one synthetic problem (val held out)."""
+              model_overrides: list[str] | None = None, device: str = "cpu"):
+    """A tiny model (BSSAN unless ``model_overrides`` picks another) on ``device``, its Trainer, and
+    train/val splits of one synthetic problem (val held out)."""
     train, vocab = synthetic_split(n_train, seed=seed, region_dim=DIM)
     val, _ = synthetic_split(n_val, seed=seed + 100, vocab=vocab, region_dim=DIM)
     model_part = TRAIN_TINY if model_overrides is None else [*model_overrides, "eval.memory_budget_mb=64"]
@@ -116,7 +116,7 @@ def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256,
                                 "train.epochs=2", "train.patience=10", f"train.seed={seed}", *overrides])
     dims = InputDims(word_dim=DIM, region_dim=DIM, object_dim=DIM, vocab_size=len(vocab))
     seed_everything(config.train.seed)
-    model = new_model(config, dims)
+    model = new_model(config, dims).to(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, config, run_dir,
                       lambda: model_payload(model, config, vocab, dims, {"backbone": "synthetic"}))

@@ -86,6 +86,27 @@ def test_all_pairs_exact_under_forced_tile_plans(name, plan, monkeypatch):
     np.testing.assert_allclose(scores, naive, rtol=1e-4, atol=1e-4)
 
 
+# bf16 autocast vs fp32: the largest |difference| over the matrix, relative to the largest |score|.
+# Measured on these tiny random models (torch 2.13 CPU autocast): 0.004 to 0.017 (bssan_sharp);
+# relative to the score std, 0.02 (dual, MLASM) to 0.3 (BSSAN, whose untrained scores barely
+# spread; 0.66 for bssan_o2w). Printed by: pytest tests/test_engine.py -k bf16 -s
+BF16_TOLERANCE = 0.03
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_bf16_matrix_stays_near_the_fp32_matrix(name):
+    model, features, captions, _ = reference(name)
+    exact = score_all_pairs(model, features, captions, memory_budget_mb=0.02, caption_tile=4)
+    bf16 = score_all_pairs(model, features, captions, memory_budget_mb=0.02, caption_tile=4, precision="bf16")
+    assert bf16.dtype == np.float32 and bf16.shape == exact.shape
+    diff = np.abs(bf16 - exact).max()
+    scale = np.abs(exact).max()
+    print(f"{name}: bf16 max |diff| {diff:.2e} = {diff / scale:.4f} of max |score|, {diff / exact.std():.3f} of the std")
+    assert diff > 0, "the bf16 scores equal the fp32 ones: autocast did not reach the model"
+    assert diff <= BF16_TOLERANCE * scale
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights alone
+
+
 def test_tilings_cover_partial_chunks_and_tiles():
     """Guard for the tests above: the budgets really produce ragged chunks and sub-chunk tiles."""
     model, features, captions, _ = reference("bssan")

@@ -29,6 +29,7 @@ class Model:
     def __init__(self, checkpoint: LoadedCheckpoint):
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
+        self.device = next(self.model.parameters()).device
 
     @property
     def name(self) -> str:
@@ -47,7 +48,8 @@ class Model:
             records.append(ImageRecord(str(path.resolve()), path.resolve(), "query", [], []))
         dataset = Dataset("images", Path("/"), records)
         config = self.checkpoint.config
-        features, _, _ = extract_features(dataset, config.features, cache_root(config) / "features", progress=False)
+        features, _, _ = extract_features(dataset, config.features, cache_root(config) / "features", progress=False,
+                                          device=self.device)
         return features
 
     def encode_captions(self, captions: Sequence[str]) -> Captions:
@@ -83,16 +85,19 @@ class Model:
         return pair_figures(explanation, image_array(image), features, 0, title=caption)
 
 
-def load_model(checkpoint: str | Path | None = None) -> Model:
-    """A checkpoint file or run folder for inference; the shipped BSSAN when none is given."""
+def load_model(checkpoint: str | Path | None = None, device: str | None = None) -> Model:
+    """A checkpoint file or run folder for inference, on ``device`` (``cpu``, ``cuda``, ``cuda:N``;
+    None: cuda when available); the shipped BSSAN when no checkpoint is given."""
+    from itm.devices import resolve_device
     from itm.shipped import ROLES, shipped_checkpoint
 
-    return Model(load_checkpoint(checkpoint if checkpoint is not None else shipped_checkpoint(ROLES["rerank"])))
+    path = checkpoint if checkpoint is not None else shipped_checkpoint(ROLES["rerank"])
+    return Model(load_checkpoint(path, device=resolve_device(device)))
 
 
 def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | None = None,
                 shortlist: str | Path | None = None, captions: str | Path | None = None, rerank: bool = True,
-                progress: bool = False):
+                progress: bool = False, device: str | None = None):
     """Index (or update the index of) a photo folder; returns the update's report. The shipped models
     are used for any model not given; ``captions`` (one a line) makes the index searchable by image."""
     from itm.retrieval.index import IndexStore, index_captions, update_index
@@ -101,7 +106,9 @@ def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | No
 
     short, matcher = search_checkpoints(None if shortlist is None else str(shortlist),
                                         None if checkpoint is None else str(checkpoint), rerank)
-    models = SearchModels(short, matcher)
+    from itm.devices import resolve_device
+
+    models = SearchModels(short, matcher, device=resolve_device(device))
     store = IndexStore(out)
     report = update_index(store, images, models, progress=progress)
     if captions is not None:
@@ -109,9 +116,10 @@ def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | No
     return report
 
 
-def open_index(index: str | Path):
+def open_index(index: str | Path, device: str | None = None):
     """A :class:`itm.retrieval.search.Searcher` over an index folder: ``search(text, k)``,
     ``search_image(bytes, name, k)``, ``explain_png(image_id, text)``, ``path_of(image_id)``."""
+    from itm.devices import resolve_device
     from itm.retrieval.search import Searcher
 
-    return Searcher(index)
+    return Searcher(index, device=resolve_device(device))

@@ -21,6 +21,7 @@ from itm.errors import ConfigError, shown
 from itm.registry import Registry
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
+PRECISIONS = ("fp32", "bf16")  # itm.devices.precision_context
 INT_LIMIT = 2**63  # integers beyond int64 cannot reach torch or numpy
 # what PyYAML raises besides YAMLError: ValueError for an integer too long for int() (CVE-2020-10735),
 # RecursionError for nesting deeper than Python's stack, UnicodeDecodeError for non-UTF-8 bytes
@@ -127,6 +128,7 @@ class TrainConfig:
     region_drop: float = 0.0  # fraction of each image's grid regions dropped per training step (augmentation)
     word_drop: float = 0.0  # probability of deleting each caption word per training step (augmentation)
     ema_decay: float = 0.0  # > 0: validate and keep a moving average of the weights (decay per step)
+    precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (itm.devices)
 
 
 @dataclass
@@ -136,6 +138,7 @@ class EvalConfig:
     image_tile: int = 128  # images per prepared chunk at most: the unit torchrun processes share
     caption_tile: int = 512
     memory_budget_mb: int = 1024
+    precision: str = "fp32"  # fp32 | bf16: autocast of scoring; the matrix stays float32 (itm.devices)
 
 
 @dataclass
@@ -375,8 +378,10 @@ def validate(config: Config) -> None:
                  positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience"),
                  non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes"),
                  fraction=("region_drop", "word_drop", "ema_decay"), optional_positive=("max_minutes", "threads"),
-                 choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine")})
-    check_fields("eval", config.eval, positive=("image_tile", "caption_tile", "memory_budget_mb"))
+                 choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine"),
+                          "precision": PRECISIONS})
+    check_fields("eval", config.eval, positive=("image_tile", "caption_tile", "memory_budget_mb"),
+                 choices={"precision": PRECISIONS})
     config.model.validate()
     from itm.losses import LOSSES  # late: keeps this module free of torch at import
 

@@ -1,7 +1,8 @@
 """torch.distributed for itm's commands, started the ecosystem's standard way: ``torchrun``.
 
-Under torchrun (WORLD_SIZE > 1 in the environment) the commands call ``setup()`` once: the process
-group uses NCCL on GPUs and gloo on CPUs. Without torchrun everything here is a no-op for one process.
+Under torchrun (WORLD_SIZE > 1 in the environment) the commands call ``setup(device)`` once: the
+process group uses NCCL on GPUs (each process on ``cuda:LOCAL_RANK``, see ``itm.devices``) and gloo
+on CPUs. Without torchrun everything here is a no-op for one process.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(timeout_minutes: float = 30.0) -> None:
-    """Join the process group when launched by torchrun (idempotent)."""
+def setup(device: torch.device | None = None, timeout_minutes: float = 30.0) -> None:
+    """Join the process group when launched by torchrun (idempotent): NCCL when the process computes
+    on a GPU (``device``, by default any visible one), gloo on the CPU."""
     if launched() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
+        on_gpu = torch.cuda.is_available() if device is None else device.type == "cuda"
+        if on_gpu:  # NCCL's collectives run on the current GPU: this process's own
+            torch.cuda.set_device(device if device is not None and device.index is not None
+                                  else int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(minutes=timeout_minutes))
         # a process group left to the interpreter's teardown can abort the process (SIGABRT seen
         # with gloo): wait for the others, then close it
         atexit.register(teardown)

@@ -64,12 +64,13 @@ def word_vectors(token_lists: list[list[str]], config: Config, progress: bool) -
 
 
 def prepare_split(dataset: Dataset, config: Config, vocab: Vocab, skip_bad: bool = False,
-                  progress: bool = True) -> PreparedSplit:
-    """Extract (or read cached) features for the dataset's images and encode its captions."""
+                  progress: bool = True, device: torch.device | str | None = None) -> PreparedSplit:
+    """Extract (or read cached) features for the dataset's images, the backbone on ``device`` (None:
+    the CPU), and encode its captions. The tensors returned stay on the CPU."""
     from itm.features.extract import extract_features
 
     features, kept, _ = extract_features(dataset, config.features, cache_root(config) / "features",
-                                         skip_bad=skip_bad, progress=progress)
+                                         skip_bad=skip_bad, progress=progress, device=device)
     tokens, owner = kept.caption_tokens()
     captions = encode_captions(tokens, vocab, config.data.max_words, word_vectors(tokens, config, progress))
     return PreparedSplit(kept, features, captions, owner)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from itm.commands import add_device_argument
+from itm.config import PRECISIONS
+
 HELP = "evaluate a checkpoint: R@1/5/10, median and mean rank, rsum (both directions)"
 
 
@@ -25,11 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="change a scoring switch of the saved config, e.g. --set model.global_context=pairwise")
     parser.add_argument("--scores", metavar="OUT.npy", help="also save the (images x captions) score matrix "
                         "(flickr protocol; the mean matrix for an ensemble)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="bf16: score under bf16 autocast (default: the checkpoint's eval.precision, fp32)")
     parser.add_argument("--no-progress", action="store_true")
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from itm.data.load import load_dataset
+    from itm.devices import resolve_device
     from itm.distributed import is_main, setup, world_size
     from itm.errors import ItmError
     from itm.evaluation.evaluate import Member, evaluate_ensemble
@@ -41,24 +48,28 @@ def run(args: argparse.Namespace) -> int:
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
     if args.scores and args.protocol != "flickr":
         raise ItmError("--scores saves the one matrix of the flickr protocol; drop it for coco1k / coco5k")
-    setup()  # under torchrun: each process scores its share of the images (itm.evaluation.engine)
+    device = resolve_device(args.device)
+    setup(device)  # under torchrun: each process scores its share of the images (itm.evaluation.engine)
     # all load before any long work
-    checkpoints = [load_checkpoint(path, args.overrides) for path in args.checkpoint]
+    checkpoints = [load_checkpoint(path, args.overrides, device) for path in args.checkpoint]
     dataset = load_dataset(args.data, args.split).split(args.split)
     if not len(dataset):
         raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")
     members, owners = [], []
     for ckpt in checkpoints:
         config = ckpt.config
-        split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress)
+        split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress,
+                              device=device)
         members.append(Member(ckpt.model, split.features, split.captions))
         owners.append(split.caption_to_image)
     if any(not np.array_equal(owner, owners[0]) for owner in owners):
         raise ItmError(f"dataset {args.data}: the checkpoints read different captions of split '{args.split}'")
     config = checkpoints[0].config
+    precision = args.precision or config.eval.precision
     result = evaluate_ensemble(members, owners[0], args.protocol, args.memory_mb or config.eval.memory_budget_mb,
                                config.eval.caption_tile, progress=not args.no_progress and is_main(),
-                               keep_scores=bool(args.scores), max_image_chunk=config.eval.image_tile)
+                               keep_scores=bool(args.scores), max_image_chunk=config.eval.image_tile,
+                               precision=precision)
     if not is_main():
         return 0  # rank 0 prints and writes
     if args.scores:
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         out["peak_rss_mb"] = peak_rss_mb()  # the whole process: data, model and the engine's tiles
         out["model"] = model_name
         out["processes"] = world_size()
+        out["device"], out["precision"] = str(device), precision
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

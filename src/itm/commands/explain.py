@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from itm.commands import add_device_argument
+
 HELP = "draw a pair's attention (W2R heat maps, O2W chart) or a query's top-5 retrieval sheet"
 
 
@@ -18,11 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-image", help="retrieval mode: image file name in the split -> top-5 captions")
     parser.add_argument("--query-caption", help="retrieval mode: caption text -> top-5 images")
     parser.add_argument("--top", type=int, default=5)
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from itm.devices import resolve_device
     from itm.errors import ItmError
 
+    args.device = resolve_device(args.device)  # the commands below load onto it
     if args.image or args.caption:
         if not (args.image and args.caption):
             raise ItmError("pair mode needs both --image PATH and --caption TEXT")
@@ -53,11 +58,12 @@ def explain_pair_command(args: argparse.Namespace) -> None:
     from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
     from itm.viz.render import save_figure
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, device=args.device)
     tokens = tokenize(args.caption)
     check_known_words(tokens, ckpt.vocab, args.caption)
     config = ckpt.config
-    prepared = prepare_split(_single_image_dataset(args.image, args.caption), config, ckpt.vocab, progress=False)
+    prepared = prepare_split(_single_image_dataset(args.image, args.caption), config, ckpt.vocab, progress=False,
+                             device=args.device)
     explanation = explain_pair(ckpt.model, prepared.features, 0, prepared.captions, 0, tokens)
     parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
     print(f"score {explanation.score:.3f}" + (f" ({parts})" if parts else ""))
@@ -84,9 +90,9 @@ def explain_retrieval_command(args: argparse.Namespace) -> None:
     )
     from itm.viz.render import save_figure
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, device=args.device)
     config = ckpt.config
-    split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab)
+    split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, device=args.device)
     images = split.dataset.images
     out = Path(args.out)
     if args.query_image:

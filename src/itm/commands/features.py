@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from itm.commands import add_device_argument
+
 HELP = "extract region-grid and object features of a dataset's images into the cache (resumable)"
 
 
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(parser)
 
 
 def _load(data: str, split: str | None):
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from itm.config import FeatureConfig
+    from itm.devices import resolve_device
     from itm.distributed import is_main, setup
     from itm.errors import ConfigError
     from itm.features.extract import extract_features
@@ -46,14 +50,15 @@ def run(args: argparse.Namespace) -> int:
     for name in ("image_size", "num_objects", "batch_size", "chunk_size", "threads"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {getattr(args, name)}")
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     settings = FeatureConfig(backbone=args.backbone, image_size=args.image_size, weights=args.weights,
                              proposals=args.proposals, num_objects=args.num_objects)
-    setup()  # under torchrun: each process extracts its share of the chunks into the one cache
+    setup(device)  # under torchrun: each process extracts its share of the chunks into the one cache
     dataset = _load(args.data, args.split)
     features, _, report = extract_features(dataset, settings, args.out, batch_size=args.batch_size,
                                            skip_bad=args.skip_bad, progress=not args.no_progress and is_main(),
-                                           chunk_size=args.chunk_size)
+                                           chunk_size=args.chunk_size, device=device)
     if not is_main():
         return 0
     if dataset.precomputed is not None:

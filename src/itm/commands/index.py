@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from itm.commands import add_device_argument
+
 HELP = "index a folder of photos (JPEG/PNG/WebP, recursively); a re-run adds, updates and drops files"
 
 
@@ -17,14 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-rerank", action="store_true", help="shortlist only: no cross-attention re-ranker")
     parser.add_argument("--captions", help="a caption collection to search by image: one caption a line (UTF-8)")
     parser.add_argument("--no-progress", action="store_true")
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from itm.devices import resolve_device
     from itm.retrieval.index import IndexStore, index_captions, update_index
     from itm.retrieval.search import SearchModels
     from itm.shipped import search_checkpoints
 
-    models = SearchModels(*search_checkpoints(args.shortlist, args.checkpoint, rerank=not args.no_rerank))
+    models = SearchModels(*search_checkpoints(args.shortlist, args.checkpoint, rerank=not args.no_rerank),
+                          device=resolve_device(args.device))
     store = IndexStore(args.out)
     report = update_index(store, args.images, models, progress=not args.no_progress)
     for path, reason in report.skipped:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from itm.commands import add_device_argument
+
 HELP = "pointing game: hit rate of each named object's peak word attention inside its boxes"
 
 
@@ -18,20 +20,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
     parser.add_argument("--pictures", metavar="DIR", help="draw misses of the worst categories into DIR")
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from itm.data.load import load_dataset
+    from itm.devices import resolve_device
     from itm.evaluation.grounding import pointing_cases
     from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
     from itm.pipeline import prepare_split
     from itm.training.checkpoint import load_checkpoint
 
+    device = resolve_device(args.device)
     boxes, categories = read_coco_boxes(args.boxes)
     words = word_table(categories, read_synonyms(args.synonyms) if args.synonyms else None)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, device=device)
     config = ckpt.config
-    split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False)
+    split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False, device=device)
     cases = pointing_cases(ckpt.model, split, boxes, words)
     result = summarise(cases, args.min_cases)
     print(format_summary(result, f"{config.model.name} on {args.data}"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from itm.commands import add_device_argument
+
 HELP = "search an index by text: the shortlist model's top candidates, re-ranked by the matcher"
 
 
@@ -16,15 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--rerank", type=int, default=50, help="shortlist size re-ranked exactly (0: none)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from itm.devices import resolve_device
     from itm.features.images import read_image_file
     from itm.retrieval.search import Searcher
 
-    searcher = Searcher(args.index)
+    searcher = Searcher(args.index, device=resolve_device(args.device))
     if args.image:
         hits = searcher.search_image(read_image_file(args.image), Path(args.image).name, args.k, args.rerank)
         rows = [{"rank": n + 1, "caption_id": h.caption_id, "text": h.text, "score": round(h.score, 5),

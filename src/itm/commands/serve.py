@@ -6,6 +6,8 @@ import argparse
 import ipaddress
 import sys
 
+from itm.commands import add_device_argument
+
 HELP = "serve an index over HTTP: POST /search, GET /images/{id}, /thumbnails/{id}, /explain, and a web page at /"
 
 
@@ -14,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--allow-remote", action="store_true", help="required to bind a non-loopback --host")
+    add_device_argument(parser)
 
 
 def is_loopback(host: str) -> bool:
@@ -26,8 +29,10 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from itm.devices import resolve_device
     from itm.errors import ItmError
 
+    device = resolve_device(args.device)  # a bad --device fails before anything is bound
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise ItmError(f"--host {args.host} is reachable from other machines: add --allow-remote to mean it")
@@ -38,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.retrieval.search import Searcher
     from itm.service.app import create_app
 
-    app = create_app(Searcher(args.index))
+    app = create_app(Searcher(args.index, device=device))
     print(f"serving {args.index} at http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from itm.commands import add_device_argument
+
 HELP = "train a model (BSSAN by default); --resume continues a run (--set train.* may extend it)"
 
 
@@ -15,21 +17,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set model.w2r_hidden=256 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_argument(parser)  # bf16: --set train.precision=bf16
 
 
 def run(args: argparse.Namespace) -> int:
     from itm.config import load_config
+    from itm.devices import resolve_device
     from itm.errors import ItmError
     from itm.training.run import train_run
 
+    device = resolve_device(args.device)
     if args.resume:
         if args.data or args.out:
             raise ItmError("--resume takes its data and run folder from RUN_DIR: drop --data and --out")
         train_run(None, None, args.resume, resume=True, progress=not args.no_progress,
-                  resume_overrides=args.overrides)
+                  resume_overrides=args.overrides, device=device)
         return 0
     if not args.data or not args.out:
         raise ItmError("itm train needs --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
     config = load_config(args.config, args.overrides)
-    train_run(config, args.data, args.out, progress=not args.no_progress)
+    train_run(config, args.data, args.out, progress=not args.no_progress, device=device)
     return 0

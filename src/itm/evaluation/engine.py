@@ -4,6 +4,9 @@ The engine walks the [n_images, n_captions] matrix: per-image work is done once 
 per-caption work once per caption tile, and ``Matcher.score_block`` scores each image x caption
 tile as one batched computation. Captions are sorted by length so that a tile's recurrence runs
 only as many steps as its longest caption. Per-pair tensors exist for one tile at a time.
+
+Everything runs on the model's device; ``precision="bf16"`` scores under bf16 autocast and the
+matrix is float32 either way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from itm.data.types import Captions, ImageFeatures
+from itm.devices import precision_context
 from itm.models.base import Matcher, State, select_state
 
 FLOAT_BYTES = 4
@@ -78,17 +82,18 @@ def on_device(captions: Captions, device: torch.device) -> Captions:
 @torch.inference_mode()
 def score_all_pairs(model: Matcher, features: ImageFeatures, captions: Captions,
                     memory_budget_mb: float = 1024, caption_tile: int = 512,
-                    progress: bool = False, max_image_chunk: int = 128) -> np.ndarray:
-    """Scores of every image x caption pair, (n_images, n_captions) float32, exact. Inputs may live
-    on the CPU whatever the model's device; the matrix comes back on the CPU. Under torchrun each
+                    progress: bool = False, max_image_chunk: int = 128, precision: str = "fp32") -> np.ndarray:
+    """Scores of every image x caption pair, (n_images, n_captions) float32, exact at fp32. Inputs may
+    live on the CPU whatever the model's device; the matrix comes back on the CPU. Under torchrun each
     process scores a contiguous share of the image chunks and every process gets the whole matrix,
-    equal to one process's bit for bit."""
+    equal to one process's bit for bit. ``precision``: fp32 | bf16 (autocast; see docs/distributed.md
+    for the measured difference)."""
     from itm.distributed import gather_rows, shard, world_size
 
     n_img, n_cap = len(features), len(captions)
     if n_img == 0 or n_cap == 0:
         return np.zeros((n_img, n_cap), dtype=np.float32)
-    with eval_mode(model):
+    with eval_mode(model), precision_context(model_device(model), precision):
         plan = plan_tiles(model, features, captions, memory_budget_mb, caption_tile, max_image_chunk)
         starts = list(range(0, n_img, plan.image_chunk))
         mine = starts[shard(len(starts))]  # all of them in one process
@@ -107,7 +112,8 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
     ordered = captions.select(order)
     first = starts[0] if starts else 0
     last = min(starts[-1] + plan.image_chunk, n_img) if starts else 0
-    scores = torch.empty(last - first, n_cap)
+    # filled and reordered where the blocks are computed: one copy to the CPU at the end
+    scores = torch.empty(last - first, n_cap, dtype=torch.float32, device=device)
     bar = tqdm(total=(last - first) * n_cap, desc="scoring pairs", unit="pair", unit_scale=True,
                disable=not progress, leave=False)
     for i0 in starts:
@@ -124,12 +130,12 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
                 rows = slice(j0, min(j0 + plan.image_tile, n_chunk))
                 block = model.score_block(select_state(images, rows), caption_state)  # (ni, nc)
                 top = chunk.start - first + rows.start
-                scores[top : top + rows.stop - rows.start, c0 : c0 + len(tile)] = block.cpu()
+                scores[top : top + rows.stop - rows.start, c0 : c0 + len(tile)] = block.float()
                 bar.update(block.numel())
     bar.close()
     result = torch.empty_like(scores)
-    result[:, order] = scores  # back to the callers' caption order
-    return result.numpy()
+    result[:, order.to(device)] = scores  # back to the callers' caption order
+    return result.cpu().numpy()
 
 
 @torch.inference_mode()

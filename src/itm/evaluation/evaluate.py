@@ -28,18 +28,20 @@ class Member:
 
 def evaluate_model(model: Matcher, features: ImageFeatures, captions: Captions, caption_to_image: np.ndarray,
                    protocol: str = "flickr", memory_budget_mb: int = 1024, caption_tile: int = 512,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """Score all pairs the protocol needs with the engine; the ``itm eval --json`` dict."""
     return evaluate_ensemble([Member(model, features, captions)], caption_to_image, protocol, memory_budget_mb,
-                             caption_tile, progress)
+                             caption_tile, progress, precision=precision)
 
 
 def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, protocol: str = "flickr",
                       memory_budget_mb: int = 1024, caption_tile: int = 512,
-                      progress: bool = False, keep_scores: bool = False, max_image_chunk: int = 128) -> dict[str, Any]:
+                      progress: bool = False, keep_scores: bool = False, max_image_chunk: int = 128,
+                      precision: str = "fp32") -> dict[str, Any]:
     """Like ``evaluate_model`` with the mean of the members' score matrices as the score (the
     ensembles SCAN-era papers report). Every member must cover the same images and captions.
-    ``keep_scores``: the last block scored is returned under "scores" (flickr: the whole matrix)."""
+    ``keep_scores``: the last block scored is returned under "scores" (flickr: the whole matrix).
+    ``precision``: fp32 | bf16 autocast of the scoring (``score_all_pairs``)."""
     if not members:
         raise ValueError("evaluate_ensemble: no members")
     for member in members:
@@ -51,7 +53,8 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
     def score_block(image_idx: np.ndarray, caption_idx: np.ndarray) -> np.ndarray:
         images, caps = torch.as_tensor(image_idx), torch.as_tensor(caption_idx)
         total = sum(score_all_pairs(m.model, m.features.select(images), m.captions.select(caps), memory_budget_mb,
-                                    caption_tile, progress=progress, max_image_chunk=max_image_chunk)
+                                    caption_tile, progress=progress, max_image_chunk=max_image_chunk,
+                                    precision=precision)
                     for m in members)
         kept["scores"] = total / len(members)
         return kept["scores"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from itm.data.types import Captions
 from itm.errors import DataError, ItmError
-from itm.evaluation.engine import eval_mode
+from itm.evaluation.engine import eval_mode, model_device, on_device
 from itm.evaluation.pointing import ImageBoxes, PointingCase, point
 from itm.models.base import Matcher
 from itm.pipeline import PreparedSplit
@@ -46,9 +46,11 @@ def attention_rows(model: Matcher, split: PreparedSplit, image: int, key: str) -
     steps = int(picked.lengths.max())
     picked = Captions(picked.ids[:, :steps], picked.lengths, None if picked.vectors is None else picked.vectors[:, :steps])
     index = torch.full((len(caps),), image)
+    device = model_device(model)
+    streams = {k: v.to(device) for k, v in split.features.streams(model.image_streams, index).items()}
     with eval_mode(model):
-        maps = model(split.features.streams(model.image_streams, index), picked, return_attention=True).attention[key]
-    return [maps[i, : int(picked.lengths[i])].float().numpy() for i in range(len(caps))]
+        maps = model(streams, on_device(picked, device), return_attention=True).attention[key].float().cpu()
+    return [maps[i, : int(picked.lengths[i])].numpy() for i in range(len(caps))]
 
 
 def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageBoxes],

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from itm.config import FeatureConfig
 from itm.data.types import Dataset, ImageFeatures, ImageRecord
+from itm.devices import as_device
 from itm.distributed import shard, world_size
 from itm.errors import DataError
 from itm.features.backbones import Backbone, build_backbone
@@ -84,18 +85,20 @@ def read_image_bytes(record: ImageRecord) -> bytes:
 
 
 class Extractor:
-    """Backbone + proposals + RoIAlign for one FeatureConfig."""
+    """Backbone + proposals + RoIAlign for one FeatureConfig. The backbone runs on ``device``;
+    proposals and pooling, many tiny ops, stay on the CPU with the map."""
 
-    def __init__(self, settings: FeatureConfig):
+    def __init__(self, settings: FeatureConfig, device: torch.device | str | None = None):
         self.settings = settings
-        self.backbone = build_backbone(settings)
+        self.device = as_device(device)
+        self.backbone = build_backbone(settings).to(self.device)
         self.proposals = build_proposals(settings)
         self.info = extractor_settings(settings, self.backbone, self.proposals)
 
     @torch.inference_mode()
     def grid(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) pixels in 0..255 -> (B, C, h, w) activation map."""
-        return self.backbone.feature_map(pixels)
+        """(B, 3, S, S) pixels in 0..255 -> (B, C, h, w) activation map, on the CPU."""
+        return self.backbone.feature_map(pixels.to(self.device)).cpu()
 
     @torch.inference_mode()
     def objects(self, fmap: torch.Tensor, sizes: list[tuple[int, int]], filenames: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,6 +233,7 @@ def extract_features(
     skip_bad: bool = False,
     progress: bool = True,
     chunk_size: int = CHUNK_SIZE,
+    device: torch.device | str | None = None,
 ) -> tuple[ImageFeatures, Dataset, ExtractionReport]:
     """Features for every image of ``dataset``, extracting only what the cache lacks.
 
@@ -237,7 +241,7 @@ def extract_features(
     skipped as bad, a report). Without ``skip_bad`` the first bad image raises DataError naming it;
     chunks finished before it stay in the cache. ``cache_root``: default ``settings.cache_dir`` /
     features, else ``default_cache_root()``. A dataset with ``precomputed`` features is returned as
-    is (no extraction).
+    is (no extraction). ``device``: where the backbone runs (None: the CPU); the cache is the same.
     """
     started = time.perf_counter()
     report = ExtractionReport(images=len(dataset))
@@ -245,7 +249,7 @@ def extract_features(
         return precomputed_features(dataset, settings), dataset, report
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
-    extractor = Extractor(settings)
+    extractor = Extractor(settings, device)
     if cache_root is None:
         cache_root = Path(settings.cache_dir).expanduser() / "features" if settings.cache_dir else default_cache_root()
     cache = FeatureCache.under(cache_root, extractor.info)

@@ -75,6 +75,8 @@ def siamese_objective(batch: TrainingBatch, aligned: AlignedScorer, block: Align
     mine = batch.my_rows()
     b = len(mine)
     rows = torch.cat([mine, *(len(caps) * (k + 1) + mine for k in range(cfg.negatives))])
+    # indices and masks join the inputs on the model's device (sampling stays on the CPU generator)
+    rows, negative = rows.to(captions.ids.device), negative.to(captions.ids.device)
     parts = aligned({k: v[rows] for k, v in streams.items()}, captions.select(rows), negative[rows])
     hinge = LOSSES.get("pairwise_hinge")
     return sum(weights.get(name, 1.0) * hinge(s[:b], s[b:].view(cfg.negatives, b).t(), cfg.margin)
@@ -91,7 +93,8 @@ def in_batch_objective(batch: TrainingBatch, aligned: AlignedScorer, block: Alig
     images = batch.images  # (B,)
     positives = images[:, None] == images[None, :]  # (B, B)
     streams, captions = batch.inputs(images, batch.caps)
-    mine = batch.my_rows()
+    positives = positives.to(captions.ids.device)  # the losses' mask lives with the scores
+    mine = batch.my_rows().to(captions.ids.device)
     # this process scores its images against every caption of the global batch; the rows of all
     # processes are gathered (autograd-aware), so the loss sees the whole global batch's negatives
     parts = block({k: v[mine] for k, v in streams.items()}, captions, positives[mine])

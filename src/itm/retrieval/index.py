@@ -256,7 +256,8 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
     if firsts:
         records = [ImageRecord(path, root / path, "index", [], []) for path in firsts.values()]
         features, kept, extraction = extract_features(Dataset("index", root, records), models.features,
-                                                      models.cache_root(), skip_bad=True, progress=progress)
+                                                      models.cache_root(), skip_bad=True, progress=progress,
+                                                      device=models.device)
         plan.skipped += extraction.skipped
         if len(kept):
             vectors = models.image_vectors(features)  # (n, d)

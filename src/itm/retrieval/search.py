@@ -21,7 +21,9 @@ import torch
 from itm.data.encode import encode_captions
 from itm.data.tokenize import tokenize
 from itm.data.types import Captions, ImageFeatures
+from itm.devices import as_device
 from itm.errors import DataError, ItmError
+from itm.evaluation.engine import on_device
 from itm.features.cache import FeatureCache, content_key
 from itm.models.base import State, select_state
 from itm.retrieval.index import IndexStore
@@ -32,16 +34,19 @@ MAX_QUERY_CHARS = 500
 
 
 class SearchModels:
-    """The shortlist model (indexable) and the re-ranking matcher (optional), on one feature setting."""
+    """The shortlist model (indexable) and the re-ranking matcher (optional), on one feature setting,
+    both on ``device`` (None: the CPU), where the backbone of new photos also runs."""
 
-    def __init__(self, shortlist: str | Path, reranker: str | Path | None = None):
+    def __init__(self, shortlist: str | Path, reranker: str | Path | None = None,
+                 device: torch.device | str | None = None):
+        self.device = as_device(device)
         self.paths = {"shortlist": portable_path(shortlist),
                       "rerank": None if reranker is None else portable_path(reranker)}
-        self.shortlist = load_checkpoint(shortlist)
+        self.shortlist = load_checkpoint(shortlist, device=self.device)
         if not self.shortlist.model.indexable:
             raise ItmError(f"--shortlist {shortlist}: model '{self.shortlist.config.model.name}' cannot be indexed "
                            "(it has no per-image vector); use a dual encoder checkpoint")
-        self.reranker = None if reranker is None else load_checkpoint(reranker)
+        self.reranker = None if reranker is None else load_checkpoint(reranker, device=self.device)
         if self.reranker is not None and feature_key(self.reranker) != feature_key(self.shortlist):
             raise ItmError(f"--checkpoint {reranker} and --shortlist {shortlist} were trained on different image "
                            f"features ({feature_key(self.reranker)} vs {feature_key(self.shortlist)})")
@@ -61,11 +66,18 @@ class SearchModels:
     def vector_dim(self) -> int:
         return int(self.shortlist.config.model.embed_dim)
 
+    def streams(self, model, features: ImageFeatures, index: slice | None = None) -> dict[str, torch.Tensor]:
+        """The image streams ``model`` reads, of the rows ``index``, on the models' device."""
+        return {k: v.to(self.device) for k, v in features.streams(model.image_streams, index).items()}
+
+    def captions(self, captions: Captions) -> Captions:
+        return on_device(captions, self.device)
+
     @torch.inference_mode()
     def image_vectors(self, features: ImageFeatures, chunk: int = 512) -> np.ndarray:
         model = self.shortlist.model.eval()
-        return np.concatenate([model.encode_images(features.streams(model.image_streams, slice(s, s + chunk)))
-                               .float().numpy() for s in range(0, len(features), chunk)])
+        return np.concatenate([model.encode_images(self.streams(model, features, slice(s, s + chunk)))
+                               .float().cpu().numpy() for s in range(0, len(features), chunk)])
 
     @torch.inference_mode()
     def caption_vectors(self, texts: list[str], chunk: int = 1024) -> np.ndarray:
@@ -80,12 +92,13 @@ class SearchModels:
         out = []
         for s in range(0, len(tokens), chunk):
             captions = encode_captions(tokens[s : s + chunk], self.shortlist.vocab, self.shortlist.config.data.max_words)
-            out.append(model.encode_captions(captions).float().numpy())
+            out.append(model.encode_captions(self.captions(captions)).float().cpu().numpy())
         return np.concatenate(out)
 
     def query_captions(self, text: str, ckpt: LoadedCheckpoint) -> Captions:
+        """The query encoded for ``ckpt``'s vocabulary, on the models' device."""
         tokens = query_tokens(text)
-        return encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words)
+        return self.captions(encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words))
 
 
 def query_tokens(text: str) -> list[str]:
@@ -133,14 +146,15 @@ class Searcher:
     """Text queries over one index folder."""
 
     def __init__(self, index: str | Path, models: SearchModels | None = None, approximate_above: int = 100_000,
-                 state_cache: int = 4096):
+                 state_cache: int = 4096, device: torch.device | str | None = None):
+        """``device``: where the index's models are loaded when ``models`` is None (None: the CPU)."""
         self.store = IndexStore(index)
         if self.store.meta("root") is None:
             raise DataError(f"index {index}: empty or not an itm index (build it with itm index)")
         if models is None:
             saved = self.store.meta("checkpoints")
             models = SearchModels(resolve_path(saved["shortlist"]),
-                                  None if saved["rerank"] is None else resolve_path(saved["rerank"]))
+                                  None if saved["rerank"] is None else resolve_path(saved["rerank"]), device=device)
         self.store.check_identity(models.identity())
         self.models = models
         self.images = self.store.images()  # sha1 -> (image id, row)
@@ -165,7 +179,7 @@ class Searcher:
     def shortlist(self, text: str, k: int) -> tuple[list[str], np.ndarray]:
         """The top ``k`` photos (sha1) by the shortlist model, with their scores."""
         model = self.models.shortlist.model.eval()
-        query = model.encode_captions(self.models.query_captions(text, self.models.shortlist)).float().numpy()
+        query = model.encode_captions(self.models.query_captions(text, self.models.shortlist)).float().cpu().numpy()
         scores, rows = self.faiss.search(np.ascontiguousarray(query, dtype=np.float32), min(k, len(self)))
         keep = rows[0] >= 0
         return [self.sha1_of_row[int(r)] for r in rows[0][keep]], scores[0][keep]
@@ -177,7 +191,7 @@ class Searcher:
         model = ckpt.model.eval()
         captions = self.models.query_captions(text, ckpt)
         images = self.prepared(sha1s)
-        return model.score_block(images, model.prepare_captions(captions))[:, 0].float().numpy()
+        return model.score_block(images, model.prepare_captions(captions))[:, 0].float().cpu().numpy()
 
     def prepared(self, sha1s: list[str]) -> State:
         """The re-ranker's per-image states of ``sha1s`` stacked, computing only the missing ones."""
@@ -185,7 +199,7 @@ class Searcher:
         if missing:
             model = self.models.reranker.model
             features = self.feature_rows(missing)
-            state = model.prepare_images(features.streams(model.image_streams))
+            state = model.prepare_images(self.models.streams(model, features))  # kept on the device
             for i, sha1 in enumerate(missing):
                 self._states[sha1] = select_state(state, slice(i, i + 1))
         for sha1 in sha1s:
@@ -247,7 +261,7 @@ class Searcher:
         features = self.feature_rows([self.sha1_of_id[image_id]])
         tokens = query_tokens(text)
         captions = encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words)
-        explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)
+        explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)  # moves them to the model
         figures = pair_figures(explanation, image_array(path), features, 0, title=text)
         if not figures:
             raise ItmError(f"model '{ckpt.config.model.name}' declares no attention that can be drawn")
@@ -274,9 +288,9 @@ class Searcher:
             ckpt = self.models.reranker
             model = ckpt.model.eval()
             tokens = [tokenize(self.caption_texts[r]) for r in rows]
-            captions = encode_captions(tokens, ckpt.vocab, ckpt.config.data.max_words)
-            images = model.prepare_images(features.streams(model.image_streams))
-            scores = model.score_block(images, model.prepare_captions(captions))[0].float().numpy()
+            captions = self.models.captions(encode_captions(tokens, ckpt.vocab, ckpt.config.data.max_words))
+            images = model.prepare_images(self.models.streams(model, features))
+            scores = model.score_block(images, model.prepare_captions(captions))[0].float().cpu().numpy()
         order = np.argsort(-scores, kind="stable")[:k]
         return [CaptionHit(int(rows[i]), self.caption_texts[rows[i]], float(scores[i]), float(short[i])) for i in order]
 
@@ -293,7 +307,7 @@ class Searcher:
             path.write_bytes(data)
             record = ImageRecord(safe, path, "query", [], [])
             features, _, _ = extract_features(Dataset("upload", Path(folder), [record]), self.models.features,
-                                              self.models.cache_root(), progress=False)
+                                              self.models.cache_root(), progress=False, device=self.models.device)
         return features
 
 

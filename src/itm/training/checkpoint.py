@@ -18,6 +18,7 @@ import torch
 
 from itm.config import Config, apply_overrides
 from itm.data.vocab import Vocab
+from itm.devices import as_device
 from itm.errors import ItmError
 from itm.models.base import Matcher, WordEmbedder
 from itm.models.registry import InputDims, build_model
@@ -52,7 +53,7 @@ def model_payload(model: Matcher, config: Config, vocab: Vocab, dims: InputDims,
                   feature_settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
-        "model": model.state_dict(),
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},  # readable without a GPU
         "config": config.to_dict(),
         "vocab": vocab.to_list(),
         "dims": dataclasses.asdict(dims),
@@ -111,9 +112,12 @@ def _payload_problem(payload: dict[str, Any]) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> LoadedCheckpoint:
-    """Rebuild the model (eval mode) and its metadata from a checkpoint file or run folder: the one
-    loader for inference. ``config.features`` are the extractor settings the model was trained on.
+def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
+                    device: torch.device | str | None = None) -> LoadedCheckpoint:
+    """Rebuild the model (eval mode, on ``device``; None: the CPU) and its metadata from a checkpoint
+    file or run folder: the one loader for inference. ``config.features`` are the extractor settings
+    the model was trained on. The file is read onto the CPU and the model moved after, so a checkpoint
+    written on any device loads on any other.
 
     ``overrides`` (``model.global_context=pairwise``, ...) change the saved config before the model
     is built: switches that leave the weights' shapes alone; anything else fails to load in one line."""
@@ -129,7 +133,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None) -> Loa
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise ItmError(f"checkpoint {path}: its weights do not fit model '{config.model.name}' as configured "
                        f"({first}); retrain, or load it with the itm version that wrote it") from None
-    model.eval()
+    model.to(as_device(device)).eval()
     # new images must be extracted exactly as the model's training images were
     saved = dataclasses.asdict(config.features)
     config.features = feature_config({**saved, **payload["feature_settings"], "cache_dir": saved["cache_dir"]})

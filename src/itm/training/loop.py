@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 
 from itm.config import Config, TrainConfig
 from itm.data.types import Captions
+from itm.devices import precision_context
 from itm.distributed import is_main, shard, world_size
 from itm.errors import ItmError
-from itm.evaluation.engine import score_all_pairs
+from itm.evaluation.engine import model_device, on_device, score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models.base import Matcher
 from itm.models.objectives import OBJECTIVES, TrainingBatch
@@ -84,12 +85,15 @@ def batch_captions(captions: Captions, index: torch.Tensor) -> Captions:
 def training_inputs(model: Matcher, split: PreparedSplit, images: torch.Tensor, caps: torch.Tensor,
                     cfg: TrainConfig, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], Captions]:
     """The image streams the model reads and the captions of one step, with train.region_drop /
-    train.word_drop applied (the whole-image vector stays that of the full grid)."""
+    train.word_drop applied (the whole-image vector stays that of the full grid), on the model's
+    device. Augmentation draws on the CPU from the loop's generator, so a run's random stream is
+    the same on every device."""
     streams = split.features.streams(model.image_streams, images)
     if "regions" in streams:
         streams["regions"] = drop_regions(streams["regions"], cfg.region_drop, gen)  # (B, D', M)
     captions = drop_words(batch_captions(split.captions, caps), cfg.word_drop, gen)
-    return streams, captions
+    device = model_device(model)
+    return {k: v.to(device) for k, v in streams.items()}, on_device(captions, device)
 
 
 def training_batch(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
@@ -126,12 +130,14 @@ def loss_function(model: Matcher) -> Callable[[TrainingBatch], torch.Tensor]:
 
 def validate(model: Matcher, split: PreparedSplit, config: Config) -> dict[str, Any]:
     scores = score_all_pairs(model, split.features, split.captions, config.eval.memory_budget_mb,
-                             config.eval.caption_tile)
+                             config.eval.caption_tile, precision=config.eval.precision)
     return retrieval_metrics(scores, split.caption_to_image)
 
 
 class Trainer:
-    """Runs epochs over a prepared train split, validates, checkpoints into ``run_dir``."""
+    """Runs epochs over a prepared train split, validates, checkpoints into ``run_dir``. Computes on
+    the model's device (move the model before building the Trainer): the optimiser and the weight
+    average are created there."""
 
     def __init__(self, model: Matcher, config: Config, run_dir: Path, meta: Callable[[], dict[str, Any]]):
         self.model = model
@@ -204,7 +210,9 @@ class Trainer:
             while self.state.step < steps_per_epoch:
                 s = self.state.step
                 caps = order[s * self.cfg.batch_size : (s + 1) * self.cfg.batch_size]
-                loss = self.loss(training_batch(self.model, train, caps, owner, self.cfg, gen))
+                with precision_context(model_device(self.model), self.cfg.precision):
+                    loss = self.loss(training_batch(self.model, train, caps, owner, self.cfg, gen))
+                loss = loss.float()  # the backward pass runs outside autocast, as torch recommends
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "
                                            f"{self.last_good()} (try a lower train.lr)")

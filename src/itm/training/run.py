@@ -15,6 +15,7 @@ import torch
 
 from itm.config import Config, apply_overrides, save_config
 from itm.data.load import load_dataset
+from itm.devices import as_device
 from itm.distributed import is_main, setup, world_size
 from itm.errors import ItmError
 from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
@@ -56,11 +57,14 @@ def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Co
 
 
 def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
-              progress: bool = True, log=print, resume_overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train (or resume) a run; returns the summary also written to RUN_DIR/summary.json."""
+              progress: bool = True, log=print, resume_overrides: list[str] | None = None,
+              device: torch.device | str | None = None) -> dict[str, Any]:
+    """Train (or resume) a run on ``device`` (None: the CPU); returns the summary also written to
+    RUN_DIR/summary.json. A run may be resumed on another device than the one it started on."""
     run_dir = Path(run_dir)
+    device = as_device(device)
     payload = None
-    setup()  # under torchrun: join the process group (each process trains on its share of every batch)
+    setup(device)  # under torchrun: join the process group (each process trains on its share of every batch)
     log = log if is_main() else (lambda *args, **kwargs: None)
     if resume:
         config, data_dir, payload = resume_inputs(run_dir, resume_overrides)
@@ -77,13 +81,13 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     vocab = build_vocab(train_set, config)
     table, word_dim, coverage = initial_word_table(vocab, config)
     log(f"vocabulary: {len(vocab)} words from the train split; {coverage}")
-    train = prepare_split(train_set, config, vocab, progress=progress)
-    val = prepare_split(val_set, config, vocab, progress=progress).head(config.train.val_images)
+    train = prepare_split(train_set, config, vocab, progress=progress, device=device)
+    val = prepare_split(val_set, config, vocab, progress=progress, device=device).head(config.train.val_images)
     dims = input_dims(train, vocab, word_dim)
     log(f"data ready in {time.time() - t0:.0f} s: {len(train.dataset)} train images, "
         f"{len(train.captions)} captions; validation on {len(val.dataset)} images")
     seed_everything(config.train.seed)
-    model = new_model(config, dims, table)
+    model = new_model(config, dims, table).to(device)  # before the Trainer builds its optimiser
     settings = train.features.settings or {}
     trainer = Trainer(model, config, run_dir, lambda: model_payload(model, config, vocab, dims, settings))
     if payload is not None:

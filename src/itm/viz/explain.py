@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
 from itm.errors import ItmError
+from itm.evaluation.engine import model_device, on_device
 from itm.features.images import load_image
 from itm.models.base import AttentionSpec, Matcher, PairScores
 from itm.viz.attention import object_word_figure, word_attention_figure, word_weights_figure
@@ -42,14 +43,16 @@ def check_known_words(tokens: list[str], vocab: Vocab, caption: str) -> None:
 @torch.inference_mode()
 def explain_pair(model: Matcher, features: ImageFeatures, image_index: int, captions: Captions,
                  caption_index: int, tokens: list[str]) -> PairExplanation:
-    """Run one pair through the model's forward with attention maps returned."""
+    """Run one pair through the model's forward (on the model's device) with attention maps returned."""
     model.eval()
+    device = model_device(model)
     one = captions.select(slice(caption_index, caption_index + 1))
     n = int(one.lengths[0])
     one = Captions(one.ids[:, :n], one.lengths, None if one.vectors is None else one.vectors[:, :n])
-    out: PairScores = model(features.streams(model.image_streams, slice(image_index, image_index + 1)), one,
+    streams = features.streams(model.image_streams, slice(image_index, image_index + 1))
+    out: PairScores = model({k: v.to(device) for k, v in streams.items()}, on_device(one, device),
                             return_attention=True)
-    attention = {name: att[0].float().numpy() for name, att in out.attention.items()}
+    attention = {name: att[0].float().cpu().numpy() for name, att in out.attention.items()}
     return PairExplanation(tokens[:n], float(out.score[0]), {k: float(v[0]) for k, v in out.parts.items()},
                            attention, model.attention_specs())
 
