@@ -169,5 +169,7 @@ def test_indexable_models_score_by_an_inner_product_of_item_vectors(name):
 
 def test_cli_models_lists_every_model(capsys):
     assert cli.main(["models"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()]
+    registry, shipped = capsys.readouterr().out.split("\n\n")
+    listed = [line.split()[0] for line in registry.splitlines()]
     assert sorted(listed) == sorted(VARIANTS)
+    assert shipped.startswith("shipped")
