@@ -28,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from itm.retrieval.search import SearchModels
     from itm.shipped import search_checkpoints
 
+    device = resolve_device(args.device)  # a bad --device is named before anything else
     models = SearchModels(*search_checkpoints(args.shortlist, args.checkpoint, rerank=not args.no_rerank),
-                          device=resolve_device(args.device))
+                          device=device)
     store = IndexStore(args.out)
     report = update_index(store, args.images, models, progress=not args.no_progress)
     for path, reason in report.skipped:
