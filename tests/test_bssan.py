@@ -261,11 +261,12 @@ def test_feature_norm_makes_the_score_blind_to_feature_scale():
     assert not torch.allclose(b, c)  # without it, the scale matters
 
 
+@pytest.mark.parametrize("space", [0, 5])
 @pytest.mark.parametrize("name", ["bssan", "bssan_w2r", "bssan_o2w"])
-def test_extensions_keep_all_pairs_scoring_exact(name):
+def test_extensions_keep_all_pairs_scoring_exact(name, space):
     """score_block (the evaluation engine's path) == forward with every extension switched on."""
     model, _ = tiny_model(name, "model.attention_scale=6", "model.match_input=true", "model.feature_norm=true",
-                          "model.w2r_context=4")
+                          "model.w2r_context=4", f"model.w2r_space={space}")
     model.eval()
     captions, (regions, objects) = make_captions(LENGTHS), make_images(3)
     with torch.no_grad():
@@ -385,3 +386,22 @@ def test_align_weight_needs_the_w2r_branch_and_is_not_negative():
         tiny_model("bssan_o2w", "model.align_weight=1")
     with pytest.raises(ConfigError, match="align_weight"):
         tiny_model("bssan", "model.align_weight=-1")
+
+
+def test_w2r_space_aligns_by_cosine_in_a_shared_space():
+    model, _ = tiny_model("bssan_w2r", "model.w2r_space=6")
+    model.eval()
+    regions, objects = make_images(2)
+    captions = make_captions([3, 4])
+    w2r = model.branches["w2r"]
+    assert not hasattr(w2r, "bilinear")  # the paper's W and b are replaced, not left untrained
+    with torch.no_grad():
+        attention = model(streams(regions, objects), captions, return_attention=True).attention["w2r"]
+        words = model.word_vectors(captions)
+        inputs = model.visual_inputs(streams(regions, objects))["w2r"]
+        for b in range(2):
+            steps = int(captions.lengths[b])
+            q = torch.nn.functional.normalize(words[b, :steps] @ w2r.word_proj.weight.t(), dim=-1)
+            k = torch.nn.functional.normalize(inputs[b] @ w2r.region_proj.weight.t(), dim=-1)
+            expected = torch.softmax(w2r.scale * (q @ k.t()), dim=-1)  # (L, D)
+            torch.testing.assert_close(attention[b, :steps], expected, atol=1e-5, rtol=1e-4)

@@ -63,6 +63,9 @@ class BSSANConfig(ModelConfig):
     feature_norm: bool = False  # L2-normalise region and object vectors before both branches
     dropout: float = 0.0  # training-time dropout on word vectors and on region / object vectors
     w2r_context: int = 0  # >0: W2R attends with BiLSTM states of this width, not the word vectors
+    # >0: W2R's alignment e_jk is the cosine of word and region vectors projected into a shared space
+    # of this width (SCAN-style), not tanh(t_k W r_j + b) (issue 22's grounding lever)
+    w2r_space: int = 0
     # training only: weight of a weakly supervised word-region alignment term, the objective applied
     # to each pair's mean attended alignment sum_j alpha_jk e_jk over its words (issue 22's grounding
     # lever). 0 = off (the paper); the score itself never includes it.
@@ -73,7 +76,7 @@ class BSSANConfig(ModelConfig):
 
     def validate(self) -> None:
         check_fields("model", self, positive=("w2r_hidden", "o2w_hidden", "attention_scale"),
-                     non_negative=("o2w_weight", "reg_weight", "w2r_context", "align_weight"),
+                     non_negative=("o2w_weight", "reg_weight", "w2r_context", "w2r_space", "align_weight"),
                      fraction=("dropout",),
                      positive_lists=("w2r_mlp", "o2w_mlp"),
                      choices={"negative_attention": ("uniform", "softmax")})
@@ -168,16 +171,22 @@ class W2R(nn.Module):
     """Word-to-regions branch (eq. 1-6). ``scale``, ``match_input`` and ``context`` are our extensions
     (1, False, 0: the paper): softmax(scale * e); an extra LSTM input, the attended alignment
     sum_j alpha_jk e_jk; and, with context > 0, queries from a BiLSTM of that width over the caption
-    instead of the word vectors t_k (the LSTM still reads [attended region; t_k])."""
+    instead of the word vectors t_k (the LSTM still reads [attended region; t_k]); with space > 0,
+    e_jk = cos(A q_k, B r_j) in a shared space of that width instead of tanh(q_k W r_j + b)."""
 
     def __init__(self, word_dim: int, region_dim: int, hidden: int, mlp: list[int],
-                 scale: float = 1.0, match_input: bool = False, context: int = 0):
+                 scale: float = 1.0, match_input: bool = False, context: int = 0, space: int = 0):
         super().__init__()
         self.context = nn.LSTM(word_dim, context, batch_first=True, bidirectional=True) if context else None
         query_dim = context or word_dim
-        self.bilinear = nn.Parameter(torch.empty(query_dim, region_dim))  # W in R^{E x M} (C x M with context)
-        self.bias = nn.Parameter(torch.zeros(()))  # b
-        nn.init.xavier_uniform_(self.bilinear)
+        self.space = space
+        if space:
+            self.word_proj = nn.Linear(query_dim, space, bias=False)  # A
+            self.region_proj = nn.Linear(region_dim, space, bias=False)  # B
+        else:
+            self.bilinear = nn.Parameter(torch.empty(query_dim, region_dim))  # W in R^{E x M} (C x M with context)
+            self.bias = nn.Parameter(torch.zeros(()))  # b
+            nn.init.xavier_uniform_(self.bilinear)
         self.region_dim, self.word_dim = region_dim, word_dim
         self.scale, self.match_input = scale, match_input
         self.lstm = nn.LSTM(region_dim + word_dim + int(match_input), hidden, batch_first=True)
@@ -189,10 +198,28 @@ class W2R(nn.Module):
             return words  # (N, L, E)
         return bidirectional_states(self.context, words, lengths)  # (N, L, C)
 
+    def attention_queries(self, words, lengths):
+        """The queries as the alignment reads them: as they are, or unit vectors in the shared space."""
+        queries = self.queries(words, lengths)  # (N, L, E|C)
+        return F.normalize(self.word_proj(queries), dim=-1) if self.space else queries  # (N, L, E|C|S)
+
+    def attention_keys(self, regions):
+        """Per-region keys: W r_j (the paper), or B r_j as unit vectors in the shared space."""
+        if self.space:
+            return F.normalize(self.region_proj(regions), dim=-1)  # (N, D, S)
+        return regions @ self.bilinear.t()  # (N, D, E|C)
+
+    def alignment_logits(self, products):
+        """e from query . key products: tanh(. + b) for the bilinear form, the cosine itself otherwise."""
+        return products if self.space else torch.tanh(products + self.bias)
+
     def forward(self, regions, words, lengths, uniform=None):
         """Aligned pairs: regions (B, D, M), words (B, L, E) -> score (B,), attention (B, L, D)."""
-        keys = self.queries(words, lengths) @ self.bilinear  # (B, L, M)
-        align = torch.tanh(keys @ regions.transpose(1, 2) + self.bias)  # (B, L, D): e_jk
+        if self.space:
+            align = self.attention_queries(words, lengths) @ self.attention_keys(regions).transpose(1, 2)  # (B, L, D)
+        else:
+            keys = self.queries(words, lengths) @ self.bilinear  # (B, L, M)
+            align = torch.tanh(keys @ regions.transpose(1, 2) + self.bias)  # (B, L, D): e_jk
         alpha = torch.softmax(self.scale * align, dim=-1)  # (B, L, D)
         if uniform is not None:
             alpha = torch.where(uniform[:, None, None], uniform_like(alpha, None), alpha)
@@ -207,14 +234,14 @@ class W2R(nn.Module):
     def prepare_images(self, regions):
         w_u = self.lstm.weight_ih_l0[:, : self.region_dim]  # (4H, M): the LSTM's region-input part
         return {
-            "w2r_keys": regions @ self.bilinear.t(),  # (N, D, E|C): W r_j, so a pair needs only L x D x E
+            "w2r_keys": self.attention_keys(regions),  # (N, D, E|C|S): so a pair needs only L x D x E
             "w2r_gates": regions @ w_u.t(),  # (N, D, 4H)
         }
 
     def prepare_captions(self, words, lengths):
         w_t = self.lstm.weight_ih_l0[:, self.region_dim : self.region_dim + self.word_dim]  # (4H, E)
         bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
-        return {"w2r_queries": self.queries(words, lengths),  # (N, L, E or C)
+        return {"w2r_queries": self.attention_queries(words, lengths),  # (N, L, E|C|S)
                 "w2r_gates": words @ w_t.t() + bias}  # (N, L, 4H)
 
     def score_block(self, images: State, captions: State, lengths, uniform=None):
@@ -224,7 +251,7 @@ class W2R(nn.Module):
         ni, d = keys.shape[:2]
         nc, steps = queries.shape[:2]
         flat_queries = queries.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E|C)
-        align = torch.tanh(flat_queries @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
+        align = self.alignment_logits(flat_queries @ keys.transpose(1, 2))  # (Ni, Nc*L, D)
         alpha = torch.softmax(self.scale * align, dim=-1)
         if uniform is not None:
             alpha = torch.where(uniform.repeat_interleave(steps, 1)[:, :, None], 1.0 / d, alpha)
@@ -244,7 +271,7 @@ class W2R(nn.Module):
         aligns with: the weak word-region alignment term trains it (``align_weight``)."""
         ni, (nc, steps) = keys.shape[0], queries.shape[:2]
         flat = queries.reshape(1, nc * steps, -1).expand(ni, -1, -1)  # (Ni, Nc*L, E|C)
-        align = torch.tanh(flat @ keys.transpose(1, 2) + self.bias)  # (Ni, Nc*L, D)
+        align = self.alignment_logits(flat @ keys.transpose(1, 2))  # (Ni, Nc*L, D)
         per_word = attended_alignment(torch.softmax(self.scale * align, dim=-1), align).view(ni, nc, steps)
         mask = length_mask(lengths, steps)  # (Nc, L)
         return (per_word * mask).sum(-1) / lengths.clamp(min=1)  # (Ni, Nc)
@@ -340,7 +367,7 @@ class BSSAN(Matcher):
         self.branches = nn.ModuleDict()
         if "w2r" in config.branches:
             self.branches["w2r"] = W2R(dims.word_dim, dims.region_dim, config.w2r_hidden, config.w2r_mlp,
-                                       context=config.w2r_context, **extensions)
+                                       context=config.w2r_context, space=config.w2r_space, **extensions)
         if "o2w" in config.branches:
             self.branches["o2w"] = O2W(dims.word_dim, dims.object_dim, config.o2w_hidden, config.o2w_mlp,
                                        **extensions)
