@@ -192,3 +192,27 @@ def test_cli_index_and_search_by_image(folder, tmp_path, models, capsys):
     assert main(["search", "--index", str(tmp_path / "idx"), "--image", str(folder / "red.jpg"), "-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and {line.split(maxsplit=2)[2] for line in lines} == {"a red square", "a green photo"}
+
+
+def test_an_approximate_index_is_built_once_and_kept_with_its_vectors(tmp_path, monkeypatch):
+    import itm.retrieval.search as search
+    from itm.retrieval.index import IndexStore, update_index
+    from itm.retrieval.search import Searcher, SearchModels
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    models = SearchModels(checkpoint(tmp_path / "dual.pt", "dual"))
+    store = IndexStore(tmp_path / "idx")
+    update_index(store, photo_folder(tmp_path / "photos"), models, progress=False)
+    first = Searcher(tmp_path / "idx", models, approximate_above=2)  # 5 photos: HNSW
+    saved = list((tmp_path / "idx").glob("vectors-*.npy.faiss"))
+    assert len(saved) == 1
+    monkeypatch.setattr(search, "build_faiss", lambda *a: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    second = Searcher(tmp_path / "idx", models, approximate_above=2)  # read back, not rebuilt
+    assert [h.image_id for h in second.search("a red square", 5)] == [h.image_id for h in first.search("a red square", 5)]
+    monkeypatch.undo()
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    photo(tmp_path / "photos" / "teal.png", "teal")
+    update_index(store, tmp_path / "photos", models, progress=False)  # a new vectors file: the old graph goes
+    assert not saved[0].exists()
+    Searcher(tmp_path / "idx", models, approximate_above=2)
+    assert len(list((tmp_path / "idx").glob("vectors-*.npy.faiss"))) == 1

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from itm.devices import resolve_device
     from itm.retrieval.index import IndexStore, index_captions, update_index
-    from itm.retrieval.search import SearchModels
+    from itm.retrieval.search import SearchModels, shortlist_index
     from itm.shipped import search_checkpoints
 
     device = resolve_device(args.device)  # a bad --device is named before anything else
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
     print(report.summary())
+    shortlist_index(store, store.vectors())  # large collections: the approximate index, built now, not at search time
     if args.captions:
         print(f"{index_captions(store, args.captions, models)} captions indexed for search by image")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from itm.shipped import portable_path, resolve_path
 from itm.training.checkpoint import LoadedCheckpoint, load_checkpoint
 
 MAX_QUERY_CHARS = 500
+APPROXIMATE_ABOVE = 100_000  # photos; an exact inner-product search up to here, HNSW above
+HNSW_EF_SEARCH = 128
 
 
 class SearchModels:
@@ -145,7 +148,7 @@ class Hit:
 class Searcher:
     """Text queries over one index folder."""
 
-    def __init__(self, index: str | Path, models: SearchModels | None = None, approximate_above: int = 100_000,
+    def __init__(self, index: str | Path, models: SearchModels | None = None, approximate_above: int = APPROXIMATE_ABOVE,
                  state_cache: int = 4096, device: torch.device | str | None = None):
         """``device``: where the index's models are loaded when ``models`` is None (None: the CPU)."""
         self.store = IndexStore(index)
@@ -165,7 +168,7 @@ class Searcher:
         self.paths = self.store.paths_of(list(self.images)) if self.images else {}
         self.cache_dir = Path(self.store.meta("cache_dir") or "")
         self.vectors = self.store.vectors()
-        self.faiss = build_faiss(self.vectors, approximate_above)
+        self.faiss = shortlist_index(self.store, self.vectors, approximate_above)
         self.caption_texts, caption_vectors = self.store.captions()
         self.caption_faiss = build_faiss(caption_vectors, approximate_above) if self.caption_texts else None
         self._states: OrderedDict[str, State] = OrderedDict()
@@ -311,6 +314,33 @@ class Searcher:
         return features
 
 
+def shortlist_index(store: IndexStore, vectors: np.ndarray, approximate_above: int = APPROXIMATE_ABOVE):
+    """The FAISS index of the index's photo vectors. An approximate (HNSW) one is built once and kept
+    beside its vectors file (``<vectors file>.faiss``, dropped with it on the next update), so a
+    large index opens in seconds instead of rebuilding its graph at every start."""
+    if len(vectors) <= approximate_above:
+        return build_faiss(vectors, approximate_above)
+    import faiss
+
+    path = store.folder / f"{store.meta('vectors_file')}.faiss"
+    if path.is_file():
+        try:
+            index = faiss.read_index(str(path))
+            if index.ntotal == len(vectors):
+                index.hnsw.efSearch = HNSW_EF_SEARCH
+                return index
+        except (RuntimeError, AttributeError):  # damaged or not ours: build it again
+            pass
+    index = build_faiss(vectors, approximate_above)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+    except (OSError, RuntimeError):  # a read-only index folder: build it at every start instead
+        tmp.unlink(missing_ok=True)
+    return index
+
+
 def build_faiss(vectors: np.ndarray, approximate_above: int):
     """Exact inner product for small collections; HNSW (inner product) above ``approximate_above``."""
     import faiss
@@ -318,7 +348,7 @@ def build_faiss(vectors: np.ndarray, approximate_above: int):
     dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
     if len(vectors) > approximate_above:
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = 128
+        index.hnsw.efSearch = HNSW_EF_SEARCH
     else:
         index = faiss.IndexFlatIP(dim)
     if len(vectors):
