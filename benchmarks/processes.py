@@ -6,7 +6,8 @@ extraction, measured in one run: the ratio is what adding a process buys on the 
 Three ways each, every process at one torch thread unless said: 1 process x 1 thread (the
 reference), 1 process x 2 threads, 2 processes x 1 thread (``torchrun --standalone``). Evaluation
 reads a warm feature cache and reports the engine's own scoring seconds beside the command's wall
-time (which adds start-up and loading); extraction writes a fresh cache each time. Run it on an idle
+time (which adds start-up and loading); extraction writes a fresh cache each time, in chunks small
+enough that every process gets several (processes share a cache by chunks). Run it on an idle
 machine: anything else on the cores distorts the ratios.
 """
 
@@ -51,12 +52,12 @@ def evaluation(checkpoint: str, data: str, work: Path, env: dict) -> dict:
     return out
 
 
-def extraction(data: str, backbone: str, size: int, work: Path, env: dict) -> dict:
+def extraction(data: str, backbone: str, size: int, chunk: int, work: Path, env: dict) -> dict:
     out = {}
     for name, (processes, threads) in WAYS.items():
         cache = work / f"features-{processes}-{threads}"
         args = ["features", "--data", data, "--split", "test", "--out", str(cache), "--backbone", backbone,
-                "--image-size", str(size), "--threads", str(threads), "--no-progress"]
+                "--image-size", str(size), "--threads", str(threads), "--chunk-size", str(chunk), "--no-progress"]
         out[name] = {"wall_s": round(timed(command(processes, args), threads, env), 1)}
         shutil.rmtree(cache)
     return out
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", default=None, help="the model to evaluate (default: the shipped BSSAN)")
     parser.add_argument("--backbone", default="efficientnet_lite2")
     parser.add_argument("--image-size", type=int, default=260)
+    parser.add_argument("--chunk-size", type=int, default=25, help="images per cache chunk: the unit processes "
+                        "share, so it must leave several chunks per process (the bundled test split has 200 images)")
+    parser.add_argument("--only", choices=["evaluation", "extraction"], help="measure one of the two")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.checkpoint is None:
@@ -85,11 +89,15 @@ def main(argv: list[str] | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     with tempfile.TemporaryDirectory(prefix="itm-processes-") as folder:
         work = Path(folder)
-        result = {"cores": os.cpu_count(), "data": args.data, "checkpoint": args.checkpoint,
-                  "evaluation": with_ratios(evaluation(args.checkpoint, args.data, work, env)),
-                  "extraction": with_ratios(extraction(args.data, args.backbone, args.image_size, work, env))}
+        result = {"cores": os.cpu_count(), "data": args.data, "checkpoint": args.checkpoint}
+        if args.only != "extraction":
+            result["evaluation"] = with_ratios(evaluation(args.checkpoint, args.data, work, env))
+        if args.only != "evaluation":
+            result["chunk_size"] = args.chunk_size
+            result["extraction"] = with_ratios(extraction(args.data, args.backbone, args.image_size, args.chunk_size,
+                                                          work, env))
     for part in ("evaluation", "extraction"):
-        for name, entry in result[part].items():
+        for name, entry in result.get(part, {}).items():
             print(f"{part:<11} {name:<24} {json.dumps(entry)}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")

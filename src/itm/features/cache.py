@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 from itm.errors import DataError
 
 FORMAT_VERSION = 1  # bump when what a chunk holds or how features are computed changes
+OPEN_CHUNKS = 64  # chunks a FeatureCache keeps mapped (each holds up to 256 images in three files)
 FLOAT16_MAX = 65504.0
 
 
@@ -93,6 +95,7 @@ class FeatureCache:
     def __init__(self, directory: str | Path, settings: dict):
         self.dir = Path(directory)
         self.settings = settings
+        self._opened: OrderedDict[Path, tuple[list[np.ndarray], tuple[int, int]]] = OrderedDict()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -222,6 +225,18 @@ class FeatureCache:
         return grid, objects, boxes, grid_shape
 
     def _open_chunk(self, chunk: Path) -> tuple[list[np.ndarray], tuple[int, int]]:
+        """A chunk's arrays (memory maps) and grid shape. A chunk never changes once written, so the
+        last ``OPEN_CHUNKS`` opened are kept: the search service reads a few rows of many chunks per query."""
+        if chunk in self._opened:
+            self._opened.move_to_end(chunk)
+            return self._opened[chunk]
+        opened = self._map_chunk(chunk)
+        self._opened[chunk] = opened
+        while len(self._opened) > OPEN_CHUNKS:  # three open files each
+            self._opened.popitem(last=False)
+        return opened
+
+    def _map_chunk(self, chunk: Path) -> tuple[list[np.ndarray], tuple[int, int]]:
         meta = self.read_meta(chunk)
         try:
             parts = [np.load(chunk / f, mmap_mode="r", allow_pickle=False) for f in ("grid.npy", "objects.npy", "boxes.npy")]

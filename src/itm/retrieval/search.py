@@ -173,7 +173,7 @@ class Searcher:
         self.caption_faiss = build_faiss(caption_vectors, approximate_above) if self.caption_texts else None
         self._states: OrderedDict[str, State] = OrderedDict()
         self._state_cache = state_cache
-        self._features = None
+        self._features = None  # (the feature cache, its table of contents), opened on first use
 
     def __len__(self) -> int:
         return len(self.images)
@@ -213,17 +213,25 @@ class Searcher:
         return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
     def feature_rows(self, sha1s: list[str]) -> ImageFeatures:
+        """The cached features of ``sha1s``. The cache's table of contents is read once and kept (a
+        query must not re-read every chunk's key list), and read again only when it lacks a photo."""
+        if self._features is None or any(s not in self._features[1] for s in sha1s):
+            self._features = self.open_feature_cache()
+        cache, contents = self._features
+        try:
+            grid, objects, boxes, grid_shape = cache.read(sha1s, contents)
+        except KeyError:
+            raise DataError(f"feature cache {self.cache_dir}: lacks photos of this index; run itm index again") from None
+        return ImageFeatures(torch.from_numpy(grid), torch.from_numpy(objects), torch.from_numpy(boxes), grid_shape)
+
+    def open_feature_cache(self) -> tuple[FeatureCache, dict]:
         folder = self.cache_dir
         try:
             settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"feature cache {folder}: unreadable ({exc.__class__.__name__}); run itm index again") from None
         cache = FeatureCache(folder, settings)
-        try:
-            grid, objects, boxes, grid_shape = cache.read(sha1s)
-        except KeyError:
-            raise DataError(f"feature cache {folder}: lacks photos of this index; run itm index again") from None
-        return ImageFeatures(torch.from_numpy(grid), torch.from_numpy(objects), torch.from_numpy(boxes), grid_shape)
+        return cache, cache.index()
 
     def search(self, text: str, k: int = 10, rerank: int = 50) -> list[Hit]:
         """Ranked photos for a text query: the shortlist's top ``max(k, rerank)``, re-ranked exactly."""
