@@ -93,17 +93,22 @@ def main(argv: list[str] | None = None) -> dict:
     # 8,000 photos: the 1K test features eight times over (the same per-pair work as 8,000 distinct photos)
     eight = m_split.features.select(torch.arange(len(m_split.features)).repeat(8))
     result["exact_query_ms_8k"] = exact_query_ms(matcher, eight, m_split.captions, picks[:5])
+    # the same with every photo's prepared state cached, as the two-stage path has it: only pairs are scored
+    result["exact_query_ms_1k_cached"] = exact_cached_ms(matcher, m_split.features, m_split.captions, picks[:20], 1)
+    result["exact_query_ms_8k_cached"] = exact_cached_ms(matcher, m_split.features, m_split.captions, picks[:10], 8)
     result["two_stage_1k"] = two_stage_ms(dual, matcher, d_split, m_split, picks)
     for k in KS:
-        result["two_stage_1k"][f"k{k}"]["fraction_of_exact"] = round(
-            result["two_stage_1k"][f"k{k}"]["median_ms"] / result["exact_query_ms_1k"], 4)
+        entry = result["two_stage_1k"][f"k{k}"]
+        entry["fraction_of_exact"] = round(entry["median_ms"] / result["exact_query_ms_1k"], 4)
+        entry["fraction_of_exact_cached"] = round(entry["median_ms"] / result["exact_query_ms_1k_cached"], 4)
     if args.million:
         result["synthetic_1m"] = synthetic_million(dual.config.model.embed_dim)
     if args.index:
         result["index"] = time_index(args.index, [" ".join(t) for im in test_set.images for t in im.tokens], picks)
         for k in KS:
-            result["index"][f"k{k}"]["fraction_of_exact"] = round(
-                result["index"][f"k{k}"]["median_ms"] / result["exact_query_ms_8k"], 4)
+            entry = result["index"][f"k{k}"]
+            entry["fraction_of_exact"] = round(entry["median_ms"] / result["exact_query_ms_8k"], 4)
+            entry["fraction_of_exact_cached"] = round(entry["median_ms"] / result["exact_query_ms_8k_cached"], 4)
     for key, value in result.items():
         print(f"{key:<22}{json.dumps(value) if isinstance(value, dict) else value}")
     if args.json:
@@ -128,6 +133,21 @@ def exact_query_ms(matcher, features, captions, picks: np.ndarray) -> float:
     t0 = time.perf_counter()
     for c in picks:
         score_all_pairs(matcher.model, features, captions.select(slice(int(c), int(c) + 1)))
+    return round(1000 * (time.perf_counter() - t0) / len(picks), 1)
+
+
+@torch.inference_mode()
+def exact_cached_ms(matcher, features, captions, picks: np.ndarray, copies: int) -> float:
+    """Milliseconds per text query scored exactly against every photo (the features ``copies`` times
+    over) whose prepared state is already computed: the query's own preparation and its pairs only."""
+    model = matcher.model.eval()
+    states = model.prepare_images(features.streams(model.image_streams))
+    states = select_state(states, torch.arange(len(features)).repeat(copies))
+    t0 = time.perf_counter()
+    for c in picks:
+        caption = model.prepare_captions(captions.select(slice(int(c), int(c) + 1)))
+        for start in range(0, len(features) * copies, 1000):  # the engine's tiles: bounded memory
+            model.score_block(select_state(states, slice(start, start + 1000)), caption)
     return round(1000 * (time.perf_counter() - t0) / len(picks), 1)
 
 
