@@ -14,7 +14,8 @@ python3 -m venv "$work/venv"
 cd "$work"  # away from src/: only the installed wheel can be imported
 assets=$("$work/venv/bin/python" -c "import itm, pathlib; print(pathlib.Path(itm.__file__).parent / 'assets')")
 mkdir photos
-ls "$assets/flickr8k_mini/images" | head -n 12 | while read -r name; do cp "$assets/flickr8k_mini/images/$name" photos/; done
+bundled=("$assets"/flickr8k_mini/images/*.jpg)  # a glob, not ls | head: pipefail would see head's SIGPIPE
+cp "${bundled[@]:0:12}" photos/
 export ITM_CACHE="$work/cache"
 "$work/venv/bin/itm" index --images photos --out photos-index --no-progress
 "$work/venv/bin/itm" search --index photos-index --text "a dog runs on the grass" -k 3
