@@ -216,7 +216,7 @@ def synthetic_million(dim: int = 512, n: int = 1_000_000, queries: int = 50) -> 
         entry = {"query_ms": round(1000 * (time.perf_counter() - t0) / queries, 2)}
         if base is not None:  # random vectors have no near neighbours but the planted one: the worst case
             entry["planted_found"] = round(float(np.mean(found[:, 0] == np.arange(queries))), 3)
-            entry["overlap_at_50"] = round(float(np.mean([len(set(a) & set(b)) / 50 for a, b in zip(found, base)])), 3)
+            entry["overlap_at_50"] = round(float(np.mean([len(set(a) & set(b)) / 50 for a, b in zip(found, base, strict=True)])), 3)
         return entry, found
 
     t0 = time.perf_counter()

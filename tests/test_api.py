@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import index_checkpoint, photo, photo_folder
 
 import itm
 from itm.errors import DataError, ItmError
 from itm.evaluation.engine import score_pairs_naive
-
-from helpers import index_checkpoint, photo, photo_folder
 
 
 @pytest.fixture

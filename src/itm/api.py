@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from itm.data.encode import encode_captions
-from itm.data.tokenize import tokenize
-from itm.data.types import Captions, Dataset, ImageFeatures, ImageRecord
+from itm.data.tokenize import caption_tokens, tokenize
+from itm.data.types import Captions, ImageFeatures
 from itm.errors import DataError
 from itm.training.checkpoint import LoadedCheckpoint, load_checkpoint
 
@@ -37,31 +37,23 @@ class Model:
 
     def image_features(self, images: Sequence[str | Path]) -> ImageFeatures:
         """Features of image files in the given order (a missing or unreadable file: DataError naming it)."""
-        from itm.features.extract import extract_features
+        from itm.features.extract import file_features
         from itm.pipeline import cache_root
 
-        records = []
+        files = []
         for image in images:
             path = Path(image).expanduser()
             if not path.is_file():
                 raise DataError(f"image {path}: no such file")
-            records.append(ImageRecord(str(path.resolve()), path.resolve(), "query", [], []))
-        dataset = Dataset("images", Path("/"), records)
+            files.append((str(path.resolve()), path.resolve()))  # the full path: two a.jpg stay apart
         config = self.checkpoint.config
-        features, _, _ = extract_features(dataset, config.features, cache_root(config) / "features", progress=False,
-                                          device=self.device)
-        return features
+        return file_features(files, config.features, cache_root(config) / "features", self.device)
 
     def encode_captions(self, captions: Sequence[str]) -> Captions:
         """Captions as the model's inputs (a caption with no words: DataError naming it)."""
         from itm.pipeline import word_vectors
 
-        tokens = []
-        for number, text in enumerate(captions, start=1):
-            words = tokenize(text) if isinstance(text, str) else []
-            if not words:
-                raise DataError(f"caption {number} ({str(text)[:40]!r}): no words")
-            tokens.append(words)
+        tokens = caption_tokens(captions)
         config = self.checkpoint.config
         return encode_captions(tokens, self.checkpoint.vocab, config.data.max_words,
                                word_vectors(tokens, config, progress=False))

@@ -17,3 +17,17 @@ def tokenize(raw: str) -> list[str]:
     """Karpathy-style tokens of one raw caption (may be empty for a caption of punctuation only)."""
     text = raw.lower().translate(_SPLIT).translate(_DELETE)
     return text.split()
+
+
+def caption_tokens(texts) -> list[list[str]]:
+    """Each caption's words; a caption with no words (or not a string) is a one-line DataError naming
+    its number (1-based), as users count lines."""
+    from itm.errors import DataError
+
+    tokens = []
+    for number, text in enumerate(texts, start=1):
+        words = tokenize(text) if isinstance(text, str) else []
+        if not words:
+            raise DataError(f"caption {number} ({str(text)[:40]!r}): no words")
+        tokens.append(words)
+    return tokens

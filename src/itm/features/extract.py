@@ -341,3 +341,13 @@ def _config_fields(settings: FeatureConfig) -> dict:
     """The FeatureConfig values themselves (the weights path, the proposals spec), for checkpoints."""
     return {"backbone": settings.backbone, "image_size": settings.image_size, "weights": settings.weights,
             "proposals": settings.proposals, "num_objects": settings.num_objects}
+
+
+def file_features(files: list[tuple[str, Path]], settings: FeatureConfig, cache_root: str | Path,
+                  device: torch.device | str | None = None) -> ImageFeatures:
+    """Features of loose image files, (name, path) each, in order, through the cache: the photos a
+    user or an upload gives, outside any dataset. A bad file is a DataError naming it."""
+    records = [ImageRecord(name, Path(path), "query", [], []) for name, path in files]
+    features, _, _ = extract_features(Dataset("images", Path("/"), records), settings, cache_root, progress=False,
+                                      device=device)
+    return features

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from itm.data.encode import encode_captions
-from itm.data.tokenize import tokenize
+from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
 from itm.devices import as_device
 from itm.errors import DataError, ItmError
@@ -86,12 +86,7 @@ class SearchModels:
     def caption_vectors(self, texts: list[str], chunk: int = 1024) -> np.ndarray:
         """(n, d) shortlist vectors of a caption collection; a caption with no words names its line."""
         model = self.shortlist.model.eval()
-        tokens = []
-        for number, text in enumerate(texts, start=1):
-            words = tokenize(text)
-            if not words:
-                raise DataError(f"caption {number} ({text[:40]!r}): no words")
-            tokens.append(words)
+        tokens = caption_tokens(texts)
         out = []
         for s in range(0, len(tokens), chunk):
             captions = encode_captions(tokens[s : s + chunk], self.shortlist.vocab, self.shortlist.config.data.max_words)
@@ -309,17 +304,13 @@ class Searcher:
         """Features of one uploaded photo, through the content-addressed cache (bad bytes: DataError)."""
         import tempfile
 
-        from itm.data.types import Dataset, ImageRecord
-        from itm.features.extract import extract_features
+        from itm.features.extract import file_features
 
         safe = Path(name or "upload").name or "upload"
         with tempfile.TemporaryDirectory(prefix="itm-upload-") as folder:
             path = Path(folder) / safe
             path.write_bytes(data)
-            record = ImageRecord(safe, path, "query", [], [])
-            features, _, _ = extract_features(Dataset("upload", Path(folder), [record]), self.models.features,
-                                              self.models.cache_root(), progress=False, device=self.models.device)
-        return features
+            return file_features([(safe, path)], self.models.features, self.models.cache_root(), self.models.device)
 
 
 def shortlist_index(store: IndexStore, vectors: np.ndarray, approximate_above: int = APPROXIMATE_ABOVE):
