@@ -90,14 +90,17 @@ def test_coco_boxes_are_read_as_corner_boxes_without_crowds(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def case(category: str, hit: bool, random_hit: float = 0.25, centre: bool = False) -> PointingCase:
-    return PointingCase("a.jpg", 0, 0, category, category, 0, hit, random_hit, centre)
+def case(category: str, hit: bool, random_hit: float = 0.25, centre: bool = False, image: str = "a.jpg") -> PointingCase:
+    return PointingCase(image, 0, 0, category, category, 0, hit, random_hit, centre)
 
 
 def test_summary_rates_and_categories_at_zero():
-    cases = [case("dog", True), case("dog", False), *[case("sink", False, 0.1, True) for _ in range(5)]]
+    cases = [case("dog", True), case("dog", False, image="b.jpg"),
+             *[case("sink", False, 0.1, True, image=f"{i % 2}.jpg") for i in range(5)]]
     result = summarise(cases, min_cases=5)
-    assert result["overall"]["cases"] == 7
+    assert result["overall"]["cases"] == 7 and result["overall"]["photos"] == 4
+    assert result["per_category"]["dog"]["photos"] == 2
+    assert result["photos_at_zero"] == 2  # sink's five cases come from two photos
     assert result["overall"]["hit"] == pytest.approx(100 / 7)
     assert result["per_category"]["dog"]["hit"] == 50.0
     assert result["per_category"]["sink"]["centre_cell"] == 100.0

@@ -57,12 +57,13 @@ def format_summary(result: dict, title: str) -> str:
     lines = [f"{title}: {overall['cases']} cases",
              f"  hit {overall['hit']:.1f}%   random cell {overall['random_cell']:.1f}%   "
              f"centre cell {overall['centre_cell']:.1f}%",
-             f"  {'category':<16}{'cases':>6}{'hit %':>8}{'random %':>10}{'centre %':>10}{'reachable %':>13}"]
+             f"  {'category':<16}{'cases':>6}{'photos':>7}{'hit %':>8}{'random %':>10}{'centre %':>10}{'reachable %':>13}"]
     for name, r in sorted(result["per_category"].items(), key=lambda kv: (kv[1]["hit"], -kv[1]["cases"])):
-        lines.append(f"  {name:<16}{r['cases']:>6}{r['hit']:>8.1f}{r['random_cell']:>10.1f}{r['centre_cell']:>10.1f}"
+        lines.append(f"  {name:<16}{r['cases']:>6}{r['photos']:>7}{r['hit']:>8.1f}{r['random_cell']:>10.1f}{r['centre_cell']:>10.1f}"
                      f"{r['reachable']:>13.1f}")
     if result["categories_at_zero"]:
-        lines.append(f"  at 0% with >= {result['min_cases']} cases: {', '.join(result['categories_at_zero'])}")
+        lines.append(f"  at 0% with >= {result['min_cases']} cases ({result['photos_at_zero']} photos): "
+                     f"{', '.join(result['categories_at_zero'])}")
     if result["unreachable_at_zero"]:
         lines.append(f"  of those, no box holds a cell centre (no attention on this grid can hit): "
                      f"{', '.join(result['unreachable_at_zero'])}")

@@ -149,7 +149,7 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict."""
     def rates(group: list[PointingCase]) -> dict:
         n = len(group)
-        return {"cases": n, "hit": 100 * sum(c.hit for c in group) / n,
+        return {"cases": n, "photos": len({c.image for c in group}), "hit": 100 * sum(c.hit for c in group) / n,
                 "random_cell": 100 * sum(c.random_hit for c in group) / n,
                 "centre_cell": 100 * sum(c.centre_hit for c in group) / n,
                 # a box holding no cell centre cannot be hit by any attention on this grid
@@ -164,5 +164,7 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     per_category = {name: rates(group) for name, group in sorted(by_category.items())}
     zero = sorted(name for name, r in per_category.items() if r["cases"] >= min_cases and r["hit"] == 0)
     unreachable = sorted(name for name in zero if per_category[name]["reachable"] == 0)
+    # a category's cases are its photos' captions: five captions of one photo can fill min_cases
+    photos_at_zero = len({c.image for c in cases if c.category in zero})
     return {"overall": rates(cases), "per_category": per_category, "categories_at_zero": zero,
-            "unreachable_at_zero": unreachable, "min_cases": min_cases}
+            "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable, "min_cases": min_cases}
