@@ -111,3 +111,24 @@ def test_summary_rates_and_categories_at_zero():
     assert unreachable["unreachable_at_zero"] == ["kite"] and unreachable["per_category"]["kite"]["reachable"] == 0
     with pytest.raises(DataError, match="no caption word names a category"):
         summarise([])
+
+
+def test_miss_pictures_for_the_worst_or_the_named_categories(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from itm.viz.pointing import draw_worst_misses
+
+    Image.new("RGB", (100, 60), "white").save(tmp_path / "a.jpg")
+    split = SimpleNamespace(dataset=SimpleNamespace(images=[SimpleNamespace(filename="a.jpg", path=tmp_path / "a.jpg")]),
+                            features=SimpleNamespace(grid_shape=GRID))
+    cases = [*[case("sink", False) for _ in range(5)], *[case("dog", False) for _ in range(5)],
+             *[case("cat", True) for _ in range(5)]]
+    result = summarise(cases)
+    worst = draw_worst_misses(cases, result, split, tmp_path / "worst", categories=1)
+    assert [p.name for p in worst] == ["misses_dog.png"]  # dog and sink tie at 0%: by name
+    named = draw_worst_misses(cases, result, split, tmp_path / "named", names=["sink", "cat"])
+    assert [p.name for p in named] == ["misses_sink.png"] and named[0].stat().st_size > 0  # cat has no miss
+    with pytest.raises(DataError, match="--categories: no cases for zebra"):
+        draw_worst_misses(cases, result, split, tmp_path / "none", names=["zebra"])

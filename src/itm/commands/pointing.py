@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
     parser.add_argument("--pictures", metavar="DIR", help="draw misses of the worst categories into DIR")
+    parser.add_argument("--categories", metavar="NAMES",
+                        help="with --pictures: draw these categories' misses instead (comma-separated, e.g. dog,sink)")
     add_device_argument(parser)
 
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.pictures:
         from itm.viz.pointing import draw_worst_misses
 
-        for path in draw_worst_misses(cases, result, split, Path(args.pictures), boxes=boxes):
+        names = [n.strip() for n in args.categories.split(",") if n.strip()] if args.categories else None
+        for path in draw_worst_misses(cases, result, split, Path(args.pictures), boxes=boxes, names=names):
             print(f"wrote {path}")
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib.patches import Rectangle
 
+from itm.errors import DataError
 from itm.viz.explain import image_array
 from itm.viz.render import new_figure, save_figure
 
@@ -15,10 +16,19 @@ PANEL_INCHES = 2.6
 
 
 def draw_worst_misses(cases, result: dict, split, out_dir: Path, categories: int = 3, per_category: int = 6,
-                      boxes=None) -> list[Path]:
-    """One PNG per worst category (lowest hit rate among those with at least ``min_cases`` cases)."""
-    ranked = sorted(((r["hit"], name) for name, r in result["per_category"].items()
-                     if r["cases"] >= result["min_cases"]))
+                      boxes=None, names: list[str] | None = None) -> list[Path]:
+    """One PNG per worst category (lowest hit rate among those with at least ``min_cases`` cases), or
+    per category in ``names``."""
+    if names:
+        unknown = sorted(set(names) - set(result["per_category"]))
+        if unknown:
+            raise DataError(f"--categories: no cases for {', '.join(unknown)} (categories with cases: "
+                            f"{', '.join(sorted(result['per_category']))})")
+        ranked = [(None, name) for name in names]
+        categories = len(names)
+    else:
+        ranked = sorted(((r["hit"], name) for name, r in result["per_category"].items()
+                         if r["cases"] >= result["min_cases"]))
     paths = {im.filename: im.path for im in split.dataset.images}
     gh, gw = split.features.grid_shape
     written = []
