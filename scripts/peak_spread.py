@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--split", default="test")
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
-    split = prepare_split(load_dataset(args.data, args.split).split(args.split), ckpt.config, ckpt.vocab, progress=False)
+    split = prepare_split(load_dataset(args.data, args.split), ckpt.config, ckpt.vocab, progress=False)
     key = word_region_map(ckpt.model)
     shares = []
     for image in range(len(split.dataset.images)):

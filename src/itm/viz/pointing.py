@@ -19,20 +19,11 @@ def draw_worst_misses(cases, result: dict, split, out_dir: Path, categories: int
                       boxes=None, names: list[str] | None = None) -> list[Path]:
     """One PNG per worst category (lowest hit rate among those with at least ``min_cases`` cases), or
     per category in ``names``."""
-    if names:
-        unknown = sorted(set(names) - set(result["per_category"]))
-        if unknown:
-            raise DataError(f"--categories: no cases for {', '.join(unknown)} (categories with cases: "
-                            f"{', '.join(sorted(result['per_category']))})")
-        ranked = [(None, name) for name in names]
-        categories = len(names)
-    else:
-        ranked = sorted(((r["hit"], name) for name, r in result["per_category"].items()
-                         if r["cases"] >= result["min_cases"]))
+    chosen = named_categories(result, names) if names else worst_categories(result, categories)
     paths = {im.filename: im.path for im in split.dataset.images}
     gh, gw = split.features.grid_shape
     written = []
-    for _, name in ranked[:categories]:
+    for name in chosen:
         misses = [c for c in cases if c.category == name and not c.hit][:per_category]
         if not misses:
             continue
@@ -54,6 +45,21 @@ def draw_worst_misses(cases, result: dict, split, out_dir: Path, categories: int
         fig.suptitle(f"{name}: misses (red: peak cell, green: boxes)", fontsize=11)
         written.append(save_figure(fig, out_dir / f"misses_{name.replace(' ', '_')}.png"))
     return written
+
+
+def worst_categories(result: dict, count: int) -> list[str]:
+    """The ``count`` categories with the lowest hit rate among those with at least ``min_cases`` cases."""
+    ranked = sorted((r["hit"], name) for name, r in result["per_category"].items() if r["cases"] >= result["min_cases"])
+    return [name for _, name in ranked[:count]]
+
+
+def named_categories(result: dict, names: list[str]) -> list[str]:
+    """``names`` as given, each checked to have cases (else a DataError listing those that have)."""
+    unknown = sorted(set(names) - set(result["per_category"]))
+    if unknown:
+        raise DataError(f"--categories: no cases for {', '.join(unknown)} (categories with cases: "
+                        f"{', '.join(sorted(result['per_category']))})")
+    return names
 
 
 def case_boxes(case, boxes, width: int, height: int):
