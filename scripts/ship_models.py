@@ -1,8 +1,8 @@
 """Put two trained runs into the package as its shipped models, and measure the shipped files.
 
-    python scripts/ship_models.py --rerank runs/flickr8k/bssan_ship --shortlist runs/flickr8k/dual_seed0 \\
+    python scripts/ship_models.py --rerank runs/flickr8k/bssan_align05 --shortlist runs/flickr8k/dual_seed0 \\
         --data ../shared/data/flickr8k \\
-        --rerank-command "bash scripts/experiment.sh bssan_ship configs/bssan_cpu_lite2.yaml --set train.seed=0" \\
+        --rerank-command "bash scripts/experiment.sh bssan_align05 configs/bssan_cpu_lite2.yaml --set train.seed=0 ..." \\
         --shortlist-command "bash scripts/experiment.sh dual_seed0 configs/dual_cpu.yaml ..."
 
 Each run's ``best.pt`` is rewritten with float16 weights (half the bytes; they load into float32
