@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One reported Flickr8k experiment: train, then evaluate on the 1K test split.
 #   bash scripts/experiment.sh NAME CONFIG [--set key=value ...]
-# Writes runs/flickr8k/NAME/ (checkpoints, metrics.jsonl, logs) and results/flickr8k/NAME.json.
+# Writes runs/flickr8k/NAME/ (checkpoints, metrics.jsonl, logs) and results/flickr8k/NAME.json, which
+# also keeps the run's training summary (under "training": time, epochs, best validation rsum), since
+# runs/ is not committed.
 # DATA (default ../shared/data/flickr8k) and OMP_NUM_THREADS (default 1, so two experiments can
 # share a 2-core machine without oversubscribing it) can be set in the environment.
 set -euo pipefail
@@ -15,4 +17,5 @@ itm train --config "$config" --data "$data" --out "runs/flickr8k/$name" --no-pro
   > "runs/flickr8k/$name.train.log" 2>&1
 itm eval --checkpoint "runs/flickr8k/$name" --data "$data" --split test \
   --json "results/flickr8k/$name.json" --no-progress > "runs/flickr8k/$name.eval.log" 2>&1
+python scripts/results_table.py --keep-training "$name"
 cat "runs/flickr8k/$name.eval.log"

@@ -1,7 +1,9 @@
 """Print the markdown table of results/flickr8k/*.json (the `itm eval --json` files), with the
-training wall time from runs/flickr8k/NAME/summary.json when the run folder is present.
+training wall time from runs/flickr8k/NAME/summary.json when the run folder is present, else from
+the JSON's own "training" entry, which ``--keep-training NAME`` copies there (runs/ is not committed).
 
     python scripts/results_table.py [results/flickr8k]
+    python scripts/results_table.py --keep-training NAME     # scripts/experiment.sh calls it
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ def row(name: str, metrics: dict, train_seconds: float | None, epochs: int | Non
             f"| {train} | {metrics['seconds']:.0f} s |")
 
 
+def keep_training(name: str, folder: str = "results/flickr8k") -> None:
+    """Copy runs/flickr8k/NAME/summary.json into results/flickr8k/NAME.json under "training"."""
+    path = Path(folder) / f"{name}.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["training"] = json.loads((Path("runs/flickr8k") / name / "summary.json").read_text(encoding="utf-8"))
+    path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+
+
 def main(folder: str = "results/flickr8k") -> None:
     print("| run | i2t R@1 / 5 / 10 | t2i R@1 / 5 / 10 | medr i2t / t2i | rsum | training | test scoring |")
     print("|---|---|---|---|---|---|---|")
@@ -35,4 +45,7 @@ def main(folder: str = "results/flickr8k") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:2] == ["--keep-training"]:
+        keep_training(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

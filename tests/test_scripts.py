@@ -47,6 +47,22 @@ def test_dual_baseline_end_to_end(tmp_path, monkeypatch, capsys):
     assert row.startswith("| dual |") and f"{record['rsum']:.1f}" in row and " ep |" in row
 
 
+def test_keep_training_copies_the_run_summary_into_its_results_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "runs/flickr8k/abl").mkdir(parents=True)
+    metrics = {d: {"r1": 1.0, "r5": 2.0, "r10": 3.0, "medr": 9.0} for d in ("i2t", "t2i")}
+    (tmp_path / "results/abl.json").write_text(json.dumps({**metrics, "rsum": 12.0, "seconds": 5.0}))
+    summary = {"train_seconds": 3000.0, "epochs": 10, "best_val_rsum": 300.0}
+    (tmp_path / "runs/flickr8k/abl/summary.json").write_text(json.dumps(summary))
+    monkeypatch.chdir(tmp_path)
+    table = load_script("results_table")
+    table.keep_training("abl", "results")
+    assert json.loads((tmp_path / "results/abl.json").read_text())["training"] == summary
+    (tmp_path / "runs/flickr8k/abl/summary.json").unlink()  # runs/ is not committed: the JSON alone tells
+    table.main("results")
+    assert "| 50.0 min, 10 ep |" in capsys.readouterr().out.splitlines()[-1]
+
+
 @pytest.mark.parametrize("lam", [0.6, 2.0])
 def test_branch_matrices_recombine_into_the_models_scores(lam):
     model, _ = tiny_model("bssan_sharp", f"model.o2w_weight={lam}")
