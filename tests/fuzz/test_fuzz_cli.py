@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fuzz_inputs import checkpoint_files, payload
 from fuzz_support import budget
 from hypothesis import given
 from PIL import Image
-from test_fuzz_checkpoint import checkpoint_files, payload
 
 from itm.cli import main
 

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fuzz_inputs import base, payload
 from fuzz_support import assert_user_error, result_or_user_error
-from test_fuzz_checkpoint import payload
-from test_fuzz_images import base
 
 from itm.config import FeatureConfig, load_config
 from itm.data.load import load_dataset

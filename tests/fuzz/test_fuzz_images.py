@@ -7,77 +7,17 @@ then cuts, flips, zeroes or overwrites its bytes, or declares huge dimensions in
 
 from __future__ import annotations
 
-import functools
-import io
 import struct
 import zlib
 
-import numpy as np
+from fuzz_inputs import BASES, base
 from fuzz_support import budget, cut, flip, result_or_user_error
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image
 
 from itm.features.images import decode_image, image_tensor, load_image, original_size
 
 NAME = "photo_07.jpg"  # every input is called a .jpg, whatever its real format (as users' folders do)
-
-
-def _picture(mode: str, size=(24, 16)) -> Image.Image:
-    """A small, non-flat picture in ``mode`` (flat images compress to almost no data to corrupt)."""
-    rng = np.random.default_rng(len(mode))
-    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
-    return rgb.convert(mode)
-
-
-def _encode(img: Image.Image, fmt: str, **options) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **options)
-    return buf.getvalue()
-
-
-def _exif_jpeg(orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return _encode(_picture("RGB"), "JPEG", exif=exif)
-
-
-def _sixteen_bit_png() -> bytes:
-    ramp = (np.arange(16 * 24, dtype=np.uint16).reshape(16, 24) * 171).astype(np.uint16)
-    return _encode(Image.fromarray(ramp), "PNG")
-
-
-def _palette_png() -> bytes:
-    return _encode(_picture("RGB").quantize(16), "PNG", transparency=0)
-
-
-def _animated(fmt: str) -> bytes:
-    frames = [_picture("RGB").rotate(90 * i) for i in range(3)]
-    return _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
-
-
-BASES = {
-    "jpeg_rgb": lambda: _encode(_picture("RGB"), "JPEG", quality=90),
-    "jpeg_gray": lambda: _encode(_picture("L"), "JPEG"),
-    "jpeg_cmyk": lambda: _encode(_picture("CMYK"), "JPEG"),
-    "jpeg_progressive": lambda: _encode(_picture("RGB"), "JPEG", progressive=True),
-    "jpeg_exif_rotated": lambda: _exif_jpeg(6),
-    "jpeg_exif_bad_orientation": lambda: _exif_jpeg(9),
-    "png_rgb": lambda: _encode(_picture("RGB"), "PNG"),
-    "png_rgba": lambda: _encode(_picture("RGBA"), "PNG"),
-    "png_16bit": _sixteen_bit_png,
-    "png_palette": _palette_png,
-    "gif_animated": lambda: _animated("GIF"),
-    "webp_still": lambda: _encode(_picture("RGB"), "WEBP"),
-    "webp_animated": lambda: _animated("WEBP"),
-    "bmp": lambda: _encode(_picture("RGB"), "BMP"),
-    "tiff": lambda: _encode(_picture("RGB"), "TIFF"),
-}
-
-
-@functools.cache
-def base(kind: str) -> bytes:
-    return BASES[kind]()
 
 
 @st.composite
