@@ -2,8 +2,9 @@
 # Issue 19's ablations and the papers' own objectives on Flickr8k, one seed each, one after another
 # at two threads (measured at one thread beside another run: 32-66 minutes of training a run and
 # 5-11 minutes of test scoring; docs/results.md, "Ablations and the papers' own objective").
-# The objective runs swap InfoNCE for the papers' hardest-negative hinge (margin 0.2), everything else as the CPU configs. Each writes
-# results/flickr8k/NAME.json; a finished run (its JSON exists) is skipped, so the script resumes.
+# The objective runs swap InfoNCE for the papers' hardest-negative hinge (margin 0.2), everything
+# else as the CPU configs. Each writes results/flickr8k/NAME.json; a finished run (its JSON exists)
+# is skipped, so the script resumes.
 #   bash scripts/ablations.sh            # all of them
 #   bash scripts/ablations.sh caan_no_inter mlasm_local   # some of them
 # Two lists side by side at one thread each (OMP_NUM_THREADS=1) finish sooner on two cores than one
