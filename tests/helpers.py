@@ -136,9 +136,9 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), 
            "yellow": (230, 220, 20), "teal": (20, 160, 160)}
 
 
-def index_checkpoint(path: Path, name: str, seed: int = 0) -> Path:
+def index_checkpoint(path: Path, name: str, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
     """A tiny checkpoint of ``name`` on Lite0 64 px features (search and service tests)."""
-    config = load_config(None, [*tiny_overrides(name), *FEATURES])
+    config = load_config(None, [*tiny_overrides(name), *FEATURES, *overrides])
     torch.manual_seed(seed)
     dims = InputDims(word_dim=50, region_dim=1280, object_dim=1280, vocab_size=len(WORDS) + 2)
     model = new_model(config, dims)

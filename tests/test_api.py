@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,25 @@ def test_build_then_open_an_index_and_search_it(tmp_path, monkeypatch):
     assert len(hits) == 3 and hits[0].score >= hits[-1].score
     assert searcher.path_of(hits[0].image_id).is_file()
     assert searcher.explain_png(hits[0].image_id, "a red square")[:4] == b"\x89PNG"
+
+
+def test_explanations_follow_the_checkpoints_explanation_grid(tmp_path, monkeypatch):
+    """``eval.explain_image_size``: Model.explain and the index's explanation extract the photo at that
+    size (a finer grid); scoring and indexing stay on the trained 64 px."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ITM_CACHE", str(cache))
+    sizes = lambda: sorted(p.name.split("-")[1] for p in (cache / "features").glob("efficientnet_lite0-*"))  # noqa: E731
+    dual = index_checkpoint(tmp_path / "dual.pt", "dual")
+    bssan = index_checkpoint(tmp_path / "bssan.pt", "bssan", overrides=("eval.explain_image_size=96",))
+    itm.build_index(photo_folder(tmp_path / "photos"), tmp_path / "idx", checkpoint=bssan, shortlist=dual)
+    model = itm.load_model(bssan)
+    model.score([photo(tmp_path / "red.jpg", "red")], ["a red square"])
+    assert sizes() == ["64px"]
+    searcher = itm.open_index(tmp_path / "idx")
+    hit = searcher.search("a red square", k=1)[0]
+    assert searcher.explain_png(hit.image_id, "a red square")[:4] == b"\x89PNG"
+    assert sizes() == ["64px", "96px"]
+    for folder in (cache / "features").glob("efficientnet_lite0-96px*"):
+        shutil.rmtree(folder)
+    assert model.explain(tmp_path / "red.jpg", "a red square")
+    assert sizes() == ["64px", "96px"]

@@ -44,3 +44,34 @@ def test_weights_of_another_architecture_fail_in_one_line(fixture, tmp_path):
     with pytest.raises(ItmError, match="best.pt: its weights do not fit") as info:
         load_checkpoint(tmp_path / "best.pt")
     assert "\n" not in str(info.value)
+
+
+def test_test_time_image_size_overrides_the_saved_feature_settings(fixture, tmp_path):
+    """A finer grid at test time (docs/explain.md): the same weights, features from a larger image."""
+    save_atomic(fixture["models"]["bssan"]["checkpoint"], tmp_path / "best.pt")
+    trained = load_checkpoint(tmp_path).config.features
+    finer = load_checkpoint(tmp_path, ["features.image_size=416"]).config.features
+    assert finer.image_size == 416 != trained.image_size
+    assert (finer.backbone, finer.num_objects) == (trained.backbone, trained.num_objects)
+
+
+@pytest.mark.parametrize("override", ["features.backbone=vgg19", "features.num_objects=3", "features=1"])
+def test_feature_settings_the_weights_depend_on_cannot_change_at_test_time(fixture, tmp_path, override):
+    save_atomic(fixture["models"]["bssan"]["checkpoint"], tmp_path / "best.pt")
+    with pytest.raises(ItmError, match="only features.image_size can change") as info:
+        load_checkpoint(tmp_path, [override])
+    assert override in str(info.value) and "\n" not in str(info.value)
+
+
+def test_explain_image_size_applies_to_explanations_only(fixture, tmp_path):
+    """``eval.explain_image_size``: attention pictures and the pointing game use the finer grid, scores
+    the trained one; a named ``features.image_size`` override wins."""
+    payload = dict(fixture["models"]["bssan"]["checkpoint"])
+    payload["config"] = {**payload["config"], "eval": {**payload["config"].get("eval", {}), "explain_image_size": 416}}
+    save_atomic(payload, tmp_path / "best.pt")
+    trained = load_checkpoint(tmp_path).config.features.image_size
+    assert trained != 416
+    assert load_checkpoint(tmp_path, explaining=True).config.features.image_size == 416
+    assert load_checkpoint(tmp_path, ["features.image_size=320"], explaining=True).config.features.image_size == 320
+    assert load_checkpoint(tmp_path, ["eval.explain_image_size=null"], explaining=True).config.features.image_size \
+        == trained

@@ -151,6 +151,23 @@ def test_pointing_game_command_end_to_end(demo_run, tmp_path, monkeypatch, capsy
     assert result["overall"]["cases"] == expected >= 1
     assert result["overall"]["hit"] == result["overall"]["random_cell"] == result["overall"]["centre_cell"] == 100.0
     assert "thing" in capsys.readouterr().out
+    trained_grid = result["grid"]
+    # a finer grid at test time: the same weights over more cells of a larger image
+    assert main(["pointing-game", "--checkpoint", str(root / "out" / "run"), "--data", str(data),
+                 "--boxes", str(tmp_path / "boxes.json"), "--synonyms", str(tmp_path / "syn.json"),
+                 "--json", str(tmp_path / "fine.json"), "--set", "features.image_size=320"]) == 0
+    fine = json.loads((tmp_path / "fine.json").read_text())
+    assert fine["image_size"] == 320 and fine["grid"] == [10, 10] != trained_grid
+    assert fine["overall"]["cases"] == expected
+    # the config's explanation grid: pictures on it, the score printed with the grid it came from
+    image = data / "images" / images[0]["filename"]
+    assert main(["explain", "--checkpoint", str(root / "out" / "run"), "--image", str(image), "--caption", word,
+                 "--out", str(tmp_path / "pair"), "--set", "eval.explain_image_size=320"]) == 0
+    assert "on a 10 x 10 grid (320 px)" in capsys.readouterr().out
+    assert main(["pointing-game", "--checkpoint", str(root / "out" / "run"), "--data", str(data),
+                 "--boxes", str(tmp_path / "boxes.json"), "--set", "features.backbone=efficientnet_lite2"]) == 2
+    err = capsys.readouterr().err
+    assert "features.backbone" in err and "only features.image_size" in err and "Traceback" not in err
     assert main(["pointing-game", "--checkpoint", str(root / "out" / "run"), "--data", str(data),
                  "--boxes", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err

@@ -397,6 +397,7 @@ def test_cli_eval_json_has_the_documented_keys(cli_env, reference_run):
     recalls = [result[d][f"r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
     assert result["rsum"] == pytest.approx(sum(recalls))
     assert result["seconds"] >= 0
+    assert "overrides" not in result  # only a run scored with --set records them
 
 
 @pytest.mark.slow

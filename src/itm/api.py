@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from itm.config import FeatureConfig
 from itm.data.encode import encode_captions
 from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
@@ -35,8 +36,9 @@ class Model:
     def name(self) -> str:
         return self.checkpoint.config.model.name
 
-    def image_features(self, images: Sequence[str | Path]) -> ImageFeatures:
-        """Features of image files in the given order (a missing or unreadable file: DataError naming it)."""
+    def image_features(self, images: Sequence[str | Path], settings: FeatureConfig | None = None) -> ImageFeatures:
+        """Features of image files in the given order (a missing or unreadable file: DataError naming it),
+        extracted as the model was trained unless ``settings`` says otherwise."""
         from itm.features.extract import file_features
         from itm.pipeline import cache_root
 
@@ -47,7 +49,7 @@ class Model:
                 raise DataError(f"image {path}: no such file")
             files.append((str(path.resolve()), path.resolve()))  # the full path: two a.jpg stay apart
         config = self.checkpoint.config
-        return file_features(files, config.features, cache_root(config) / "features", self.device)
+        return file_features(files, settings or config.features, cache_root(config) / "features", self.device)
 
     def encode_captions(self, captions: Sequence[str]) -> Captions:
         """Captions as the model's inputs (a caption with no words: DataError naming it)."""
@@ -67,12 +69,14 @@ class Model:
         return score_all_pairs(self.model, self.image_features(images), self.encode_captions(captions))
 
     def explain(self, image: str | Path, caption: str) -> dict:
-        """The model's attention for one pair as matplotlib figures, by the names the model declares."""
+        """The model's attention for one pair as matplotlib figures, by the names the model declares,
+        on the explanation grid (``eval.explain_image_size``)."""
+        from itm.pipeline import explanation_features
         from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
 
         tokens = tokenize(caption) if isinstance(caption, str) else []
         check_known_words(tokens, self.checkpoint.vocab, str(caption))
-        features = self.image_features([image])
+        features = self.image_features([image], explanation_features(self.checkpoint.config))
         explanation = explain_pair(self.model, features, 0, self.encode_captions([caption]), 0, tokens)
         return pair_figures(explanation, image_array(image), features, 0, title=caption)
 

@@ -139,6 +139,9 @@ class EvalConfig:
     caption_tile: int = 512
     memory_budget_mb: int = 1024
     precision: str = "fp32"  # fp32 | bf16: autocast of scoring; the matrix stays float32 (itm.devices)
+    # `itm explain` (pair mode) and `itm pointing-game` extract features at this size: the same weights
+    # over a finer region grid, whose peaks point better (docs/explain.md); scoring keeps the trained size
+    explain_image_size: int | None = None
 
 
 @dataclass
@@ -381,7 +384,7 @@ def validate(config: Config) -> None:
                  choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine"),
                           "precision": PRECISIONS})
     check_fields("eval", config.eval, positive=("image_tile", "caption_tile", "memory_budget_mb"),
-                 choices={"precision": PRECISIONS})
+                 optional_positive=("explain_image_size",), choices={"precision": PRECISIONS})
     config.model.validate()
     from itm.losses import LOSSES  # late: keeps this module free of torch at import
 

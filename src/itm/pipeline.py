@@ -6,6 +6,7 @@ decides *what* to prepare, never how.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,13 @@ def cache_root(config: Config) -> Path:
     from itm.features.cache import cache_home
 
     return Path(config.features.cache_dir).expanduser() if config.features.cache_dir else cache_home()
+
+
+def explanation_features(config: Config) -> FeatureConfig:
+    """The feature settings attention pictures are drawn on: ``eval.explain_image_size`` when set (the
+    trained weights over a finer region grid; docs/explain.md), else those the model was trained on."""
+    size = config.eval.explain_image_size
+    return config.features if not size else dataclasses.replace(config.features, image_size=size)
 
 
 def feature_config(settings: dict) -> FeatureConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from itm.commands import add_device_argument
+from itm.commands import add_device_argument, add_scoring_set_argument
 from itm.config import PRECISIONS
 
 HELP = "evaluate a checkpoint: R@1/5/10, median and mean rank, rsum (both directions)"
@@ -24,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the metrics as JSON")
     parser.add_argument("--memory-mb", type=int, default=None, help="memory budget of the scoring engine")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable images, with a report")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a scoring switch of the saved config, e.g. --set model.global_context=pairwise")
+    add_scoring_set_argument(parser)
     parser.add_argument("--scores", metavar="OUT.npy", help="also save the (images x captions) score matrix "
                         "(flickr protocol; the mean matrix for an ensemble)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -88,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         out["device"], out["precision"] = str(device), precision
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
+        if args.overrides:  # e.g. a test-time features.image_size: the figures are not the saved config's
+            out["overrides"] = list(args.overrides)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from itm.commands import add_device_argument
+from itm.commands import add_device_argument, add_scoring_set_argument
 
 HELP = "draw a pair's attention (W2R heat maps, O2W chart) or a query's top-5 retrieval sheet"
 
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-image", help="retrieval mode: image file name in the split -> top-5 captions")
     parser.add_argument("--query-caption", help="retrieval mode: caption text -> top-5 images")
     parser.add_argument("--top", type=int, default=5)
+    add_scoring_set_argument(parser)
     add_device_argument(parser)
 
 
@@ -58,7 +59,7 @@ def explain_pair_command(args: argparse.Namespace) -> None:
     from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
     from itm.viz.render import save_figure
 
-    ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    ckpt = load_checkpoint(args.checkpoint, args.overrides, device=args.device, explaining=True)
     tokens = tokenize(args.caption)
     check_known_words(tokens, ckpt.vocab, args.caption)
     config = ckpt.config
@@ -66,7 +67,9 @@ def explain_pair_command(args: argparse.Namespace) -> None:
                              device=args.device)
     explanation = explain_pair(ckpt.model, prepared.features, 0, prepared.captions, 0, tokens)
     parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
-    print(f"score {explanation.score:.3f}" + (f" ({parts})" if parts else ""))
+    grid = prepared.features.grid_shape
+    where = f" on a {grid[0]} x {grid[1]} grid ({config.features.image_size} px)" if grid else ""
+    print(f"score {explanation.score:.3f}" + (f" ({parts})" if parts else "") + where)
     out = Path(args.out)
     for branch, fig in pair_figures(explanation, image_array(args.image), prepared.features, 0,
                                     title=args.caption).items():
@@ -90,7 +93,7 @@ def explain_retrieval_command(args: argparse.Namespace) -> None:
     )
     from itm.viz.render import save_figure
 
-    ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    ckpt = load_checkpoint(args.checkpoint, args.overrides, device=args.device)
     config = ckpt.config
     split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, device=args.device)
     images = split.dataset.images

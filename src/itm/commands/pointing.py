@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from itm.commands import add_device_argument
+from itm.commands import add_device_argument, add_scoring_set_argument
 
 HELP = "pointing game: hit rate of each named object's peak word attention inside its boxes"
 
@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="Karpathy-format folder (e.g. ../shared/data/coco_boxes_dev)")
     parser.add_argument("--boxes", required=True, help="COCO instances JSON with the photos' boxes")
     parser.add_argument("--split", default="test")
+    add_scoring_set_argument(parser)
     parser.add_argument("--synonyms", help="JSON {word: category} added to the built-in word table")
     parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
@@ -36,14 +37,17 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     boxes, categories = read_coco_boxes(args.boxes)
     words = word_table(categories, read_synonyms(args.synonyms) if args.synonyms else None)
-    ckpt = load_checkpoint(args.checkpoint, device=device)
+    ckpt = load_checkpoint(args.checkpoint, args.overrides, device=device, explaining=True)
     config = ckpt.config
     split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False, device=device)
     cases = pointing_cases(ckpt.model, split, boxes, words)
     result = summarise(cases, args.min_cases)
-    print(format_summary(result, f"{config.model.name} on {args.data}"))
+    rows, cols = split.features.grid_shape
+    print(format_summary(result, f"{config.model.name} on {args.data}, {rows} x {cols} grid "
+                                 f"({config.features.image_size} px)"))
     if args.json_out:
-        result.update(checkpoint=str(args.checkpoint), model=config.model.name, data=str(args.data))
+        result.update(checkpoint=str(args.checkpoint), model=config.model.name, data=str(args.data),
+                      grid=[rows, cols], image_size=config.features.image_size, overrides=args.overrides)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
     if args.pictures:

@@ -255,7 +255,9 @@ class Searcher:
 
     def explain_png(self, image_id: int, text: str) -> bytes:
         """The re-ranker's attention for (photo, text) as one PNG: its words-over-regions map if it
-        declares one, else its first drawable map."""
+        declares one, else its first drawable map. Drawn on the re-ranker's explanation grid
+        (``eval.explain_image_size``: the photo is extracted again at that size), else from the index."""
+        from itm.pipeline import explanation_features
         from itm.viz.explain import explain_pair, image_array, pair_figures
 
         ckpt = self.models.reranker
@@ -264,7 +266,13 @@ class Searcher:
         path = self.path_of(image_id)
         if path is None:
             raise ItmError(f"no image with id {image_id}")
-        features = self.feature_rows([self.sha1_of_id[image_id]])
+        settings = explanation_features(ckpt.config)
+        if settings.image_size == ckpt.config.features.image_size:
+            features = self.feature_rows([self.sha1_of_id[image_id]])
+        else:
+            from itm.features.extract import file_features
+
+            features = file_features([(str(path), path)], settings, self.models.cache_root(), self.models.device)
         tokens = query_tokens(text)
         captions = encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words)
         explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)  # moves them to the model

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from itm.config import Config, apply_overrides
+from itm.config import Config, apply_overrides, parse_override
 from itm.data.vocab import Vocab
 from itm.devices import as_device
 from itm.errors import ItmError
 from itm.models.base import Matcher, WordEmbedder
 from itm.models.registry import InputDims, build_model
-from itm.pipeline import feature_config
+from itm.pipeline import explanation_features, feature_config
 
 FORMAT_VERSION = 1
 
@@ -112,17 +112,39 @@ def _payload_problem(payload: dict[str, Any]) -> str | None:
     return None
 
 
+# Feature settings that may differ from training: the weights see the same backbone channels, only more
+# (or fewer) grid cells. A finer test-time grid is a pointing-game lever (docs/explain.md).
+TEST_TIME_FEATURES = ("image_size",)
+
+
+def test_time_feature_overrides(overrides: list[str]) -> dict[str, Any]:
+    """The ``features.*`` overrides as {key: value}; a one-line error for one the weights cannot follow."""
+    chosen = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] != "features":
+            continue
+        if len(keys) != 2 or keys[1] not in TEST_TIME_FEATURES:
+            raise ItmError(f"override '{text}': the model was trained on its feature settings; only "
+                           f"{', '.join('features.' + k for k in TEST_TIME_FEATURES)} can change at test time")
+        chosen[keys[1]] = value
+    return chosen
+
+
 def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
-                    device: torch.device | str | None = None) -> LoadedCheckpoint:
+                    device: torch.device | str | None = None, *, explaining: bool = False) -> LoadedCheckpoint:
     """Rebuild the model (eval mode, on ``device``; None: the CPU) and its metadata from a checkpoint
     file or run folder: the one loader for inference. ``config.features`` are the extractor settings
     the model was trained on. The file is read onto the CPU and the model moved after, so a checkpoint
     written on any device loads on any other.
 
     ``overrides`` (``model.global_context=pairwise``, ...) change the saved config before the model
-    is built: switches that leave the weights' shapes alone; anything else fails to load in one line."""
+    is built: switches that leave the weights' shapes alone; anything else fails to load in one line.
+    ``explaining``: features at ``eval.explain_image_size`` when the config sets it and no override
+    names ``features.image_size`` (attention pictures and the pointing game, not scores)."""
     payload = read_payload(path)
     config = Config.from_dict(payload["config"], f"checkpoint {path}")
+    feature_overrides = test_time_feature_overrides(overrides or [])
     if overrides:
         config = apply_overrides(config, overrides)
     dims = InputDims(**payload["dims"])
@@ -136,6 +158,9 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
     model.to(as_device(device)).eval()
     # new images must be extracted exactly as the model's training images were
     saved = dataclasses.asdict(config.features)
-    config.features = feature_config({**saved, **payload["feature_settings"], "cache_dir": saved["cache_dir"]})
+    config.features = feature_config({**saved, **payload["feature_settings"], "cache_dir": saved["cache_dir"],
+                                      **feature_overrides})
+    if explaining and "image_size" not in feature_overrides:
+        config.features = explanation_features(config)
     return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
                             payload["feature_settings"], payload)
