@@ -139,8 +139,9 @@ class EvalConfig:
     caption_tile: int = 512
     memory_budget_mb: int = 1024
     precision: str = "fp32"  # fp32 | bf16: autocast of scoring; the matrix stays float32 (itm.devices)
-    # `itm explain` (pair mode) and `itm pointing-game` extract features at this size: the same weights
-    # over a finer region grid, whose peaks point better (docs/explain.md); scoring keeps the trained size
+    # attention pictures (itm explain pair mode, Model.explain, the search page) and itm pointing-game
+    # extract features at this size: the same weights over a finer region grid, whose peaks point better
+    # (docs/explain.md); scoring and indexing keep the trained size
     explain_image_size: int | None = None
 
 
