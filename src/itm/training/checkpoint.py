@@ -117,7 +117,7 @@ def _payload_problem(payload: dict[str, Any]) -> str | None:
 TEST_TIME_FEATURES = ("image_size",)
 
 
-def test_time_feature_overrides(overrides: list[str]) -> dict[str, Any]:
+def feature_overrides_at_test_time(overrides: list[str]) -> dict[str, Any]:
     """The ``features.*`` overrides as {key: value}; a one-line error for one the weights cannot follow."""
     chosen = {}
     for text in overrides:
@@ -144,7 +144,7 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
     names ``features.image_size`` (attention pictures and the pointing game, not scores)."""
     payload = read_payload(path)
     config = Config.from_dict(payload["config"], f"checkpoint {path}")
-    feature_overrides = test_time_feature_overrides(overrides or [])
+    feature_overrides = feature_overrides_at_test_time(overrides or [])
     if overrides:
         config = apply_overrides(config, overrides)
     dims = InputDims(**payload["dims"])
