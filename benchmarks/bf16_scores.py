@@ -22,7 +22,7 @@ from itm.devices import resolve_device
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
 from itm.pipeline import prepare_split
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 
 
 def compare(exact: np.ndarray, bf16: np.ndarray) -> dict:

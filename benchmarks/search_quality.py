@@ -27,7 +27,7 @@ from itm.evaluation.metrics import retrieval_metrics
 from itm.models.base import select_state
 from itm.pipeline import prepare_split
 from itm.retrieval.search import build_faiss
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 
 KS = (10, 20, 50, 100)
 

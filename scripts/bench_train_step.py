@@ -14,8 +14,8 @@ import torch
 from itm.config import load_config
 from itm.data.types import Captions
 from itm.losses import infonce
-from itm.models.registry import InputDims
-from itm.training.checkpoint import new_model
+from itm.models.base import InputDims
+from itm.checkpoint import new_model
 
 VOCAB, WORDS, REGIONS, OBJECTS, WIDTH = 5000, 30, 81, 10, 1280  # Lite2 260 px: 9 x 9 grid, 1280-d
 

@@ -21,7 +21,7 @@ import torch
 
 from itm.data.load import load_dataset
 from itm.pipeline import prepare_split
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 from itm.training.loop import batch_captions
 
 

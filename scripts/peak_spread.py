@@ -14,7 +14,7 @@ import numpy as np
 from itm.data.load import load_dataset
 from itm.evaluation.grounding import attention_rows, word_region_map
 from itm.pipeline import prepare_split
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from itm import __version__
 from itm.features.cache import content_key
 from itm.shipped import ROLES, shipped_folder
-from itm.training.checkpoint import read_payload, save_atomic
+from itm.checkpoint import read_payload, save_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

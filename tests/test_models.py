@@ -24,7 +24,7 @@ from helpers import (
 )
 
 from itm import cli
-from itm.config import MODEL_CONFIGS, ConfigError, load_config
+from itm.config import ConfigError, load_config
 from itm.data.types import IMAGE_STREAMS, Captions
 from itm.evaluation import chance_metrics
 from itm.models import MODELS
@@ -41,7 +41,7 @@ def test_the_three_papers_are_registered():
 @pytest.mark.parametrize("name", VARIANTS)
 def test_declarations(name):
     model, config = tiny_model(name)
-    assert isinstance(config.model, MODEL_CONFIGS.get(name).config_class)
+    assert isinstance(config.model, MODELS.get(name).config_class)
     assert model.image_streams and set(model.image_streams) <= set(IMAGE_STREAMS)
     for spec in model.attention_specs().values():
         assert spec.rows in AXES and spec.over in AXES

@@ -29,7 +29,7 @@ from itm.evaluation import chance_metrics
 from itm.evaluation.engine import score_all_pairs
 from itm.models.objectives import sample_negatives
 from itm.training import loop
-from itm.training.checkpoint import load_checkpoint, read_payload, save_atomic
+from itm.checkpoint import load_checkpoint, read_payload, save_atomic
 from itm.training.loop import Trainer, TrainingDiverged, epoch_order, scheduled_lr
 
 

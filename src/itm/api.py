@@ -21,7 +21,7 @@ from itm.data.encode import encode_captions
 from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
 from itm.errors import DataError
-from itm.training.checkpoint import LoadedCheckpoint, load_checkpoint
+from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 
 
 class Model:

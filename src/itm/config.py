@@ -18,7 +18,6 @@ from typing import Any, ClassVar
 import yaml
 
 from itm.errors import ConfigError, shown
-from itm.registry import Registry
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
 PRECISIONS = ("fp32", "bf16")  # itm.devices.precision_context
@@ -63,8 +62,8 @@ DEFAULT_MODEL = "bssan"
 @dataclass
 class ModelConfig:
     """The base of every model's config. ``name`` is a key of the model registry (``itm models``);
-    each model registers its own subclass with its fields (``register_model_config``) and checks
-    them in ``validate``."""
+    each model registers its own subclass with its fields (``itm.models.registry.register_model``)
+    and checks them in ``validate``."""
 
     name: str = DEFAULT_MODEL
 
@@ -74,30 +73,17 @@ class ModelConfig:
         """Range and choice checks of the model's own fields: ConfigError naming ``model.<key>``."""
 
 
-@dataclass
-class ModelEntry:
-    """A registered model name: its config class and the field values the variant fixes."""
+def model_entry(name: Any):
+    """The registered model ``name`` (``itm.models.registry.ModelSpec``: its config class, presets and
+    builder); a one-line ConfigError for anything else. Importing the registry registers every model:
+    late, so that this module stays free of torch at import."""
+    from itm.models.registry import MODELS
 
-    config_class: type[ModelConfig]
-    presets: dict[str, Any] = field(default_factory=dict)
-
-
-MODEL_CONFIGS: Registry[ModelEntry] = Registry("model")
-
-
-def register_model_config(name: str, config_class: type[ModelConfig], presets: dict[str, Any]) -> None:
-    """Called by ``itm.models.registry.register_model``: config.py never imports a model."""
-    MODEL_CONFIGS.add(name, ModelEntry(config_class, dict(presets)))
-
-
-def model_entry(name: Any) -> ModelEntry:
-    """The registered entry of ``model.name``; a one-line ConfigError for anything else."""
     if not isinstance(name, str):
         raise ConfigError(f"model.name: expected a string, got {_show(name)}")
-    if name not in MODEL_CONFIGS:
-        known = ", ".join(MODEL_CONFIGS.names()) or "none registered: import itm.models first"
-        raise ConfigError(f"model.name: unknown model '{shown(name)}' (known: {known})")
-    return MODEL_CONFIGS.get(name)
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model '{shown(name)}' (known: {', '.join(MODELS.names())})")
+    return MODELS.get(name)
 
 
 def default_model_config() -> ModelConfig:

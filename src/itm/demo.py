@@ -20,7 +20,7 @@ from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
 from itm.pipeline import prepare_split
 from itm.report import Report, metrics_table, save_pictures, training_curve, write_report
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 from itm.training.run import train_run
 from itm.viz.explain import (
     LazyImages,

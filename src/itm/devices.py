@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from itm.config import PRECISIONS
+from itm.data.types import Captions
 from itm.errors import ItmError, shown
 
 _NAME = re.compile(r"(cpu|cuda)(?::(\d+))?")
@@ -72,3 +73,14 @@ def precision_context(device: torch.device, precision: str = "fp32") -> Abstract
     if check_precision(precision, "precision") == "fp32":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's weights live on (the one its inputs must be moved to)."""
+    return next(model.parameters()).device
+
+
+def on_device(captions: Captions, device: torch.device) -> Captions:
+    """Encoded captions (ids, lengths, word vectors if any) on ``device``."""
+    vectors = None if captions.vectors is None else captions.vectors.to(device)
+    return Captions(captions.ids.to(device), captions.lengths.to(device), vectors)

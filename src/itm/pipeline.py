@@ -18,7 +18,7 @@ from itm.config import Config, FeatureConfig
 from itm.data.encode import encode_captions
 from itm.data.types import Captions, Dataset, ImageFeatures
 from itm.data.vocab import Vocab
-from itm.models.registry import InputDims
+from itm.models.base import InputDims
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,11 @@ class Registry(Generic[T]):
         self._items[name] = obj
         self._help[name] = help or (getattr(obj, "__doc__", "") or "").strip().split("\n")[0]
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (a test that registers its own entry cleans up after itself)."""
+        self._items.pop(name, None)
+        self._help.pop(name, None)
+
     def get(self, name: str) -> T:
         if name not in self._items:
             raise ConfigError(f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self._items))})")

@@ -15,7 +15,7 @@ from fuzz_inputs import checkpoint_files
 from fuzz_support import budget, result_or_user_error
 from hypothesis import event, given
 
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 
 
 @budget(3)

@@ -23,7 +23,7 @@ from itm.data.load import load_dataset
 from itm.errors import ItmError
 from itm.features.extract import precomputed_features, read_image_bytes
 from itm.features.images import decode_image, load_image, read_image_file
-from itm.training.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint
 
 
 def raised(read) -> BaseException:

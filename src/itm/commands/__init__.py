@@ -15,7 +15,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_scoring_set_argument(parser: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE`` for commands that load a trained checkpoint: switches that leave the weights'
-    shapes alone (``itm.training.checkpoint.load_checkpoint``)."""
+    shapes alone (``itm.checkpoint.load_checkpoint``)."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a scoring switch of the saved config, e.g. --set model.global_context=pairwise, "
                              "or --set features.image_size=416 (a finer region grid at test time)")

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
     from itm.pipeline import prepare_split
-    from itm.training.checkpoint import load_checkpoint
+    from itm.checkpoint import load_checkpoint
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
     if args.scores and args.protocol != "flickr":

@@ -55,7 +55,7 @@ def _single_image_dataset(image: str, caption: str):
 def explain_pair_command(args: argparse.Namespace) -> None:
     from itm.data.tokenize import tokenize
     from itm.pipeline import prepare_split
-    from itm.training.checkpoint import load_checkpoint
+    from itm.checkpoint import load_checkpoint
     from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
     from itm.viz.render import save_figure
 
@@ -83,7 +83,7 @@ def explain_retrieval_command(args: argparse.Namespace) -> None:
     from itm.errors import ItmError
     from itm.evaluation.engine import score_all_pairs
     from itm.pipeline import prepare_split, word_vectors
-    from itm.training.checkpoint import load_checkpoint
+    from itm.checkpoint import load_checkpoint
     from itm.viz.explain import (
         LazyImages,
         check_known_words,

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.evaluation.grounding import pointing_cases
     from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
     from itm.pipeline import prepare_split
-    from itm.training.checkpoint import load_checkpoint
+    from itm.checkpoint import load_checkpoint
 
     device = resolve_device(args.device)
     boxes, categories = read_coco_boxes(args.boxes)

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from itm.data.types import Captions, ImageFeatures
-from itm.devices import precision_context
+from itm.devices import model_device, on_device, precision_context
 from itm.models.base import Matcher, State, select_state
 
 FLOAT_BYTES = 4
@@ -68,15 +68,6 @@ def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
     caption_tile = max(1, min(caption_tile, len(captions)))
     image_tile = max(1, min(image_chunk, (budget // 2) // max(pair_bytes * caption_tile, 1)))
     return TilePlan(image_chunk, caption_tile, image_tile)
-
-
-def model_device(model: Matcher) -> torch.device:
-    return next(model.parameters()).device
-
-
-def on_device(captions: Captions, device: torch.device) -> Captions:
-    vectors = None if captions.vectors is None else captions.vectors.to(device)
-    return Captions(captions.ids.to(device), captions.lengths.to(device), vectors)
 
 
 @torch.inference_mode()

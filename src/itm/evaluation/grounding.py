@@ -12,7 +12,8 @@ from PIL import Image
 
 from itm.data.types import Captions
 from itm.errors import DataError, ItmError
-from itm.evaluation.engine import eval_mode, model_device, on_device
+from itm.devices import model_device, on_device
+from itm.evaluation.engine import eval_mode
 from itm.evaluation.pointing import ImageBoxes, PointingCase, point
 from itm.models.base import Matcher
 from itm.pipeline import PreparedSplit

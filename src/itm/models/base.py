@@ -32,6 +32,16 @@ ImageStreams = dict[str, torch.Tensor]  # "regions": (N, D, M), "objects": (N, P
 AXES = ("words", "regions", "objects", "image", "caption")
 
 
+@dataclass
+class InputDims:
+    """Feature widths a model is built for (read from the data, stored in checkpoints)."""
+
+    word_dim: int  # E
+    region_dim: int  # M (also the width of the whole-image vector)
+    object_dim: int  # Q
+    vocab_size: int
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
     """One attention map a model returns: ``rows`` attend over ``over``; each real row sums to 1

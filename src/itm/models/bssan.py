@@ -34,6 +34,7 @@ from itm.data.types import Captions
 from itm.models.base import (
     AttentionSpec,
     ImageStreams,
+    InputDims,
     Matcher,
     PairScores,
     State,
@@ -41,7 +42,7 @@ from itm.models.base import (
     length_mask,
 )
 from itm.models.objectives import objective_loss
-from itm.models.registry import InputDims, register_model
+from itm.models.registry import register_model
 
 
 @dataclass

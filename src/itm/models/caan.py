@@ -32,9 +32,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.models.base import (
-    EPS,
     AttentionSpec,
+    EPS,
     ImageStreams,
+    InputDims,
     Matcher,
     PairScores,
     State,
@@ -42,7 +43,7 @@ from itm.models.base import (
     l2norm,
     length_mask,
 )
-from itm.models.registry import InputDims, register_model
+from itm.models.registry import register_model
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
-from itm.models.base import ImageStreams, Matcher, PairScores, State, WordEmbedder
-from itm.models.registry import InputDims, register_model
+from itm.models.base import ImageStreams, InputDims, Matcher, PairScores, State, WordEmbedder
+from itm.models.registry import register_model
 
 
 @dataclass

@@ -35,9 +35,10 @@ from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.errors import ConfigError, ItmError
 from itm.models.base import (
-    EPS,
     AttentionSpec,
+    EPS,
     ImageStreams,
+    InputDims,
     Matcher,
     PairScores,
     State,
@@ -46,7 +47,7 @@ from itm.models.base import (
     length_mask,
 )
 from itm.models.objectives import objective_loss
-from itm.models.registry import InputDims, register_model
+from itm.models.registry import register_model
 
 GLOBAL_CONTEXTS = ("pairwise", "unconditioned", "diagonal")
 

@@ -22,14 +22,13 @@ import torch
 from itm.data.encode import encode_captions
 from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
-from itm.devices import as_device
+from itm.devices import as_device, on_device
 from itm.errors import DataError, ItmError
-from itm.evaluation.engine import on_device
 from itm.features.cache import FeatureCache, content_key
 from itm.models.base import State, select_state
 from itm.retrieval.index import IndexStore
 from itm.shipped import portable_path, resolve_path
-from itm.training.checkpoint import LoadedCheckpoint, load_checkpoint
+from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 
 MAX_QUERY_CHARS = 500
 APPROXIMATE_ABOVE = 100_000  # photos; an exact inner-product search up to here, HNSW above

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 
 from itm.config import Config, TrainConfig
 from itm.data.types import Captions
-from itm.devices import precision_context
+from itm.devices import model_device, on_device, precision_context
 from itm.distributed import is_main, shard, world_size
 from itm.errors import ItmError
-from itm.evaluation.engine import model_device, on_device, score_all_pairs
+from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models.base import Matcher
 from itm.models.objectives import OBJECTIVES, TrainingBatch
@@ -34,7 +34,7 @@ from itm.pipeline import PreparedSplit
 from itm.registry import Registry
 from itm.training.augment import drop_regions, drop_words
 from itm.training.averaging import WeightAverage
-from itm.training.checkpoint import save_atomic
+from itm.checkpoint import save_atomic
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.add("sgd", lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum),

@@ -19,7 +19,7 @@ from itm.devices import as_device
 from itm.distributed import is_main, setup, world_size
 from itm.errors import ItmError
 from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
-from itm.training.checkpoint import model_payload, new_model, read_payload
+from itm.checkpoint import model_payload, new_model, read_payload
 from itm.training.loop import Trainer, seed_everything
 
 

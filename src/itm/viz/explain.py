@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
 from itm.errors import ItmError
-from itm.evaluation.engine import model_device, on_device
+from itm.devices import model_device, on_device
 from itm.features.images import load_image
 from itm.models.base import AttentionSpec, Matcher, PairScores
 from itm.viz.attention import object_word_figure, word_attention_figure, word_weights_figure

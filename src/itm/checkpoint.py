@@ -20,8 +20,8 @@ from itm.config import Config, apply_overrides, parse_override
 from itm.data.vocab import Vocab
 from itm.devices import as_device
 from itm.errors import ItmError
-from itm.models.base import Matcher, WordEmbedder
-from itm.models.registry import InputDims, build_model
+from itm.models.base import InputDims, Matcher, WordEmbedder
+from itm.models.registry import build_model
 from itm.pipeline import explanation_features, feature_config
 
 FORMAT_VERSION = 1
