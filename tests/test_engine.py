@@ -2,7 +2,7 @@
 
 Exactness over memory budgets and tile sizes (down to one image and one caption per tile), unsorted
 caption orders and varied lengths; the engine leaves the caller's train/eval modes alone; the
-per-branch parts of ``score_block`` combine with lambda; ``evaluate_model`` under the flickr protocol
+engine's score parts are the forward's parts, pair by pair; ``evaluate_model`` under the flickr protocol
 is ``retrieval_metrics`` of the full matrix.
 """
 
@@ -22,6 +22,7 @@ from itm.evaluation.engine import TilePlan, plan_tiles, score_all_pairs, score_p
 from itm.evaluation.evaluate import JSON_KEYS, Member, evaluate_ensemble, evaluate_model
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models import MODELS
+from itm.models.base import TOTAL
 
 VARIANTS = MODELS.names()
 BSSAN_VARIANTS = [n for n in VARIANTS if n.startswith("bssan")]
@@ -188,30 +189,37 @@ def test_engine_restores_modes_when_scoring_fails(monkeypatch):
     assert _modes(model) == before
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_score_parts_are_the_forward_parts_pair_by_pair(name):
+    """``score_all_parts``: the total is ``score_all_pairs``'s matrix, and each part the model's forward
+    reports is a matrix whose entries are that part of the one-pair forward."""
+    model, features, captions, naive = reference(name)
+    parts = engine.score_all_parts(model, features, captions, memory_budget_mb=0.02, caption_tile=2)
+    np.testing.assert_array_equal(parts[TOTAL], score_all_pairs(model, features, captions, 0.02, 2))
+    with torch.no_grad():
+        forward = model(*pair_inputs(model, features, captions, 0, 0)).parts
+    assert set(parts) == {TOTAL, *forward}
+    for i in range(N_IMAGES):
+        for c in range(len(LENGTHS)):
+            with torch.no_grad():
+                out = model(*pair_inputs(model, features, captions, i, c))
+            for part, value in out.parts.items():
+                np.testing.assert_allclose(parts[part][i, c], value[0].item(), rtol=1e-4, atol=1e-4)
+
+
+def pair_inputs(model, features, captions, i, c):
+    one = captions.select(slice(c, c + 1))
+    n = int(one.lengths[0])
+    return features.streams(model.image_streams, slice(i, i + 1)), Captions(one.ids[:, :n], one.lengths)
+
+
 @pytest.mark.parametrize("name", BSSAN_VARIANTS)
-def test_score_block_parts_combine_with_lambda(name):
+def test_bssan_parts_combine_with_lambda(name):
     model, config = tiny_model(name, "model.o2w_weight=0.37")
     features, captions = make_data()
-    with torch.no_grad():
-        images = model.prepare_images(features.streams(model.image_streams))
-        caps = model.prepare_captions(captions)
-        parts = model.score_block(images, caps, parts=True)
-        combined = model.score_block(images, caps)
-    assert set(parts) == set(config.model.branches)
-    for part in parts.values():
-        assert part.shape == (N_IMAGES, len(LENGTHS))
-    expected = parts.get("w2r", 0) + 0.37 * parts.get("o2w", 0)
-    torch.testing.assert_close(combined, expected)
-    # and the block's parts are the forward's parts, pair by pair
-    for c in range(len(LENGTHS)):
-        one = captions.select(slice(c, c + 1))
-        n = int(one.lengths[0])
-        one = Captions(one.ids[:, :n], one.lengths)
-        for i in range(N_IMAGES):
-            with torch.no_grad():
-                out = model(features.streams(model.image_streams, slice(i, i + 1)), one)
-            for branch, value in out.parts.items():
-                torch.testing.assert_close(parts[branch][i, c], value[0], rtol=1e-4, atol=1e-4)
+    parts = engine.score_all_parts(model, features, captions)
+    assert set(parts) == {TOTAL, *config.model.branches}
+    torch.testing.assert_close(parts[TOTAL], parts.get("w2r", 0) + 0.37 * parts.get("o2w", 0))
 
 
 @pytest.mark.parametrize("name", BSSAN_VARIANTS)
@@ -224,7 +232,7 @@ def test_score_block_eq8_uniform_matches_forward(name):
     uniform = torch.rand(N_IMAGES, len(LENGTHS), generator=torch.Generator().manual_seed(3)) < 0.5
     with torch.no_grad():
         images = model.prepare_images(features.streams(model.image_streams))
-        block = model.score_block(images, model.prepare_captions(captions), uniform=uniform)
+        block = model.combine(model.branch_blocks(images, model.prepare_captions(captions), uniform=uniform))
         ii, cc = torch.meshgrid(torch.arange(N_IMAGES), torch.arange(len(LENGTHS)), indexing="ij")
         ii, cc = ii.reshape(-1), cc.reshape(-1)
         picked = captions.select(cc)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from itm.data.types import Captions, ImageFeatures
 from itm.devices import model_device, on_device, precision_context
-from itm.models.base import Matcher, State, select_state
+from itm.models.base import TOTAL, Matcher, State, select_state
 
 FLOAT_BYTES = 4
 
@@ -70,7 +70,6 @@ def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
     return TilePlan(image_chunk, caption_tile, image_tile)
 
 
-@torch.inference_mode()
 def score_all_pairs(model: Matcher, features: ImageFeatures, captions: Captions,
                     memory_budget_mb: float = 1024, caption_tile: int = 512,
                     progress: bool = False, max_image_chunk: int = 128, precision: str = "fp32") -> np.ndarray:
@@ -79,24 +78,41 @@ def score_all_pairs(model: Matcher, features: ImageFeatures, captions: Captions,
     process scores a contiguous share of the image chunks and every process gets the whole matrix,
     equal to one process's bit for bit. ``precision``: fp32 | bf16 (autocast; see docs/distributed.md
     for the measured difference)."""
+    return _score(model, features, captions, False, memory_budget_mb, caption_tile, progress, max_image_chunk,
+                  precision)[TOTAL]
+
+
+def score_all_parts(model: Matcher, features: ImageFeatures, captions: Captions,
+                    memory_budget_mb: float = 1024, caption_tile: int = 512,
+                    progress: bool = False, max_image_chunk: int = 128, precision: str = "fp32") -> dict[str, np.ndarray]:
+    """``score_all_pairs`` with the score's parts: {"score": the matrix, <part>: its matrix, ...} for
+    the parts the model reports (a BSSAN's branches, MLASM's local and global), in one pass."""
+    return _score(model, features, captions, True, memory_budget_mb, caption_tile, progress, max_image_chunk,
+                  precision)
+
+
+@torch.inference_mode()
+def _score(model: Matcher, features: ImageFeatures, captions: Captions, parts: bool, memory_budget_mb: float,
+           caption_tile: int, progress: bool, max_image_chunk: int, precision: str) -> dict[str, np.ndarray]:
     from itm.distributed import gather_rows, shard, world_size
 
     n_img, n_cap = len(features), len(captions)
     if n_img == 0 or n_cap == 0:
-        return np.zeros((n_img, n_cap), dtype=np.float32)
+        return {TOTAL: np.zeros((n_img, n_cap), dtype=np.float32)}
     with eval_mode(model), precision_context(model_device(model), precision):
         plan = plan_tiles(model, features, captions, memory_budget_mb, caption_tile, max_image_chunk)
         starts = list(range(0, n_img, plan.image_chunk))
         mine = starts[shard(len(starts))]  # all of them in one process
-        rows = score_chunks(model, features, captions, plan, mine, progress)  # (my rows, n_cap)
+        rows = score_chunks(model, features, captions, plan, mine, progress, parts)  # name -> (my rows, n_cap)
     if world_size() > 1:
-        return gather_rows(torch.from_numpy(rows)).numpy()
+        return {name: gather_rows(torch.from_numpy(block)).numpy() for name, block in rows.items()}
     return rows
 
 
 def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, plan: TilePlan,
-                 starts: list[int], progress: bool) -> np.ndarray:
-    """The rows of the image chunks beginning at ``starts`` (consecutive), every caption."""
+                 starts: list[int], progress: bool, parts: bool = False) -> dict[str, np.ndarray]:
+    """The rows of the image chunks beginning at ``starts`` (consecutive), every caption: the score
+    (``TOTAL``) and, with ``parts``, each part the model reports."""
     device = model_device(model)
     n_img, n_cap = len(features), len(captions)
     order = torch.argsort(captions.lengths, descending=True, stable=True)  # similar lengths per tile
@@ -104,7 +120,7 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
     first = starts[0] if starts else 0
     last = min(starts[-1] + plan.image_chunk, n_img) if starts else 0
     # filled and reordered where the blocks are computed: one copy to the CPU at the end
-    scores = torch.empty(last - first, n_cap, dtype=torch.float32, device=device)
+    matrices: dict[str, torch.Tensor] = {TOTAL: torch.empty(last - first, n_cap, dtype=torch.float32, device=device)}
     bar = tqdm(total=(last - first) * n_cap, desc="scoring pairs", unit="pair", unit_scale=True,
                disable=not progress, leave=False)
     for i0 in starts:
@@ -119,13 +135,22 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
             caption_state = model.prepare_captions(on_device(tile, device))
             for j0 in range(0, n_chunk, plan.image_tile):
                 rows = slice(j0, min(j0 + plan.image_tile, n_chunk))
-                block = model.score_block(select_state(images, rows), caption_state)  # (ni, nc)
+                blocks = model.score_block(select_state(images, rows), caption_state, parts=parts)
+                blocks = blocks if parts else {TOTAL: blocks}  # name -> (ni, nc)
                 top = chunk.start - first + rows.start
-                scores[top : top + rows.stop - rows.start, c0 : c0 + len(tile)] = block.float()
-                bar.update(block.numel())
+                for name, block in blocks.items():
+                    if name not in matrices:
+                        matrices[name] = torch.empty_like(matrices[TOTAL])
+                    matrices[name][top : top + rows.stop - rows.start, c0 : c0 + len(tile)] = block.float()
+                bar.update(blocks[TOTAL].numel())
     bar.close()
+    return {name: _in_caption_order(scores, order) for name, scores in matrices.items()}
+
+
+def _in_caption_order(scores: torch.Tensor, order: torch.Tensor) -> np.ndarray:
+    """Columns computed in ``order`` put back in the callers' caption order, on the CPU."""
     result = torch.empty_like(scores)
-    result[:, order.to(device)] = scores  # back to the callers' caption order
+    result[:, order.to(scores.device)] = scores
     return result.cpu().numpy()
 
 

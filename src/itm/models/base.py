@@ -7,12 +7,18 @@ three parts that the all-pairs engine (``itm.evaluation.engine``) reuses:
 
 - ``prepare_images``: everything computable once per image (a dict of tensors, leading dim N_img);
 - ``prepare_captions``: everything computable once per caption (leading dim N_cap);
-- ``score_block``: the scores of every image x caption pair of two prepared blocks, (N_img, N_cap).
+- ``score_block``: the scores of every image x caption pair of two prepared blocks, (N_img, N_cap);
+  with ``parts=True`` also each named part of the score (a branch), as the engine's ``score_all_parts``
+  returns them.
 
 ``forward`` scores aligned pairs (image i with caption i): the reference the engine is tested
 against. It returns the total, its named parts and, on request, the attention maps the model
 declares in ``attention_specs`` (what attends over what), so pictures never switch on a model.
 Training calls one hook, ``training_loss``; a model's training-only behaviour lives behind it.
+
+Search needs more of a model that declares itself ``indexable`` (its score is an inner product of
+per-item vectors, so a FAISS index can hold one side): ``encode_images``, ``encode_captions`` and
+``vector_dim``, the length of those vectors.
 """
 
 from __future__ import annotations
@@ -101,6 +107,14 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+TOTAL = "score"  # the key of the total among ``score_block(..., parts=True)``'s blocks
+
+
+def with_total(score: torch.Tensor, parts: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+    """A one-part model's ``score_block`` answer: the block, or {TOTAL: block} when parts are asked."""
+    return {TOTAL: score} if parts else score
+
+
 def select_state(state: State, index: slice | torch.Tensor) -> State:
     """Rows of a prepared state (every tensor's leading dim is the item dim)."""
     return {k: v[index] for k, v in state.items()}
@@ -124,7 +138,10 @@ class Matcher(nn.Module):
     def prepare_captions(self, captions: Captions) -> State:
         raise NotImplementedError
 
-    def score_block(self, images: State, captions: State) -> torch.Tensor:
+    def score_block(self, images: State, captions: State, parts: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """(Ni, Nc) scores of every image x caption pair of two prepared blocks. ``parts=True``: a dict
+        of (Ni, Nc) blocks, ``TOTAL`` (the score) and each part ``forward`` reports (``with_total`` does
+        that for a model whose score has no parts)."""
         raise NotImplementedError
 
     def pair_bytes(self, images: State, steps: int) -> int:
@@ -134,6 +151,20 @@ class Matcher(nn.Module):
     def forward(self, images: ImageStreams, captions: Captions, return_attention: bool = False) -> PairScores:
         """Score aligned pairs: image i of every stream with caption i."""
         raise NotImplementedError
+
+    # -- the search contract: only for models with ``indexable`` True ---------------------------------
+    @property
+    def vector_dim(self) -> int:
+        """The length of ``encode_images`` / ``encode_captions`` vectors (what an index stores)."""
+        raise NotImplementedError(f"{type(self).__name__} is not indexable: it has no per-item vectors")
+
+    def encode_images(self, images: ImageStreams) -> torch.Tensor:
+        """(N, vector_dim) per-image vectors; score_block is their inner product with caption vectors."""
+        raise NotImplementedError(f"{type(self).__name__} is not indexable: it has no per-item vectors")
+
+    def encode_captions(self, captions: Captions) -> torch.Tensor:
+        """(N, vector_dim) per-caption vectors."""
+        raise NotImplementedError(f"{type(self).__name__} is not indexable: it has no per-item vectors")
 
     def training_loss(self, batch) -> torch.Tensor:
         """The loss of one training step (``itm.models.objectives.TrainingBatch``): the configured

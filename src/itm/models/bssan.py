@@ -37,6 +37,7 @@ from itm.models.base import (
     InputDims,
     Matcher,
     PairScores,
+    TOTAL,
     State,
     WordEmbedder,
     length_mask,
@@ -391,7 +392,7 @@ class BSSAN(Matcher):
     def branch_weights(self) -> dict[str, float]:
         return {name: (1.0 if name == "w2r" else self.o2w_weight) for name in self.branches}
 
-    def _combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    def combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         weights = self.branch_weights()
         return sum(weights[name] * score for name, score in parts.items())
 
@@ -405,7 +406,7 @@ class BSSAN(Matcher):
         parts, attention = {}, {}
         for name, branch in self.branches.items():
             parts[name], attention[name] = branch(inputs[name], words, lengths, uniform)
-        return PairScores(self._combine(parts), parts, attention if return_attention else {})
+        return PairScores(self.combine(parts), parts, attention if return_attention else {})
 
     def prepare_images(self, images: ImageStreams) -> State:
         inputs = self.visual_inputs(images)
@@ -421,16 +422,20 @@ class BSSAN(Matcher):
             state.update(branch.prepare_captions(words, captions.lengths))
         return state
 
-    def score_block(self, images: State, captions: State, uniform=None, parts=False):
-        """(Ni, Nc) scores of every pair of the two prepared blocks (or the per-branch parts)."""
+    def score_block(self, images: State, captions: State, parts: bool = False):
+        """(Ni, Nc) scores of every pair of the two prepared blocks; ``parts``: with each branch's."""
+        branches = self.branch_blocks(images, captions)
+        total = self.combine(branches)
+        return {TOTAL: total, **branches} if parts else total
+
+    def branch_blocks(self, images: State, captions: State, uniform=None) -> dict[str, torch.Tensor]:
+        """Each branch's (Ni, Nc) block; ``uniform`` (Ni, Nc) bool marks eq. 8's training negatives."""
         if self.negative_attention == "softmax" or not self.training:
             uniform = None
         lengths = captions["lengths"]
         steps = int(lengths.max())  # trim padding shared by the whole caption block
         captions = {k: (v[:, :steps] if v.dim() >= 2 else v) for k, v in captions.items()}
-        scores = {name: branch.score_block(images, captions, lengths, uniform)
-                  for name, branch in self.branches.items()}
-        return scores if parts else self._combine(scores)
+        return {name: branch.score_block(images, captions, lengths, uniform) for name, branch in self.branches.items()}
 
     def pair_bytes(self, images: State, steps: int) -> int:
         floats = 0
@@ -468,7 +473,7 @@ class BSSAN(Matcher):
 
         def block(images, captions, positives):
             image_state, caption_state = self.prepare_images(images), self.prepare_captions(captions)
-            parts = self.score_block(image_state, caption_state, uniform=~positives, parts=True)
+            parts = self.branch_blocks(image_state, caption_state, uniform=~positives)
             if self.align_weight:
                 parts["align"] = self.alignment_block(image_state, caption_state, captions.lengths)
             return parts

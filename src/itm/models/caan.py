@@ -42,6 +42,7 @@ from itm.models.base import (
     WordEmbedder,
     l2norm,
     length_mask,
+    with_total,
 )
 from itm.models.registry import register_model
 
@@ -210,8 +211,11 @@ class CAAN(Matcher):
                 state["intra_context"] = q_ww @ state["intra"]  # (N, L, h)
         return state
 
-    def score_block(self, images: State, captions: State) -> torch.Tensor:
-        """(Ni, Nc) scores; per pair only H, the attention, the h-sized contexts and the pooling."""
+    def score_block(self, images: State, captions: State, parts: bool = False):
+        """(Ni, Nc) scores (one part); per pair only H, the attention, the h-sized contexts and the pooling."""
+        return with_total(self.pooled_scores(images, captions), parts)
+
+    def pooled_scores(self, images: State, captions: State) -> torch.Tensor:
         mask = length_mask(captions["lengths"], captions["u"].shape[1])  # (Nc, L)
         lam = self.config.temperature
         h = torch.einsum("ird,cld->icrl", images["v"], captions["u"])  # (Ni, Nc, R, L)

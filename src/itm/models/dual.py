@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
-from itm.models.base import ImageStreams, InputDims, Matcher, PairScores, State, WordEmbedder
+from itm.models.base import ImageStreams, InputDims, Matcher, PairScores, State, WordEmbedder, with_total
 from itm.models.registry import register_model
 
 
@@ -46,9 +46,14 @@ class DualEncoder(Matcher):
     def __init__(self, config: DualConfig, dims: InputDims, words: WordEmbedder):
         super().__init__()
         self.words = words
+        self.embed_dim = config.embed_dim
         self.image_fc = nn.Linear(dims.region_dim, config.embed_dim)
         self.gru = nn.GRU(dims.word_dim, config.embed_dim, batch_first=True)
         self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def vector_dim(self) -> int:
+        return self.embed_dim
 
     def encode_images(self, images: ImageStreams) -> torch.Tensor:
         return F.normalize(self.image_fc(self.dropout(images["whole"].float())), dim=-1)  # (N, d)
@@ -68,8 +73,8 @@ class DualEncoder(Matcher):
     def prepare_captions(self, captions: Captions) -> State:
         return {"vectors": self.encode_captions(captions)}
 
-    def score_block(self, images: State, captions: State) -> torch.Tensor:
-        return images["vectors"] @ captions["vectors"].t()  # (Ni, Nc)
+    def score_block(self, images: State, captions: State, parts: bool = False):
+        return with_total(images["vectors"] @ captions["vectors"].t(), parts)  # (Ni, Nc)
 
     def pair_bytes(self, images: State, steps: int) -> int:
         return 4

@@ -13,7 +13,8 @@ Read from the authors' public code (``docs/mlasm.md``). Two branches, S = rho S_
 
 The published code takes c_img and c_txt from each item's *ground-truth* pair at evaluation: an answer
 leak. ``global_context`` chooses: ``pairwise`` (default: the contexts of the scored pair itself),
-``unconditioned`` (means of the item's own fragments: indexable) or ``diagonal`` (the code's rule,
+``unconditioned`` (means of the item's own fragments: the global branch alone, ``local_weight`` 0, is
+indexable) or ``diagonal`` (the code's rule,
 for training a reproduction only; evaluating such a model is refused).
 
 All pairs: per image V, V V^T, W_ai V and its gate part; per caption W, W W^T, W_ct W. Per pair the
@@ -41,6 +42,7 @@ from itm.models.base import (
     InputDims,
     Matcher,
     PairScores,
+    TOTAL,
     State,
     WordEmbedder,
     l2norm,
@@ -168,6 +170,28 @@ class MLASM(Matcher):
         rho = self.config.local_weight
         return rho * parts["local"] + (1 - rho) * parts["global"]
 
+    def caption_vector(self, w: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The unconditioned e_txt (N, D): from the mean of the caption's own word states (N, L, D)."""
+        mask = length_mask(lengths, w.shape[1])
+        return self.text_vector((w * mask[..., None]).sum(1) / mask.sum(-1, keepdim=True))
+
+    # -- search: the unconditioned global branch alone is an inner product ----------------------------
+    @property
+    def indexable(self) -> bool:
+        """True when the score is e_img . e_txt with no pair context: the unconditioned global branch
+        alone (``local_weight`` 0, e.g. ``--set model.local_weight=0`` on ``mlasm_unconditioned``)."""
+        return self.has_global and self.config.global_context == "unconditioned" and self.config.local_weight == 0
+
+    @property
+    def vector_dim(self) -> int:
+        return self.config.embed_dim
+
+    def encode_images(self, images: ImageStreams) -> torch.Tensor:
+        return self.image_vector(self.encode_whole(images), self.encode_regions(images).mean(1))  # (N, D)
+
+    def encode_captions(self, captions: Captions) -> torch.Tensor:
+        return self.caption_vector(self.encode_words(captions), captions.lengths)  # (N, D)
+
     # -- one pair at a time, literally (the reference) ------------------------------------------------
     def aligned_parts(self, images: ImageStreams, captions: Captions):
         """Local score, the attended contexts and the attention maps of aligned pairs."""
@@ -205,7 +229,7 @@ class MLASM(Matcher):
         state["whole"] = whole
         d = v.shape[-1]
         if self.config.global_context == "unconditioned":
-            state["e_img"] = self.image_vector(whole, v.mean(1))  # (N, D): no caption involved: indexable
+            state["e_img"] = self.image_vector(whole, v.mean(1))  # (N, D): no caption involved
         else:
             w_gate_h = self.gate.weight[:, d:]  # (D, D): the gate's weights of h
             state["context"] = v @ self.context_fc.weight.t()  # (N, R, D): W_ai v_r
@@ -220,14 +244,13 @@ class MLASM(Matcher):
         if not self.has_global:
             return state
         if self.config.global_context == "unconditioned":
-            mask = length_mask(captions.lengths, w.shape[1])
-            state["e_txt"] = self.text_vector((w * mask[..., None]).sum(1) / mask.sum(-1, keepdim=True))  # (N, D)
+            state["e_txt"] = self.caption_vector(w, captions.lengths)  # (N, D)
         else:
             state["text"] = w @ self.text_fc.weight.t()  # (N, L, D): W_ct w_t
         return state
 
     def score_block(self, images: State, captions: State, parts: bool = False):
-        """(Ni, Nc) fused scores (or {"local", "global"}); the global branch per pair."""
+        """(Ni, Nc) fused scores; ``parts``: with the "local" and "global" blocks. The global per pair."""
         w = captions["w"]
         mask = length_mask(captions["lengths"], w.shape[1])  # (Nc, L)
         s = torch.einsum("ird,cld->icrl", images["v"], w)  # (Ni, Nc, R, L)
@@ -242,7 +265,8 @@ class MLASM(Matcher):
         scores = {"local": (t2i + i2t) / 2}
         if self.has_global:
             scores["global"] = self.global_block(images, captions, alpha, beta, mask)
-        return scores if parts else self.fuse(scores)
+        total = self.fuse(scores)
+        return {TOTAL: total, **scores} if parts else total
 
     def global_block(self, images: State, captions: State, alpha, beta, mask) -> torch.Tensor:
         if "e_img" in images:
