@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 
+from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
 from itm.devices import resolve_device
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
 from itm.pipeline import prepare_split
-from itm.checkpoint import load_checkpoint
 
 
 def compare(exact: np.ndarray, bf16: np.ndarray) -> dict:

@@ -32,11 +32,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import itm.models  # noqa: F401  (registers every model)
+from itm.checkpoint import new_model
 from itm.config import load_config
 from itm.data.types import ImageFeatures
 from itm.evaluation.engine import score_all_pairs
 from itm.models.base import InputDims
-from itm.checkpoint import new_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_pairs import random_captions  # noqa: E402

@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
+from itm.checkpoint import new_model
 from itm.config import load_config
 from itm.data.types import Captions, ImageFeatures
 from itm.evaluation.engine import score_all_pairs, score_pairs_naive
 from itm.models.base import InputDims
-from itm.checkpoint import new_model
 
 # Token counts of the 5,000 Flickr8k Karpathy test captions (cut at 30; mean 10.9), measured with
 # itm.data.load_dataset("../shared/data/flickr8k").split("test").caption_tokens()

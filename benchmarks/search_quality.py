@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models.base import select_state
 from itm.pipeline import prepare_split
 from itm.retrieval.search import build_faiss
-from itm.checkpoint import load_checkpoint
 
 KS = (10, 20, 50, 100)
 

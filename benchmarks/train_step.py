@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 import itm.models  # noqa: F401  (registers every model)
+from itm.checkpoint import new_model
 from itm.config import load_config
 from itm.data.types import ImageFeatures
-from itm.models.objectives import TrainingBatch
 from itm.models.base import InputDims
-from itm.checkpoint import new_model
+from itm.models.objectives import TrainingBatch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from score_pairs import random_captions  # noqa: E402

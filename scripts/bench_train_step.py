@@ -11,11 +11,11 @@ import time
 
 import torch
 
+from itm.checkpoint import new_model
 from itm.config import load_config
 from itm.data.types import Captions
 from itm.losses import infonce
 from itm.models.base import InputDims
-from itm.checkpoint import new_model
 
 VOCAB, WORDS, REGIONS, OBJECTS, WIDTH = 5000, 30, 81, 10, 1280  # Lite2 260 px: 9 x 9 grid, 1280-d
 

@@ -19,9 +19,9 @@ import argparse
 
 import torch
 
+from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
 from itm.pipeline import prepare_split
-from itm.checkpoint import load_checkpoint
 from itm.training.loop import batch_captions
 
 

@@ -72,9 +72,9 @@ def parts_matrices(model, features, captions) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from itm.checkpoint import load_checkpoint
     from itm.data.load import load_dataset
     from itm.pipeline import prepare_split
-    from itm.checkpoint import load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)

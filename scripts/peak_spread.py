@@ -11,10 +11,10 @@ from collections import Counter
 
 import numpy as np
 
+from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
 from itm.evaluation.grounding import attention_rows, word_region_map
 from itm.pipeline import prepare_split
-from itm.checkpoint import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 from itm import __version__
+from itm.checkpoint import read_payload, save_atomic
 from itm.features.cache import content_key
 from itm.shipped import ROLES, shipped_folder
-from itm.checkpoint import read_payload, save_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

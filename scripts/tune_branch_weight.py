@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics
 from itm.pipeline import prepare_split
-from itm.checkpoint import load_checkpoint
 
 # the ranking depends only on the ratio of the weights, so the grid is over the W2R share
 # alpha in MS' = alpha * f_w2r + (1 - alpha) * f_o2w, i.e. lambda = (1 - alpha) / alpha

@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from itm.checkpoint import model_payload, new_model, save_atomic
 from itm.config import load_config
-from itm.models import MODELS
 from itm.data.synthetic import synthetic_split
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
-from itm.models.objectives import TrainingBatch
+from itm.models import MODELS
 from itm.models.base import InputDims
-from itm.checkpoint import model_payload, new_model, save_atomic
+from itm.models.objectives import TrainingBatch
 from itm.training.loop import Trainer, seed_everything
 
 E, M, Q, D, P, V = 6, 5, 7, 4, 3, 30  # word, region, object dims; regions, objects; vocabulary
@@ -28,6 +28,12 @@ def tiny_overrides(name: str) -> list[str]:
     """``--set`` overrides that pick ``name`` at the tiny sizes its config class supplies."""
     tiny = MODELS.get(name).config_class.TINY
     return [f"model.name={name}", *(f"model.{key}={value}" for key, value in tiny.items())]
+
+
+def short_run_overrides(name: str) -> list[str]:
+    """``--set`` overrides of ``name``'s short synthetic training run (its config class's ``SHORT_RUN``)."""
+    preset = MODELS.get(name).config_class.SHORT_RUN
+    return [f"model.name={name}", *(f"{key}={value}" for key, value in preset.items())]
 
 
 def tiny_config(name: str, *overrides: str):
@@ -102,8 +108,6 @@ def tiny_batch(model, n_images: int = 4, per_image: int = 2, loss: str = "infonc
 # -- a tiny training run on synthetic data ----------------------------------------------------------
 
 DIM = 16
-TRAIN_TINY = ["model.w2r_hidden=16", "model.w2r_mlp=[16]", "model.o2w_hidden=16", "model.o2w_mlp=[16]",
-              "eval.memory_budget_mb=64"]
 
 
 def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256, n_val: int = 32,
@@ -112,9 +116,10 @@ def setup_run(run_dir: Path, *overrides: str, seed: int = 0, n_train: int = 256,
     train/val splits of one synthetic problem (val held out)."""
     train, vocab = synthetic_split(n_train, seed=seed, region_dim=DIM)
     val, _ = synthetic_split(n_val, seed=seed + 100, vocab=vocab, region_dim=DIM)
-    model_part = TRAIN_TINY if model_overrides is None else [*model_overrides, "eval.memory_budget_mb=64"]
-    config = load_config(None, [*model_part, "train.optimizer=adam", "train.lr=0.02", "train.batch_size=32",
-                                "train.epochs=2", "train.patience=10", f"train.seed={seed}", *overrides])
+    model_part = short_run_overrides("bssan") if model_overrides is None else model_overrides
+    config = load_config(None, ["train.optimizer=adam", "train.lr=0.02", "train.batch_size=32", "train.epochs=2",
+                                "train.patience=10", f"train.seed={seed}", "eval.memory_budget_mb=64", *model_part,
+                                *overrides])
     dims = InputDims(word_dim=DIM, region_dim=DIM, object_dim=DIM, vocab_size=len(vocab))
     seed_everything(config.train.seed)
     model = new_model(config, dims).to(device)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import fit_quietly, setup_run
 
-from itm.training.averaging import WeightAverage
 from itm.checkpoint import load_checkpoint
+from itm.training.averaging import WeightAverage
 
 
 def test_average_follows_the_ramped_moving_average_rule():

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from itm.checkpoint import load_checkpoint, save_atomic
 from itm.data.types import Captions, ImageFeatures
 from itm.errors import ItmError
 from itm.evaluation.engine import score_all_pairs
-from itm.checkpoint import load_checkpoint, save_atomic
 
 FIXTURE = Path(__file__).parent / "data" / "bssan_v1_fixture.pt"
 

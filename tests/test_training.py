@@ -23,13 +23,13 @@ import pytest
 import torch
 from helpers import fit_quietly, setup_run
 
+from itm.checkpoint import load_checkpoint, read_payload, save_atomic
 from itm.config import load_config
 from itm.data.synthetic import synthetic_karpathy_dir, synthetic_split
 from itm.evaluation import chance_metrics
 from itm.evaluation.engine import score_all_pairs
 from itm.models.objectives import sample_negatives
 from itm.training import loop
-from itm.checkpoint import load_checkpoint, read_payload, save_atomic
 from itm.training.loop import Trainer, TrainingDiverged, epoch_order, scheduled_lr
 
 

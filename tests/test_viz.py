@@ -230,22 +230,46 @@ def test_save_figure_writes_a_png_and_closes_pyplot_figures(tmp_path):
 
 # -- explanations of any registered model: one picture per declared map it can draw ------------------
 
-@pytest.mark.parametrize("name", ["bssan", "caan", "mlasm", "mlasm_local", "bssan_o2w"])
-def test_pair_figures_draw_every_declared_map(name):
+EXPLAINED = [("bssan",), ("caan",), ("mlasm",), ("mlasm_local",), ("bssan_o2w",),
+             ("caan", "model.fragments=objects"), ("mlasm", "model.fragments=objects")]
+
+
+def explained_pair(name: str, *overrides: str, boxes: bool = True):
     from helpers import make_captions, tiny_model
 
     from itm.data.types import ImageFeatures
-    from itm.viz.explain import DRAWINGS, explain_pair, pair_figures
+    from itm.viz.explain import explain_pair
 
-    model, _ = tiny_model(name)
+    model, _ = tiny_model(name, *overrides)
     gen = torch.Generator().manual_seed(0)
-    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 20, 15], [2, 8, 30, 22]], dtype=torch.float32)[None]
-    features = ImageFeatures(torch.randn(1, 4, 5, generator=gen), torch.randn(1, 3, 7, generator=gen), boxes, (2, 2))
-    captions = make_captions([3])
-    explanation = explain_pair(model, features, 0, captions, 0, ["a", "dog", "runs"])
+    corners = torch.tensor([[0, 0, 10, 10], [5, 5, 20, 15], [2, 8, 30, 22]], dtype=torch.float32)[None]
+    features = ImageFeatures(torch.randn(1, 4, 5, generator=gen), torch.randn(1, 3, 7, generator=gen),
+                             corners if boxes else None, (2, 2) if boxes else None)
+    return model, features, explain_pair(model, features, 0, make_captions([3]), 0, ["a", "dog", "runs"])
+
+
+@pytest.mark.parametrize("variant", EXPLAINED, ids=["-".join(v) for v in EXPLAINED])
+def test_pair_figures_draw_every_declared_map(variant):
+    from itm.viz.explain import pair_figures
+
+    model, features, explanation = explained_pair(*variant)
     assert set(explanation.attention) == set(model.attention_specs())
-    figures = pair_figures(explanation, image(), features, 0, title="a dog runs")
-    drawable = {k for k, spec in model.attention_specs().items() if (spec.rows, spec.over) in DRAWINGS}
-    assert set(figures) == drawable and figures
-    for fig in figures.values():
+    drawn = pair_figures(explanation, image(), features, 0, title="a dog runs")
+    assert set(drawn.figures) == set(model.attention_specs()) and not drawn.not_drawn
+    for fig in drawn.figures.values():
         assert figure_to_array(fig).shape[2] == 3
+
+
+@pytest.mark.parametrize("variant", EXPLAINED, ids=["-".join(v) for v in EXPLAINED])
+def test_a_map_that_cannot_be_drawn_is_said_in_one_line(variant):
+    """Precomp features have no boxes and no grid: every map over the image is named with the reason,
+    maps over the words alone are still drawn."""
+    from itm.viz.explain import pair_figures
+
+    model, features, explanation = explained_pair(*variant, boxes=False)
+    drawn = pair_figures(explanation, image(), features, 0)
+    spatial = [n for n, s in model.attention_specs().items() if {s.rows, s.over} & {"regions", "objects"}]
+    assert spatial and set(drawn.figures) == set(model.attention_specs()) - set(spatial)
+    assert len(drawn.not_drawn) == len(spatial)
+    for name, note in zip(spatial, drawn.not_drawn, strict=True):
+        assert note.startswith(name) and "not drawn: the features carry no" in note and "\n" not in note

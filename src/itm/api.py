@@ -11,17 +11,18 @@ explain a hit. Everything here is also reachable as ``itm.<name>``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 from itm.config import FeatureConfig
 from itm.data.encode import encode_captions
-from itm.data.tokenize import caption_tokens, tokenize
+from itm.data.tokenize import caption_tokens
 from itm.data.types import Captions, ImageFeatures
 from itm.errors import DataError
-from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 
 
 class Model:
@@ -70,15 +71,15 @@ class Model:
 
     def explain(self, image: str | Path, caption: str) -> dict:
         """The model's attention for one pair as matplotlib figures, by the names the model declares,
-        on the explanation grid (``eval.explain_image_size``)."""
-        from itm.pipeline import explanation_features
-        from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
+        on the explanation grid (``eval.explain_image_size``). A declared map that cannot be drawn is
+        a one-line warning (``warnings``) saying why."""
+        from itm.pipeline import cache_root
+        from itm.viz.explain import explain_photo
 
-        tokens = tokenize(caption) if isinstance(caption, str) else []
-        check_known_words(tokens, self.checkpoint.vocab, str(caption))
-        features = self.image_features([image], explanation_features(self.checkpoint.config))
-        explanation = explain_pair(self.model, features, 0, self.encode_captions([caption]), 0, tokens)
-        return pair_figures(explanation, image_array(image), features, 0, title=caption)
+        explained = explain_photo(self.checkpoint, image, caption, cache_root(self.checkpoint.config) / "features")
+        for note in explained.drawn.not_drawn:
+            warnings.warn(note, stacklevel=2)
+        return explained.drawn.figures
 
 
 def load_model(checkpoint: str | Path | None = None, device: str | None = None) -> Model:

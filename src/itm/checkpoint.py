@@ -160,7 +160,9 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
     saved = dataclasses.asdict(config.features)
     config.features = feature_config({**saved, **payload["feature_settings"], "cache_dir": saved["cache_dir"],
                                       **feature_overrides})
-    if explaining and "image_size" not in feature_overrides:
-        config.features = explanation_features(config)
+    if explaining:
+        if "image_size" not in feature_overrides:
+            config.features = explanation_features(config)
+        config.eval.explain_image_size = config.features.image_size  # the grid chosen: explanation_features keeps it
     return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
                             payload["feature_settings"], payload)

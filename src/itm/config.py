@@ -67,7 +67,11 @@ class ModelConfig:
 
     name: str = DEFAULT_MODEL
 
-    TINY: ClassVar[dict[str, Any]] = {}  # field values of a tiny instance, for tests and smoke runs
+    # test presets: the shared tests never name a model, each model says how to make it small
+    TINY: ClassVar[dict[str, Any]] = {}  # model field values of a tiny instance: contract checks, smoke runs
+    # dotted overrides (model.* and train.*) under which a few epochs on synthetic data learn well
+    # above chance (the short training run every registered model gets in tests/test_models.py)
+    SHORT_RUN: ClassVar[dict[str, Any]] = {}
 
     def validate(self) -> None:
         """Range and choice checks of the model's own fields: ConfigError naming ``model.<key>``."""

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from itm.checkpoint import load_checkpoint
 from itm.config import apply_overrides, load_config
 from itm.data.load import load_dataset
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
 from itm.pipeline import prepare_split
 from itm.report import Report, metrics_table, save_pictures, training_curve, write_report
-from itm.checkpoint import load_checkpoint
 from itm.training.run import train_run
 from itm.viz.explain import (
     LazyImages,
@@ -95,7 +95,7 @@ def build_report(model_name: str, data_dir: Path, summary: dict[str, Any], metri
         tokens = test.dataset.images[image_index].tokens[0]
         explanation = explain_pair(ckpt.model, test.features, image_index, test.captions, c, tokens)
         for branch, fig in pair_figures(explanation, image_array(paths[image_index]), test.features,
-                                        image_index, title=" ".join(explanation.words)).items():
+                                        image_index, title=" ".join(explanation.words)).figures.items():
             name = f"attention_{image_index}_{branch}.png"
             figures[name] = fig
             what = explanation.specs[branch].title

@@ -4,11 +4,11 @@ import sys
 
 sys.path.insert(0, "tests")
 import torch
+from itm.training.checkpoint import model_payload
 from test_engine import DIMS, make_data, tiny_model
 
 from itm.data.vocab import Vocab
 from itm.evaluation.engine import score_all_pairs
-from itm.training.checkpoint import model_payload
 
 features, captions = make_data()
 out = {}

@@ -16,10 +16,10 @@ from fuzz_support import cut, flip
 from hypothesis import strategies as st
 from PIL import Image
 
+from itm.checkpoint import model_payload, new_model
 from itm.config import load_config
 from itm.data.vocab import Vocab
 from itm.models.base import InputDims
-from itm.checkpoint import model_payload, new_model
 
 # a small matcher, as tests/test_training.py builds (the defaults' 1024-wide LSTM is a 17 MB file)
 TINY = ["model.w2r_hidden=8", "model.w2r_mlp=[8]", "model.o2w_hidden=8", "model.o2w_mlp=[8]"]

@@ -18,12 +18,12 @@ import torch
 from fuzz_inputs import base, payload
 from fuzz_support import assert_user_error, result_or_user_error
 
+from itm.checkpoint import load_checkpoint
 from itm.config import FeatureConfig, load_config
 from itm.data.load import load_dataset
 from itm.errors import ItmError
 from itm.features.extract import precomputed_features, read_image_bytes
 from itm.features.images import decode_image, load_image, read_image_file
-from itm.checkpoint import load_checkpoint
 
 
 def raised(read) -> BaseException:

@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from itm.checkpoint import load_checkpoint
     from itm.data.load import load_dataset
     from itm.devices import resolve_device
     from itm.distributed import is_main, setup, world_size
@@ -42,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
     from itm.pipeline import prepare_split
-    from itm.checkpoint import load_checkpoint
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
     if args.scores and args.protocol != "flickr":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from itm.commands import add_device_argument, add_scoring_set_argument
 
-HELP = "draw a pair's attention (W2R heat maps, O2W chart) or a query's top-5 retrieval sheet"
+HELP = "draw every attention map the model declares for a pair, or a query's top-5 retrieval sheet"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,50 +40,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _single_image_dataset(image: str, caption: str):
-    from itm.data.tokenize import tokenize
-    from itm.data.types import Dataset, ImageRecord
-    from itm.errors import DataError
-
-    path = Path(image)
-    if not path.is_file():
-        raise DataError(f"image {path}: no such file")
-    record = ImageRecord(path.name, path.resolve(), "query", [caption], [tokenize(caption)])
-    return Dataset("query", path.parent, [record])
-
-
 def explain_pair_command(args: argparse.Namespace) -> None:
-    from itm.data.tokenize import tokenize
-    from itm.pipeline import prepare_split
     from itm.checkpoint import load_checkpoint
-    from itm.viz.explain import check_known_words, explain_pair, image_array, pair_figures
+    from itm.pipeline import cache_root
+    from itm.viz.explain import explain_photo
     from itm.viz.render import save_figure
 
     ckpt = load_checkpoint(args.checkpoint, args.overrides, device=args.device, explaining=True)
-    tokens = tokenize(args.caption)
-    check_known_words(tokens, ckpt.vocab, args.caption)
-    config = ckpt.config
-    prepared = prepare_split(_single_image_dataset(args.image, args.caption), config, ckpt.vocab, progress=False,
-                             device=args.device)
-    explanation = explain_pair(ckpt.model, prepared.features, 0, prepared.captions, 0, tokens)
+    explained = explain_photo(ckpt, args.image, args.caption, cache_root(ckpt.config) / "features")
+    explanation, grid = explained.explanation, explained.grid_shape
     parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
-    grid = prepared.features.grid_shape
-    where = f" on a {grid[0]} x {grid[1]} grid ({config.features.image_size} px)" if grid else ""
+    where = f" on a {grid[0]} x {grid[1]} grid ({explained.image_size} px)" if grid else ""
     print(f"score {explanation.score:.3f}" + (f" ({parts})" if parts else "") + where)
+    for note in explained.drawn.not_drawn:
+        print(f"note: {note}")
     out = Path(args.out)
-    for branch, fig in pair_figures(explanation, image_array(args.image), prepared.features, 0,
-                                    title=args.caption).items():
-        print(f"wrote {save_figure(fig, out / f'{branch}.png')}")
+    for name, fig in explained.drawn.figures.items():
+        print(f"wrote {save_figure(fig, out / f'{name}.png')}")
 
 
 def explain_retrieval_command(args: argparse.Namespace) -> None:
+    from itm.checkpoint import load_checkpoint
     from itm.data.encode import encode_captions
     from itm.data.load import load_dataset
     from itm.data.tokenize import tokenize
     from itm.errors import ItmError
     from itm.evaluation.engine import score_all_pairs
     from itm.pipeline import prepare_split, word_vectors
-    from itm.checkpoint import load_checkpoint
     from itm.viz.explain import (
         LazyImages,
         check_known_words,

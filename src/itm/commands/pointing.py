@@ -27,12 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from itm.checkpoint import load_checkpoint
     from itm.data.load import load_dataset
     from itm.devices import resolve_device
     from itm.evaluation.grounding import pointing_cases
     from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
     from itm.pipeline import prepare_split
-    from itm.checkpoint import load_checkpoint
 
     device = resolve_device(args.device)
     boxes, categories = read_coco_boxes(args.boxes)

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from itm.data.types import Captions
-from itm.errors import DataError, ItmError
 from itm.devices import model_device, on_device
+from itm.errors import DataError, ItmError
 from itm.evaluation.engine import eval_mode
 from itm.evaluation.pointing import ImageBoxes, PointingCase, point
 from itm.models.base import Matcher

@@ -32,12 +32,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from itm.config import ConfigError, ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.models.base import (
+    TOTAL,
     AttentionSpec,
     ImageStreams,
     InputDims,
     Matcher,
     PairScores,
-    TOTAL,
     State,
     WordEmbedder,
     length_mask,
@@ -75,6 +75,8 @@ class BSSANConfig(ModelConfig):
 
     # sizes small enough for unit tests and smoke runs (every model supplies its own)
     TINY: ClassVar[dict] = {"w2r_hidden": 8, "w2r_mlp": [6], "o2w_hidden": 5, "o2w_mlp": [6, 4]}
+    SHORT_RUN: ClassVar[dict] = {"model.w2r_hidden": 16, "model.w2r_mlp": [16], "model.o2w_hidden": 16,
+                                 "model.o2w_mlp": [16], "train.lr": 0.02}
 
     def validate(self) -> None:
         check_fields("model", self, positive=("w2r_hidden", "o2w_hidden", "attention_scale"),

@@ -32,8 +32,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.models.base import (
-    AttentionSpec,
     EPS,
+    AttentionSpec,
     ImageStreams,
     InputDims,
     Matcher,
@@ -63,6 +63,7 @@ class CAANConfig(ModelConfig):
     dropout: float = 0.0  # training-time dropout on fragment and word vectors (our extension)
 
     TINY: ClassVar[dict] = {"embed_dim": 8, "attention_hidden": 6}
+    SHORT_RUN: ClassVar[dict] = {"model.embed_dim": 32, "model.attention_hidden": 6, "train.lr": 0.005}
 
     def validate(self) -> None:
         check_fields("model", self, positive=("embed_dim", "attention_hidden", "temperature"), fraction=("dropout",),

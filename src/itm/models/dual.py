@@ -32,6 +32,7 @@ class DualConfig(ModelConfig):
     dropout: float = 0.0  # training-time dropout on the word vectors and the image vector
 
     TINY: ClassVar[dict] = {"embed_dim": 8}
+    SHORT_RUN: ClassVar[dict] = {"model.embed_dim": 32, "train.lr": 0.02}
 
     def validate(self) -> None:
         check_fields("model", self, positive=("embed_dim",), fraction=("dropout",))

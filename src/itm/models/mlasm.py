@@ -36,13 +36,13 @@ from itm.config import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.errors import ConfigError, ItmError
 from itm.models.base import (
-    AttentionSpec,
     EPS,
+    TOTAL,
+    AttentionSpec,
     ImageStreams,
     InputDims,
     Matcher,
     PairScores,
-    TOTAL,
     State,
     WordEmbedder,
     l2norm,
@@ -71,6 +71,7 @@ class MLASMConfig(ModelConfig):
     dropout: float = 0.0  # training-time dropout on region vectors (our extension)
 
     TINY: ClassVar[dict] = {"embed_dim": 8}
+    SHORT_RUN: ClassVar[dict] = {"model.embed_dim": 32, "train.lr": 0.005}
 
     def validate(self) -> None:
         check_fields("model", self, positive=("embed_dim", "lambda_t2i", "lambda_i2t"),

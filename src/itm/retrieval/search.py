@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 from itm.data.encode import encode_captions
 from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
@@ -28,7 +29,6 @@ from itm.features.cache import FeatureCache, content_key
 from itm.models.base import State, select_state
 from itm.retrieval.index import IndexStore
 from itm.shipped import portable_path, resolve_path
-from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 
 MAX_QUERY_CHARS = 500
 APPROXIMATE_ABOVE = 100_000  # photos; an exact inner-product search up to here, HNSW above
@@ -66,7 +66,7 @@ class SearchModels:
         return cache_root(self.shortlist.config) / "features"
 
     def vector_dim(self) -> int:
-        return int(self.shortlist.config.model.embed_dim)
+        return int(self.shortlist.model.vector_dim)
 
     def streams(self, model, features: ImageFeatures, index: slice | None = None) -> dict[str, torch.Tensor]:
         """The image streams ``model`` reads, of the rows ``index``, on the models' device."""
@@ -257,7 +257,7 @@ class Searcher:
         declares one, else its first drawable map. Drawn on the re-ranker's explanation grid
         (``eval.explain_image_size``: the photo is extracted again at that size), else from the index."""
         from itm.pipeline import explanation_features
-        from itm.viz.explain import explain_pair, image_array, pair_figures
+        from itm.viz.explain import explain_photo
 
         ckpt = self.models.reranker
         if ckpt is None:
@@ -265,19 +265,14 @@ class Searcher:
         path = self.path_of(image_id)
         if path is None:
             raise ItmError(f"no image with id {image_id}")
-        settings = explanation_features(ckpt.config)
-        if settings.image_size == ckpt.config.features.image_size:
-            features = self.feature_rows([self.sha1_of_id[image_id]])
-        else:
-            from itm.features.extract import file_features
-
-            features = file_features([(str(path), path)], settings, self.models.cache_root(), self.models.device)
-        tokens = query_tokens(text)
-        captions = encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words)
-        explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)  # moves them to the model
-        figures = pair_figures(explanation, image_array(path), features, 0, title=text)
+        query_tokens(text)  # the query's own checks: empty, too long
+        indexed = explanation_features(ckpt.config).image_size == ckpt.config.features.image_size
+        features = self.feature_rows([self.sha1_of_id[image_id]]) if indexed else None  # None: extracted again
+        explained = explain_photo(ckpt, path, text, self.models.cache_root(), features)
+        figures, explanation = explained.drawn.figures, explained.explanation
         if not figures:
-            raise ItmError(f"model '{ckpt.config.model.name}' declares no attention that can be drawn")
+            raise ItmError(f"model '{ckpt.config.model.name}' declares no attention that can be drawn"
+                           + "".join(f"; {note}" for note in explained.drawn.not_drawn))
         preferred = [n for n, spec in explanation.specs.items() if (spec.rows, spec.over) == ("words", "regions")]
         figure = figures[preferred[0]] if preferred and preferred[0] in figures else next(iter(figures.values()))
         out = io.BytesIO()

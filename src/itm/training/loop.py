@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from itm.checkpoint import save_atomic
 from itm.config import Config, TrainConfig
 from itm.data.types import Captions
 from itm.devices import model_device, on_device, precision_context
@@ -34,7 +35,6 @@ from itm.pipeline import PreparedSplit
 from itm.registry import Registry
 from itm.training.augment import drop_regions, drop_words
 from itm.training.averaging import WeightAverage
-from itm.checkpoint import save_atomic
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.add("sgd", lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum),

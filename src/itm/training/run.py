@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
+from itm.checkpoint import model_payload, new_model, read_payload
 from itm.config import Config, apply_overrides, save_config
 from itm.data.load import load_dataset
 from itm.devices import as_device
 from itm.distributed import is_main, setup, world_size
 from itm.errors import ItmError
 from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
-from itm.checkpoint import model_payload, new_model, read_payload
 from itm.training.loop import Trainer, seed_everything
 
 

@@ -7,15 +7,17 @@ the real attention and rankings, then calls them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from itm.checkpoint import LoadedCheckpoint
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
-from itm.errors import ItmError
 from itm.devices import model_device, on_device
+from itm.errors import DataError, ItmError
 from itm.features.images import load_image
 from itm.models.base import AttentionSpec, Matcher, PairScores
 from itm.viz.attention import object_word_figure, word_attention_figure, word_weights_figure
@@ -102,12 +104,25 @@ def _word_weights(att: np.ndarray, ctx: FigureContext) -> Figure:
                                parts=ctx.explanation.parts, title=ctx.title or None, ylabel="word weight")
 
 
-def _objects_to_words(att: np.ndarray, ctx: FigureContext) -> Figure | None:
-    """(P, L): the top objects' boxes and their attention over the words (needs boxes)."""
-    if ctx.boxes is None:
-        return None
+def _objects_to_words(att: np.ndarray, ctx: FigureContext) -> Figure:
+    """(P, L): the top objects' boxes and their attention over the words."""
     return object_word_figure(ctx.image, ctx.boxes, att, ctx.explanation.words, score=ctx.explanation.score,
                               parts=ctx.explanation.parts, title=ctx.title or None)
+
+
+def _words_to_objects(att: np.ndarray, ctx: FigureContext) -> Figure:
+    """(L, P): the objects the words attend to most (boxes), and how much each word attends to each."""
+    order = np.argsort(-att.sum(0), kind="stable")  # objects by the attention the words give them
+    return object_word_figure(ctx.image, ctx.boxes, att.T, ctx.explanation.words, object_order=order,
+                              score=ctx.explanation.score, parts=ctx.explanation.parts,
+                              title=f"{ctx.title} (words -> objects)" if ctx.title else "words -> objects")
+
+
+def _object_weights(att: np.ndarray, ctx: FigureContext) -> Figure:
+    """(1, P): one weight per object; the top objects' boxes, each with its weight."""
+    order = np.argsort(-att[0], kind="stable")
+    return object_word_figure(ctx.image, ctx.boxes, att.T, ["object weight"], object_order=order,
+                              score=ctx.explanation.score, parts=ctx.explanation.parts, title=ctx.title or None)
 
 
 # (rows, over) of a declared map -> its drawing; a model's names never matter here
@@ -117,22 +132,81 @@ DRAWINGS = {
     ("image", "regions"): _region_weights,
     ("caption", "words"): _word_weights,
     ("objects", "words"): _objects_to_words,
+    ("words", "objects"): _words_to_objects,
+    ("image", "objects"): _object_weights,
 }
 
 
+def undrawable(spec: AttentionSpec, features: ImageFeatures) -> str | None:
+    """Why a declared map cannot be drawn on these features (one line), or None when it can."""
+    if (spec.rows, spec.over) not in DRAWINGS:
+        return f"no drawing exists for {spec.rows} over {spec.over}"
+    if "objects" in (spec.rows, spec.over) and features.boxes is None:
+        return "the features carry no object boxes (SCAN precomp)"
+    if "regions" in (spec.rows, spec.over) and features.grid_shape is None:
+        return "the features carry no region grid (SCAN precomp)"
+    return None
+
+
+@dataclass
+class PairFigures:
+    """The drawn maps by their declared names, and a one-line note for each declared map not drawn."""
+
+    figures: dict[str, Figure]
+    not_drawn: list[str]
+
+
 def pair_figures(explanation: PairExplanation, image: np.ndarray, features: ImageFeatures,
-                 image_index: int, title: str = "") -> dict[str, Figure]:
-    """One figure per attention map the model declared (by its name), for the maps we can draw."""
+                 image_index: int, title: str = "") -> PairFigures:
+    """One figure per attention map the model declared (by its name); the others said, not dropped."""
     boxes = None if features.boxes is None else features.boxes[image_index].float().numpy()
     ctx = FigureContext(explanation, image, features.grid_shape, boxes, title)
-    figures = {}
+    figures, not_drawn = {}, []
     for name, att in explanation.attention.items():
         spec = explanation.specs[name]
-        draw = DRAWINGS.get((spec.rows, spec.over))
-        figure = draw(att, ctx) if draw else None
-        if figure is not None:
-            figures[name] = figure
-    return figures
+        reason = undrawable(spec, features)
+        if reason:
+            not_drawn.append(f"{name} ({spec.title}): not drawn: {reason}")
+        else:
+            figures[name] = DRAWINGS[(spec.rows, spec.over)](att, ctx)
+    return PairFigures(figures, not_drawn)
+
+
+@dataclass
+class ExplainedPhoto:
+    """One photo and caption explained: the model's answer, its pictures, and the grid drawn on."""
+
+    explanation: PairExplanation
+    drawn: PairFigures
+    grid_shape: tuple[int, int] | None
+    image_size: int  # the side the photo was resized to for these features
+
+
+def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache_root: str | Path,
+                  features: ImageFeatures | None = None) -> ExplainedPhoto:
+    """The one explain-a-pair flow (``itm explain``, ``Model.explain``, the search page): the caption
+    read as the model reads captions, the photo extracted at the explanation settings
+    (``eval.explain_image_size`` when the config sets it; ``features`` given: already extracted), the
+    pair run with attention returned and every declared map drawn or said why not."""
+    from itm.data.encode import encode_captions
+    from itm.data.tokenize import tokenize
+    from itm.features.extract import file_features
+    from itm.pipeline import explanation_features, word_vectors
+
+    path = Path(image).expanduser()
+    if not path.is_file():
+        raise DataError(f"image {path}: no such file")
+    tokens = tokenize(caption) if isinstance(caption, str) else []
+    check_known_words(tokens, ckpt.vocab, str(caption))
+    config = ckpt.config
+    settings = explanation_features(config)
+    if features is None:
+        features = file_features([(str(path.resolve()), path.resolve())], settings, cache_root, model_device(ckpt.model))
+    captions = encode_captions([tokens], ckpt.vocab, config.data.max_words,
+                               word_vectors([tokens], config, progress=False))
+    explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)
+    drawn = pair_figures(explanation, image_array(path), features, 0, title=str(caption))
+    return ExplainedPhoto(explanation, drawn, features.grid_shape, settings.image_size)
 
 
 def top_captions_figure(row: np.ndarray, image: np.ndarray, caption_texts: list[str], correct: np.ndarray,
