@@ -8,13 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import index_checkpoint as checkpoint
-from helpers import photo, photo_folder
+from helpers import kill_switch, photo, photo_folder
 from PIL import Image
 
 from itm.cli import main
@@ -109,8 +108,15 @@ def test_a_failed_commit_leaves_the_previous_index(folder, tmp_path, models, mon
     assert len(list(out.glob("vectors-*.npy"))) == 1  # the orphan is gone
 
 
+# where the kill lands: after extraction, before anything is written; inside the transaction, its rows
+# written but not committed (an orphan vectors file already on disk)
+KILL_POINTS = {"after-extraction": "itm.retrieval.search:SearchModels.image_vectors",
+               "mid-transaction": "itm.retrieval.index:IndexStore.write_rows"}
+
+
 @pytest.mark.slow
-def test_kill_9_during_indexing_loses_nothing(tmp_path, models):
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_9_during_indexing_loses_nothing(tmp_path, models, point):
     photos = tmp_path / "many"
     rng = np.random.default_rng(0)
     for n in range(60):
@@ -120,17 +126,15 @@ def test_kill_9_during_indexing_loses_nothing(tmp_path, models):
     env = {**os.environ, "ITM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "itm.cli", "index", "--images", str(photos), "--out", str(tmp_path / "idx"),
                "--shortlist", str(models[0]), "--checkpoint", str(models[1]), "--no-progress"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(4.0)  # mid-way: loading models, hashing or extracting
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    if (tmp_path / "idx" / "index.sqlite").exists():  # whatever it holds is a whole state
-        store = IndexStore(tmp_path / "idx")
-        assert len(store.images()) in (0, 60) and store.vectors().shape[0] == len(store.images())
+    killed = subprocess.run(command, env=kill_switch(tmp_path / "kill", KILL_POINTS[point], env=env),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(IndexStore(tmp_path / "idx").images()) == 0  # the killed update left no half state
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     store = IndexStore(tmp_path / "idx")
     assert len(store.images()) == 60 and store.vectors().shape == (60, 8)
+    assert len(list((tmp_path / "idx").glob("vectors-*.npy"))) == 1  # an orphan of the kill is removed
 
 
 def test_search_reranks_the_shortlist_exactly(folder, tmp_path, models, capsys):
