@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
+from helpers import kill_switch
 from PIL import Image
 
 from itm.config import FeatureConfig
@@ -19,25 +19,20 @@ from itm.features.extract import extract_features
 
 N_IMAGES, CHUNK, BATCH = 40, 8, 4
 
-# runs in a child process; "slow" makes every batch take >= 0.3 s so that the kill lands mid-run
+KILLED_AFTER = 2  # chunks: the child kills itself right after writing its second chunk
+
+# runs in a child process
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from pathlib import Path
     import torch
     torch.set_num_threads(1)  # the same in every child: identical arithmetic
     from itm.config import FeatureConfig
     from itm.data.types import Dataset, ImageRecord
-    from itm.features import backbones
     from itm.features.extract import extract_features
 
-    images, cache, slow = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "slow"
-    if slow:
-        forward = backbones.EfficientNetLite.forward
-        def slowed(self, x):
-            time.sleep(0.3)
-            return forward(self, x)
-        backbones.EfficientNetLite.forward = slowed
+    images, cache = Path(sys.argv[1]), sys.argv[2]
     records = [ImageRecord(p.name, p, "test", [], []) for p in sorted(images.glob("*.jpg"))]
     _, _, report = extract_features(Dataset("d", images, records), FeatureConfig(image_size=64), cache,
                                     batch_size=BATCH, progress=False, chunk_size=CHUNK)
@@ -46,9 +41,10 @@ CHILD = textwrap.dedent(
 ).replace("BATCH", str(BATCH)).replace("CHUNK", str(CHUNK))
 
 
-def child(script: Path, images: Path, cache: Path, mode: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    return subprocess.Popen([sys.executable, str(script), str(images), str(cache), mode],
+def child(script: Path, images: Path, cache: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**(os.environ if env is None else env)}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), env.get("PYTHONPATH", "")])
+    return subprocess.Popen([sys.executable, str(script), str(images), str(cache)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -81,20 +77,18 @@ def test_kill_minus_nine_then_resume_gives_identical_arrays(tmp_path):
     script.write_text(CHILD)
     killed, clean = tmp_path / "cache-killed", tmp_path / "cache-clean"
 
-    proc = child(script, images, killed, "slow")
-    deadline = time.monotonic() + 90
-    while not chunks(killed) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the child finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    armed = kill_switch(tmp_path / "kill", "itm.features.cache:FeatureCache.write_chunk",
+                        f"len(self.chunks()) == {KILLED_AFTER}")
+    proc = child(script, images, killed, armed)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
     done = len(chunks(killed))
-    assert 1 <= done < N_IMAGES // CHUNK
+    assert done == KILLED_AFTER < N_IMAGES // CHUNK
 
-    resumed = finish(child(script, images, killed, "fast"))
+    resumed = finish(child(script, images, killed))
     assert resumed == N_IMAGES - done * CHUNK  # finished chunks were skipped
     assert not list(killed.glob("*/tmp-*"))  # the killed run's half-written chunk was cleaned up
-    assert finish(child(script, images, clean, "fast")) == N_IMAGES
+    assert finish(child(script, images, clean)) == N_IMAGES
 
     a, b = cached(images, killed), cached(images, clean)
     assert a.settings == b.settings
