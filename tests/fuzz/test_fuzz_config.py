@@ -17,7 +17,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from itm.cli import main
-from itm.config import Config, load_config
+from itm.config import Config, load_config, parse_override, save_config
 from itm.errors import shown
 
 SECTIONS = ("data", "features", "text", "train", "eval")
@@ -94,7 +94,18 @@ def test_any_config_file_and_overrides_load_or_fail_in_one_line(file, sets):
             event("refused")
             return
         event("loaded")
-        assert isinstance(config, Config)
+        assert_holds(config, sets, Path(folder))
+
+
+def assert_holds(config: Config, sets: list[str], folder: Path) -> None:
+    """A loaded config is what it says: written out and read back it is the same config (every value
+    valid on its own), and each override of a known field holds its value (the last one given wins)."""
+    save_config(config, folder / "again.yaml")
+    assert load_config(folder / "again.yaml") == config
+    last = {tuple(path): value for path, value in map(parse_override, sets) if ".".join(path) in KEYS}
+    for (section, key), value in last.items():
+        got = getattr(getattr(config, section), key)
+        assert got == value or (isinstance(value, str) and got == float(value)), (section, key, value, got)
 
 
 @budget(0.5)
