@@ -24,7 +24,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="itm", description="Image-text matching: BSSAN and friends.")
+    parser = argparse.ArgumentParser(prog="itm", description="Image-text matching with cross-attention matchers (BSSAN, CAAN, MLASM) and search.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)  # command modules import heavy libraries lazily

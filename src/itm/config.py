@@ -37,13 +37,13 @@ class DataConfig:
 
 @dataclass
 class FeatureConfig:
-    """Image feature extraction: the region grid (W2R) and the object proposals (O2W)."""
+    """Image feature extraction: the region grid and the object proposals (the image streams)."""
 
     backbone: str = "efficientnet_lite0"  # registered in itm.features.backbones
     image_size: int = 224  # 224 -> 7x7 grid for EfficientNet-Lite0, 448 -> 14x14
     weights: str | None = None  # weights file for backbones that ship none (vgg19)
     proposals: str = "activation"  # registered in itm.features.proposals
-    num_objects: int = 10  # P: objects per image for O2W (paper: top-10 proposals)
+    num_objects: int = 10  # P: object proposals per image (BSSAN's paper: top-10)
     cache_dir: str | None = None  # None: $ITM_CACHE or ~/.cache/itm
 
 

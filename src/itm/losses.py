@@ -1,7 +1,7 @@
 """Training objectives: tensors in, scalar out. Registered by name for ``train.loss``.
 
-Every loss takes the scores of one branch and returns a scalar; the trainer adds the branches with
-their weights (BSSAN: L = L_w2r + lambda * L_o2w + delta * L_reg, eq. 18).
+Every loss takes the scores of positive and negative pairs (of a model's total score, or of one of its
+parts when the model's own ``training_loss`` weighs its parts) and returns a scalar.
 """
 
 from __future__ import annotations
@@ -40,6 +40,6 @@ def vse_hardest(scores: torch.Tensor, positives: torch.Tensor, margin: float) ->
     return cost_caption.max(dim=1).values.mean() + cost_image.max(dim=0).values.mean()
 
 
-LOSSES.add("pairwise_hinge", pairwise_hinge, "BSSAN's siamese hinge with sampled unmatched captions")
+LOSSES.add("pairwise_hinge", pairwise_hinge, "siamese hinge with sampled unmatched captions (BSSAN's eq. 7)")
 LOSSES.add("infonce", infonce, "symmetric InfoNCE over in-batch pairs")
 LOSSES.add("vse_hardest", vse_hardest, "VSE++ hardest in-batch negative hinge")

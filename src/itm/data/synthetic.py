@@ -2,7 +2,7 @@
 
 - ``synthetic_split``: a ready ``PreparedSplit`` (features already "extracted"). Every image shows two
   of ``n_concepts`` concepts: the concepts' fixed prototype vectors sit at random grid cells of the
-  region map (W2R) and in random object slots (O2W), plus noise; every caption names its image's two
+  region map and in random object slots, plus noise; every caption names its image's two
   concept words among filler words, with varied lengths. A matcher CAN learn to match: the concept
   words must attend to the cells carrying their prototypes.
 - ``synthetic_karpathy_dir``: a real Karpathy-format folder (``dataset_synth.json`` + small PNG and

@@ -77,8 +77,8 @@ IMAGE_STREAMS = ("regions", "objects", "whole")
 class ImageFeatures:
     """Frozen image features for a list of images, aligned with a Dataset's ``images``."""
 
-    regions: torch.Tensor  # (N, D, M) region grid for W2R, float16 or float32
-    objects: torch.Tensor  # (N, P, Q) pooled object features for O2W
+    regions: torch.Tensor  # (N, D, M) the region grid (stream "regions"), float16 or float32
+    objects: torch.Tensor  # (N, P, Q) pooled object-proposal features (stream "objects")
     boxes: torch.Tensor | None = None  # (N, P, 4) x1, y1, x2, y2 in the image's pixels
     grid_shape: tuple[int, int] | None = None  # (gh, gw) with gh * gw = D, for heat maps
     settings: dict | None = None  # the extractor settings that produced them

@@ -1,4 +1,4 @@
-"""Extract image features once into the cache: the region grid (W2R) and pooled objects (O2W).
+"""Extract image features once into the cache: the region grid and pooled object proposals.
 
 ``extract_features(dataset, settings)`` hashes each image file (its sha1 is the cache key), runs
 only the images the cache lacks, writes whole chunks atomically (see ``itm.features.cache``) and
@@ -136,7 +136,7 @@ def pool_objects(fmap: torch.Tensor, boxes: torch.Tensor, sizes: list[tuple[int,
 
 
 def precomputed_features(dataset: Dataset, settings: FeatureConfig) -> ImageFeatures:
-    """SCAN precomp: all R rows as regions (W2R), the first P rows as objects (O2W), no boxes."""
+    """SCAN precomp: all R rows as regions, the first P rows as objects, no boxes (nor a grid)."""
     array = dataset.precomputed
     if array is None or array.ndim != 3 or array.shape[0] != len(dataset):
         shape = None if array is None else tuple(array.shape)

@@ -1,4 +1,4 @@
-"""Class-agnostic object proposals: P boxes per image for the O2W branch.
+"""Class-agnostic object proposals: P boxes per image (the "objects" image stream).
 
 Every method returns exactly P boxes [x1, y1, x2, y2] in the original image's pixels, best first,
 inside the image. ``PROPOSALS`` maps a name to a builder ``(settings, arg) -> ProposalMethod``;

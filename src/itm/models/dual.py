@@ -1,7 +1,8 @@
 """A dual encoder: one vector per image, one per caption, score = their inner product.
 
-The yardstick cross-attention must beat (``scripts/dual_baseline.py`` measured it first) and the
-shortlist stage of search: with no pair-dependent computation its vectors can be indexed.
+The yardstick cross-attention must beat, and the shortlist stage of search: with no pair-dependent
+computation its vectors can be indexed (the search contract: ``vector_dim``, ``encode_images``,
+``encode_captions``).
 
 - Image: the whole-image vector (the backbone's pooled feature) -> linear -> L2-normalised.
 - Caption: GloVe-initialised word vectors -> GRU -> the state after the last real word -> L2-normalised.

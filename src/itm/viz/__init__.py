@@ -1,4 +1,5 @@
-"""Drawings of matches: attention heat maps, object-word curves, retrieval sheets (BSSAN V-D).
+"""Drawings of matches from whatever attention a model declares: heat maps over the region grid,
+object-word curves, retrieval sheets.
 
 Pure functions: arrays in, an image array or a matplotlib ``Figure`` out, drawn on the Agg canvas.
 """

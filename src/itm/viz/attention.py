@@ -1,4 +1,5 @@
-"""Attention drawings of BSSAN's section V-D: word -> region heat maps and object -> word curves.
+"""Attention drawings: heat maps of a distribution over the region grid (one per word, or one for the
+image) and curves of objects' distributions over the words (as in BSSAN's section V-D).
 
 Every function takes arrays for one image-caption pair (numpy, or torch tensors which are
 converted) and returns an image array or a ``Figure``; nothing is shown or written here.
@@ -106,7 +107,7 @@ def overlay_heatmap(image, heat, alpha: float = 0.7, cmap: str = "jet") -> np.nd
 
 def score_title(score: float | None = None, parts: Mapping[str, float] | None = None,
                 title: str | None = None) -> str:
-    """'title — score 0.812 (W2R 0.40, O2W 0.41)', leaving out what is not given."""
+    """'title — score 0.812 (part_a 0.40, part_b 0.41)', leaving out what is not given."""
     pieces = [title] if title else []
     if score is not None:
         text = f"score {float(score):.3f}"
@@ -133,7 +134,7 @@ def word_attention_figure(image, attention, words: Sequence[str], score: float |
                           title: str | None = None) -> Figure:
     """Contact sheet: the image, then one heat-map panel per word with the word under it.
 
-    ``attention`` is the pair's W2R attention, (L, gh, gw) or (L, D) (see ``attention_grids``);
+    ``attention`` is the pair's words-over-regions attention, (L, gh, gw) or (L, D) (``attention_grids``);
     ``length`` cuts padded rows first. ``words`` must match the remaining rows one to one.
     The score and its per-branch ``parts`` go in the title.
     """
@@ -168,8 +169,8 @@ def object_word_figure(image, boxes, attention, words: Sequence[str],
     """Left: the image with the ``top`` objects' boxes (#1.. in distinct colours); right: each
     of those objects' attention over the caption's words, one line per object, same colours.
 
-    ``boxes`` is (P, 4) x1, y1, x2, y2 in the image's pixels; ``attention`` is the pair's O2W
-    attention (P, L), ``length`` cuts padded word columns. ``object_order`` ranks object indices
+    ``boxes`` is (P, 4) x1, y1, x2, y2 in the image's pixels; ``attention`` is the pair's objects-over-
+    words attention (P, L), ``length`` cuts padded word columns. ``object_order`` ranks object indices
     (e.g. by score); None keeps the stored order (detectors store objects by confidence).
     """
     rgb = as_rgb(image)
