@@ -381,6 +381,12 @@ def test_cli_eval_json_has_the_documented_keys(cli_env, reference_run):
     assert result["rsum"] == pytest.approx(sum(recalls))
     assert isinstance(result["seconds"], float)
     assert "overrides" not in result  # only a run scored with --set records them
+    (trained,) = result["provenance"]  # what trained the model, from its run folder
+    assert {k: trained[k] for k in ("config", "overrides", "seed", "epochs_planned", "epochs", "time_limit_hit")} \
+        == {"config": "bssan_cpu", "overrides": CLI_TINY, "seed": 0, "epochs_planned": 3, "epochs": 3,
+            "time_limit_hit": False}
+    assert isinstance(trained["train_seconds"], float) and "not_recorded" not in trained
+    assert "commit" in trained and "eval_commit" in result
 
 
 @pytest.mark.slow
@@ -440,3 +446,13 @@ def test_trainer_applies_the_schedule_step_by_step(tmp_path, monkeypatch):
     expected = [scheduled_lr(trainer.cfg, s / steps) for s in range(steps)]
     assert seen == pytest.approx(expected)
     assert seen[0] == pytest.approx(trainer.cfg.lr) and seen[-1] < 0.1 * trainer.cfg.lr
+
+
+def test_a_run_cut_by_its_time_limit_says_so(tmp_path):
+    """train.max_minutes: the epoch in progress stops after its first step (any step outlasts 1e-9
+    minutes), is validated, and the run ends, reporting the cut; a run that finishes reports none."""
+    trainer, train, val = setup_run(tmp_path / "cut", "train.max_minutes=1e-9", "train.epochs=3", n_train=64, n_val=8)
+    cut = fit_quietly(trainer, train, val)
+    assert cut["time_limit_hit"] and cut["epochs"] == 1 and cut["history"][0]["steps"] == 1
+    trainer, train, val = setup_run(tmp_path / "whole", "train.epochs=1", n_train=64, n_val=8)
+    assert not fit_quietly(trainer, train, val)["time_limit_hit"]

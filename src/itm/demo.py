@@ -52,7 +52,9 @@ def run_demo(data_dir: str | Path | None = None, out_dir: str | Path = "itm-demo
     cfg = load_config(config or RECOMMENDED_CONFIG, DEMO_DEFAULTS if data_dir == BUNDLED_DATA else [])
     cfg = apply_overrides(cfg, overrides or [])
     log(f"itm demo: {cfg.model.name} ({config or RECOMMENDED_CONFIG}) on {data_dir}; output in {out_dir}")
-    summary = train_run(cfg, data_dir, run_dir, progress=progress, log=log)
+    source = {"config": config or RECOMMENDED_CONFIG,
+              "overrides": [*(DEMO_DEFAULTS if data_dir == BUNDLED_DATA else []), *(overrides or [])]}
+    summary = train_run(cfg, data_dir, run_dir, progress=progress, log=log, source=source)
 
     ckpt = load_checkpoint(run_dir / "best.pt")
     test_set = load_dataset(data_dir).split("test")

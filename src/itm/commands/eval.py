@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
     from itm.pipeline import prepare_split
+    from itm.training.run import code_commit
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
     if args.scores and args.protocol != "flickr":
@@ -89,9 +90,28 @@ def run(args: argparse.Namespace) -> int:
             out["ensemble"] = list(args.checkpoint)
         if args.overrides:  # e.g. a test-time features.image_size: the figures are not the saved config's
             out["overrides"] = list(args.overrides)
+        out["provenance"] = [run_provenance(path) for path in args.checkpoint]  # what trained each model
+        out["eval_commit"] = code_commit()
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
+
+
+def run_provenance(checkpoint: str) -> dict:
+    """What trained a checkpoint, from its run folder's summary.json (``PROVENANCE_KEYS``); a checkpoint
+    outside a run folder, or from a run before provenance was kept, says which keys it lacks."""
+    from itm.training.run import PROVENANCE_KEYS
+
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {}
+    record = {"checkpoint": checkpoint, **{k: summary[k] for k in PROVENANCE_KEYS if k in summary}}
+    missing = [k for k in PROVENANCE_KEYS if k not in summary]
+    if missing:
+        record["not_recorded"] = missing
+    return record
 
 
 def peak_rss_mb() -> float:

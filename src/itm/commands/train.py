@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.data or not args.out:
         raise ItmError("itm train needs --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
     config = load_config(args.config, args.overrides)
-    train_run(config, args.data, args.out, progress=not args.no_progress, device=device)
+    train_run(config, args.data, args.out, progress=not args.no_progress, device=device,
+              source={"config": args.config, "overrides": list(args.overrides)})
     return 0

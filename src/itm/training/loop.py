@@ -197,6 +197,7 @@ class Trainer:
         steps_per_epoch = math.ceil(n_caps / self.cfg.batch_size)
         started = time.time() - self.state.elapsed
         last_save = time.time()
+        out_of_time = False
         while self.state.epoch < self.cfg.epochs:
             epoch = self.state.epoch
             order = epoch_order(n_caps, self.cfg.seed, epoch)
@@ -247,7 +248,8 @@ class Trainer:
             if out_of_time or self.state.epochs_without_gain >= self.cfg.patience:
                 break
         return {"best_rsum": self.state.best_rsum, "epochs": self.state.epoch,
-                "seconds": self.state.elapsed, "history": self.state.history}
+                "seconds": self.state.elapsed, "history": self.state.history,
+                "time_limit_hit": out_of_time and self.state.epoch < self.cfg.epochs}
 
     def end_epoch(self, val: PreparedSplit, steps_done: int) -> None:
         self.check_finite_weights(f"in epoch {self.state.epoch + 1}")

@@ -1,7 +1,8 @@
 """One training run end to end: data -> vocabulary -> model -> epochs -> ``RUN_DIR``.
 
-``RUN_DIR`` holds config.yaml (the resolved config), run.json (the data folder), metrics.jsonl
-(one line per epoch), best.pt (best validation rsum), last.pt (resume point) and summary.json.
+``RUN_DIR`` holds config.yaml (the resolved config), run.json (the data folder and where the config
+came from: its name, the overrides, the code's commit), metrics.jsonl (one line per epoch), best.pt
+(best validation rsum), last.pt (resume point) and summary.json (what ran: ``PROVENANCE_KEYS``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,30 @@ from itm.errors import ItmError
 from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
 from itm.training.loop import Trainer, seed_everything
 
+# what every run's summary.json records, so that a reported figure says what produced it
+PROVENANCE_KEYS = ("config", "overrides", "seed", "epochs_planned", "epochs", "train_seconds", "time_limit_hit",
+                   "commit")
 
-def _start(config: Config, data_dir: Path, run_dir: Path) -> None:
+
+def code_commit() -> str | None:
+    """The git commit of the itm source being run (``+dirty`` with uncommitted changes), or None for an
+    installed copy outside a checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _start(config: Config, data_dir: Path, run_dir: Path, source: dict[str, Any]) -> None:
     if (run_dir / "last.pt").exists():
         raise ItmError(f"run folder {run_dir} already holds a run: resume it with --resume {run_dir} "
                        "or choose another --out")
@@ -33,7 +56,8 @@ def _start(config: Config, data_dir: Path, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main():
         save_config(config, run_dir / "config.yaml")
-        (run_dir / "run.json").write_text(json.dumps({"data": str(Path(data_dir).resolve())}), encoding="utf-8")
+        record = {"data": str(Path(data_dir).resolve()), **source, "commit": code_commit()}
+        (run_dir / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Config, Path, dict[str, Any]]:
@@ -47,20 +71,24 @@ def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Co
     for text in overrides or []:
         if not text.strip().startswith("train."):
             raise ItmError(f"--resume: only train.* values can change in a resumed run, not '{text}'")
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     if overrides:
         config = apply_overrides(config, overrides)
         payload["config"] = config.to_dict()
         if is_main():
             save_config(config, run_dir / "config.yaml")
-    data_dir = Path(json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["data"])
-    return config, data_dir, payload
+            record["overrides"] = [*record.get("overrides", []), *overrides]  # the last value of a key wins
+            (run_dir / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return config, Path(record["data"]), payload
 
 
 def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
               progress: bool = True, log=print, resume_overrides: list[str] | None = None,
-              device: torch.device | str | None = None) -> dict[str, Any]:
+              device: torch.device | str | None = None, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or resume) a run on ``device`` (None: the CPU); returns the summary also written to
-    RUN_DIR/summary.json. A run may be resumed on another device than the one it started on."""
+    RUN_DIR/summary.json. A run may be resumed on another device than the one it started on.
+    ``source``: where the config came from, {"config": name or file, "overrides": [...]}, kept in
+    run.json and the summary."""
     run_dir = Path(run_dir)
     device = as_device(device)
     payload = None
@@ -70,7 +98,7 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
         config, data_dir, payload = resume_inputs(run_dir, resume_overrides)
         log(f"resuming {run_dir} at epoch {payload['loop']['epoch'] + 1}, step {payload['loop']['step']}")
     else:
-        _start(config, Path(data_dir), run_dir)
+        _start(config, Path(data_dir), run_dir, source or {"config": None, "overrides": []})
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     t0 = time.time()
@@ -93,10 +121,14 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     if payload is not None:
         trainer.restore(payload)
     result = trainer.fit(train, val, progress=progress)
+    run_record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     summary = {"best_val_rsum": result["best_rsum"], "epochs": result["epochs"],
                "train_seconds": round(result["seconds"], 1), "model": config.model.name,
-               "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
-    summary["processes"] = world_size()
+               "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "processes": world_size(), "config": run_record.get("config"),
+               "overrides": run_record.get("overrides", []), "seed": config.train.seed,
+               "epochs_planned": config.train.epochs, "time_limit_hit": result["time_limit_hit"],
+               "commit": run_record.get("commit")}
     if is_main():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log(f"done: best validation rsum {summary['best_val_rsum']:.1f} after {summary['epochs']} epochs, "
