@@ -1,6 +1,7 @@
-"""Print the markdown table of results/flickr8k/*.json (the `itm eval --json` files), with the
-training wall time from runs/flickr8k/NAME/summary.json when the run folder is present, else from
-the JSON's own "training" entry, which ``--keep-training NAME`` copies there (runs/ is not committed).
+"""Print the markdown table of results/flickr8k/*.json (the `itm eval --json` files; a benchmark's or
+a demonstration's file there is passed over), with the training wall time from
+runs/flickr8k/NAME/summary.json when the run folder is present, else from the JSON's own "training"
+entry, which ``--keep-training NAME`` copies there (runs/ is not committed).
 
     python scripts/results_table.py [results/flickr8k]
     python scripts/results_table.py --keep-training NAME     # scripts/experiment.sh calls it
@@ -38,9 +39,11 @@ def main(folder: str = "results/flickr8k") -> None:
     print("|---|---|---|---|---|---|---|")
     for path in sorted(Path(folder).glob("*.json")):
         metrics = json.loads(path.read_text(encoding="utf-8"))
+        if "i2t" not in metrics:  # a benchmark's or a demonstration's file, not an itm eval one
+            continue
         summary_path = Path("runs/flickr8k") / path.stem / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        summary = summary or metrics.get("training", {})  # scripts/dual_baseline.py keeps its own
+        summary = summary or metrics.get("training", {})  # kept in the JSON (runs/ is not committed)
         print(row(path.stem, metrics, summary.get("train_seconds"), summary.get("epochs")))
 
 
