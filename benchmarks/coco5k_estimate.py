@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -34,12 +33,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import itm.models  # noqa: F401  (registers every model)
 from itm.checkpoint import new_model
 from itm.config import load_config
+from itm.data.synthetic import random_captions
 from itm.data.types import ImageFeatures
 from itm.evaluation.engine import score_all_pairs
 from itm.models.base import InputDims
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_pairs import random_captions  # noqa: E402
 
 COCO5K_PAIRS = 5000 * 25000
 H200_BF16_DENSE = 989e12

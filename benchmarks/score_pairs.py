@@ -23,25 +23,11 @@ import torch
 
 from itm.checkpoint import new_model
 from itm.config import load_config
-from itm.data.types import Captions, ImageFeatures
+from itm.data.synthetic import random_captions
+from itm.data.types import ImageFeatures
+from itm.devices import on_device
 from itm.evaluation.engine import score_all_pairs, score_pairs_naive
 from itm.models.base import InputDims
-
-# Token counts of the 5,000 Flickr8k Karpathy test captions (cut at 30; mean 10.9), measured with
-# itm.data.load_dataset("../shared/data/flickr8k").split("test").caption_tokens()
-LENGTH_COUNTS = {2: 3, 3: 25, 4: 55, 5: 126, 6: 337, 7: 407, 8: 445, 9: 540, 10: 584, 11: 536, 12: 457,
-                 13: 370, 14: 315, 15: 219, 16: 207, 17: 121, 18: 96, 19: 56, 20: 35, 21: 23, 22: 14,
-                 23: 11, 24: 4, 25: 2, 26: 4, 28: 3, 29: 3, 30: 2}
-
-
-def random_captions(n: int, vocab: int, gen: torch.Generator) -> Captions:
-    values = torch.tensor(list(LENGTH_COUNTS))
-    weights = torch.tensor(list(LENGTH_COUNTS.values()), dtype=torch.float)
-    lengths = values[torch.multinomial(weights, n, replacement=True, generator=gen)]
-    width = int(lengths.max())
-    ids = torch.randint(2, vocab, (n, width), generator=gen)
-    ids = ids * (torch.arange(width)[None] < lengths[:, None])  # zero padding
-    return Captions(ids, lengths)
 
 
 def peak_rss_mb() -> float:
@@ -78,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
                              torch.randn(n_img, args.objects, args.object_dim, generator=gen).half())
     captions = random_captions(args.captions, 8000, gen)
     features = ImageFeatures(features.regions.to(args.device), features.objects.to(args.device))
-    captions = Captions(captions.ids.to(args.device), captions.lengths.to(args.device))
+    captions = on_device(captions, args.device)
 
     pairs = [(int(i), int(c)) for i, c in zip(torch.randint(n_img, (args.naive_pairs,), generator=gen),
                                                torch.randint(args.captions, (args.naive_pairs,), generator=gen),

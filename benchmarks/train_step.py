@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -23,12 +22,10 @@ import torch
 import itm.models  # noqa: F401  (registers every model)
 from itm.checkpoint import new_model
 from itm.config import load_config
+from itm.data.synthetic import random_captions
 from itm.data.types import ImageFeatures
 from itm.models.base import InputDims
 from itm.models.objectives import TrainingBatch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_pairs import random_captions  # noqa: E402
 
 FLICKR8K_TRAIN_CAPTIONS = 30_000
 

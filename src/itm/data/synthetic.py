@@ -8,6 +8,8 @@
 - ``synthetic_karpathy_dir``: a real Karpathy-format folder (``dataset_synth.json`` + small PNG and
   JPEG images of coloured shapes, captions naming colour and shape) for CLI tests that run feature
   extraction.
+- ``random_captions``: random word ids at Flickr8k test's caption lengths, for benchmarks (whose cost
+  depends on shapes, not values).
 
 Prototypes depend on ``concept_seed`` only, so splits drawn with different ``seed`` values share
 concepts (a held-out split of the same problem); pass the train split's ``vocab`` when encoding one.
@@ -23,7 +25,7 @@ import torch
 
 from itm.data.encode import encode_captions
 from itm.data.tokenize import tokenize
-from itm.data.types import Dataset, ImageFeatures, ImageRecord
+from itm.data.types import Captions, Dataset, ImageFeatures, ImageRecord
 from itm.data.vocab import Vocab
 
 CONCEPT_WORDS = ("dog", "cat", "tree", "car", "boat", "horse", "ball", "bike", "kite", "bird", "chair", "cup",
@@ -96,6 +98,33 @@ def synthetic_split(n_images: int, captions_per_image: int = 5, n_concepts: int 
 
 
 # -- a Karpathy-format folder of drawn images ------------------------------------------------------
+
+# Token counts of the 5,000 Flickr8k Karpathy test captions (cut at 30; mean 10.9), measured with
+# itm.data.load_dataset("../shared/data/flickr8k").split("test").caption_tokens()
+FLICKR8K_TEST_LENGTHS = {2: 3, 3: 25, 4: 55, 5: 126, 6: 337, 7: 407, 8: 445, 9: 540, 10: 584, 11: 536, 12: 457,
+                         13: 370, 14: 315, 15: 219, 16: 207, 17: 121, 18: 96, 19: 56, 20: 35, 21: 23, 22: 14,
+                         23: 11, 24: 4, 25: 2, 26: 4, 28: 3, 29: 3, 30: 2}
+
+
+def random_captions(n: int, vocab_size: int, gen: torch.Generator,
+                    length_counts: dict[int, int] | None = None) -> Captions:
+    """``n`` captions of random word ids for benchmarks: the cost of scoring or training depends on
+    the captions' shapes, not their words.
+
+    Lengths are drawn (with replacement, from ``gen``) with the weights ``length_counts`` (length ->
+    count; None: Flickr8k test's, ``FLICKR8K_TEST_LENGTHS``). Ids are uniform in [2, vocab_size) at
+    real positions (never <pad> or <unk>), 0 (<pad>) after each caption's length; the width is the
+    longest drawn length.
+    """
+    counts = FLICKR8K_TEST_LENGTHS if length_counts is None else length_counts
+    values = torch.tensor(list(counts))  # (K,) the lengths
+    weights = torch.tensor(list(counts.values()), dtype=torch.float)  # (K,)
+    lengths = values[torch.multinomial(weights, n, replacement=True, generator=gen)]  # (n,)
+    width = int(lengths.max())
+    ids = torch.randint(2, vocab_size, (n, width), generator=gen)  # (n, L)
+    ids = ids * (torch.arange(width)[None] < lengths[:, None])  # (n, L): zero padding
+    return Captions(ids, lengths)
+
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 215, 30),
            "purple": (140, 40, 170), "orange": (245, 140, 20)}
