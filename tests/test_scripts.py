@@ -17,8 +17,8 @@ from itm.evaluation.engine import score_all_pairs
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+def load_script(name: str, folder: str = "scripts"):
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -63,10 +63,27 @@ def test_branch_matrices_recombine_into_the_models_scores(lam):
 
 
 def test_rerank_at_k_orders_the_shortlist_by_exact_scores_and_keeps_the_rest_behind():
-    spec = importlib.util.spec_from_file_location("search_quality", REPO / "benchmarks" / "search_quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("search_quality", "benchmarks")
     short = np.array([[0.9, 0.8, 0.1, 0.0]])
     exact = np.array([[0.0, 1.0, 5.0, 0.5]])
     assert list(np.argsort(-bench.reranked(short, exact, 2)[0])) == [1, 0, 2, 3]  # item 2 is outside the shortlist
     assert list(np.argsort(-bench.reranked(short, exact, 4)[0])) == [2, 1, 3, 0]  # everything re-ranked
+
+
+def test_train_step_benchmark_times_the_trainers_steps_through_the_models_training_loss(monkeypatch):
+    from itm.models.dual import DualEncoder
+
+    bench = load_script("train_step", "benchmarks")
+    calls = []
+    real = DualEncoder.training_loss
+
+    def counted(self, batch):
+        calls.append(len(batch.caps))
+        return real(self, batch)
+
+    monkeypatch.setattr(DualEncoder, "training_loss", counted)
+    median, record = bench.step_seconds("dual_cpu", steps=2, overrides=["model.embed_dim=16"])
+    batch = record["batch"]
+    assert calls == [batch] * (2 + bench.WARM_UP + 1)  # every timed step is the model's own training hook
+    assert median > 0 and record["overrides"] == ["model.embed_dim=16"]
+    assert record["projected_run_min"] == round(median * (bench.FLICKR8K_TRAIN_CAPTIONS // batch) * record["epochs"] / 60, 1)
