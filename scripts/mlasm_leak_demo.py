@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from itm.data.types import Captions, ImageFeatures
-from itm.evaluation.engine import score_all_pairs
+from itm.evaluation.engine import score_all_parts
 from itm.evaluation.metrics import retrieval_metrics
+from itm.models.base import TOTAL
+from itm.training.loop import batch_captions
 
 
 @torch.inference_mode()
@@ -35,9 +37,7 @@ def leaky_global_scores(model, features: ImageFeatures, captions: Captions, capt
         out = []
         for s in range(0, len(image_idx), chunk):
             images = features.streams(model.image_streams, image_idx[s : s + chunk])
-            caps = captions.select(caption_idx[s : s + chunk])
-            steps = int(caps.lengths.max())
-            caps = Captions(caps.ids[:, :steps], caps.lengths, None if caps.vectors is None else caps.vectors[:, :steps])
+            caps = batch_captions(captions, caption_idx[s : s + chunk])  # padding trimmed to the longest
             out.append(model.diagonal_global_vectors(images, caps)[which])
         return torch.cat(out)
 
@@ -47,28 +47,16 @@ def leaky_global_scores(model, features: ImageFeatures, captions: Captions, capt
 
 
 def leaky_and_honest(model, features, captions, caption_to_image) -> dict:
-    """Both protocols' metrics: the honest fused matrix, and the code's fused matrix (local + leaky global)."""
-    honest_parts = parts_matrices(model, features, captions)
+    """Both protocols' metrics: the honest fused matrix (the model's own score), and the code's fused
+    matrix (the model's local scores + the leaky global ones)."""
+    honest = score_all_parts(model, features, captions)  # TOTAL (rho local + (1 - rho) global), "local", "global"
     rho = model.config.local_weight
-    honest = rho * honest_parts["local"] + (1 - rho) * honest_parts["global"]
     leaky_global = leaky_global_scores(model, features, captions, caption_to_image)
-    leaky = rho * honest_parts["local"] + (1 - rho) * leaky_global
-    return {"honest": retrieval_metrics(honest, caption_to_image), "leaky": retrieval_metrics(leaky, caption_to_image),
-            "honest_global_only": retrieval_metrics(honest_parts["global"], caption_to_image),
+    leaky = rho * honest["local"] + (1 - rho) * leaky_global
+    return {"honest": retrieval_metrics(honest[TOTAL], caption_to_image),
+            "leaky": retrieval_metrics(leaky, caption_to_image),
+            "honest_global_only": retrieval_metrics(honest["global"], caption_to_image),
             "leaky_global_only": retrieval_metrics(leaky_global, caption_to_image)}
-
-
-def parts_matrices(model, features, captions) -> dict[str, np.ndarray]:
-    """The local and (per-pair) global matrices alone, through the engine."""
-    saved = model.config.local_weight
-    out = {}
-    try:
-        for name, rho in (("local", 1.0), ("global", 0.0)):
-            model.config.local_weight = rho
-            out[name] = score_all_pairs(model, features, captions)
-    finally:
-        model.config.local_weight = saved
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

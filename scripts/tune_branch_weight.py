@@ -1,8 +1,8 @@
 """Choose BSSAN's branch weight lambda (MS = f_w2r + lambda * f_o2w, eq. 19) for a trained checkpoint
 on the validation split, then report the test split at the trained lambda and at the chosen one.
 
-Each branch's score matrix is computed once per split (the branches are scored separately, so the
-cost is one ordinary evaluation per split); every lambda of the grid is then a sum of two matrices.
+Each branch's score matrix comes from one engine pass per split (``score_all_parts``: the cost of
+one ordinary evaluation); every lambda of the grid is then a sum of two matrices.
 
     python scripts/tune_branch_weight.py --checkpoint runs/flickr8k/lite2 --data ../shared/data/flickr8k \
         --json results/branch_weight/lite2.json
@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
 from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
-from itm.evaluation.engine import score_all_pairs
+from itm.evaluation.engine import score_all_parts
 from itm.evaluation.metrics import retrieval_metrics
+from itm.models.base import TOTAL
 from itm.pipeline import prepare_split
 
 # the ranking depends only on the ratio of the weights, so the grid is over the W2R share
@@ -34,20 +34,6 @@ def lambda_of(alpha: float) -> float | None:
     return None if alpha == 0 else round((1 - alpha) / alpha, 3)
 
 
-def branch_matrices(model, split) -> dict[str, np.ndarray]:
-    """(n_images, n_captions) score matrix of each branch alone."""
-    every, trained = model.branches, model.o2w_weight
-    out = {}
-    try:
-        model.o2w_weight = 1.0  # a one-branch model still weighs O2W by lambda: the raw f_o2w is wanted
-        for name in list(every):
-            model.branches = nn.ModuleDict({name: every[name]})
-            out[name] = score_all_pairs(model, split.features, split.captions)
-    finally:
-        model.branches, model.o2w_weight = every, trained
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -57,9 +43,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     config = ckpt.config
-    if set(ckpt.model.branches) != {"w2r", "o2w"}:
-        raise SystemExit(f"{args.checkpoint}: needs both branches, has {sorted(ckpt.model.branches)}")
-    trained = ckpt.model.o2w_weight
+    branches = getattr(config.model, "branches", [])  # a BSSAN's
+    if set(branches) != {"w2r", "o2w"}:
+        raise SystemExit(f"{args.checkpoint}: needs a BSSAN with both branches, has {sorted(branches)}")
+    trained = config.model.o2w_weight
     record: dict = {"checkpoint": args.checkpoint, "trained_lambda": trained, "alphas": ALPHAS,
                     "lambdas": [lambda_of(a) for a in ALPHAS]}
     for split_name in ("val", "test"):
@@ -68,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
             dataset = dataset.head(args.val_images)
         split = prepare_split(dataset, config, ckpt.vocab, progress=False)
         started = time.time()
-        parts = branch_matrices(ckpt.model, split)
+        parts = score_all_parts(ckpt.model, split.features, split.captions)  # TOTAL, "w2r", "o2w"
         seconds = round(time.time() - started, 1)
         curve = [retrieval_metrics(a * parts["w2r"] + (1 - a) * parts["o2w"], split.caption_to_image)["rsum"]
                  for a in ALPHAS]
@@ -81,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
             alpha = ALPHAS[int(np.argmax(curve))]
             record["chosen_alpha"], record["chosen_lambda"] = alpha, lambda_of(alpha)
         else:
-            test_trained = retrieval_metrics(parts["w2r"] + trained * parts["o2w"], split.caption_to_image)
+            test_trained = retrieval_metrics(parts[TOTAL], split.caption_to_image)  # f_w2r + trained * f_o2w
             test_chosen = retrieval_metrics(alpha * parts["w2r"] + (1 - alpha) * parts["o2w"], split.caption_to_image)
             record["test_at_trained_lambda"] = test_trained
             record["test_at_chosen_lambda"] = test_chosen

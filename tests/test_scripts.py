@@ -1,18 +1,24 @@
-"""The experiment scripts: the results table reads every committed results file; the branch-weight
-tuner's per-branch matrices recombine into the model's own scores."""
+"""The experiment scripts and benchmarks: the results table reads every committed results file; the
+branch-weight tuner and the MLASM leak demonstration take the engine's score parts; the training-step
+benchmark times the trainer's own steps."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import make_captions, make_features, tiny_model
+from helpers import index_checkpoint, make_captions, make_features, tiny_model
 
-from itm.evaluation.engine import score_all_pairs
+from itm.checkpoint import load_checkpoint
+from itm.data.load import load_dataset
+from itm.data.synthetic import synthetic_karpathy_dir
+from itm.evaluation.engine import score_all_pairs, score_all_parts
+from itm.evaluation.metrics import retrieval_metrics
+from itm.models.base import TOTAL
+from itm.pipeline import prepare_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,15 +57,40 @@ def test_results_table_reads_every_committed_results_file(monkeypatch, tmp_path,
     assert any(row.startswith("| dual_lite2 |") and "16 ep" in row for row in rows)
 
 
-@pytest.mark.parametrize("lam", [0.6, 2.0])
-def test_branch_matrices_recombine_into_the_models_scores(lam):
-    model, _ = tiny_model("bssan_sharp", f"model.o2w_weight={lam}")
-    features, captions = make_features(5, half=True), make_captions([4, 1, 7, 3, 7, 2, 5, 3, 6], width=9)
-    parts = load_script("tune_branch_weight").branch_matrices(model, SimpleNamespace(features=features, captions=captions))
-    full = score_all_pairs(model, features, captions)
-    np.testing.assert_allclose(parts["w2r"] + lam * parts["o2w"], full, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(parts["o2w"], 0) and not np.allclose(parts["w2r"], full)
-    assert set(model.branches) == {"w2r", "o2w"} and model.o2w_weight == lam  # the model is left as it was
+def test_branch_weight_tuner_reports_the_models_own_score_at_the_trained_lambda(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=4, n_val=6, n_test=6, size=64, seed=0)
+    lam = 1.5  # alpha = 1 / (1 + lambda) = 0.4 is on the grid: the same ranking as the trained weights
+    ckpt = index_checkpoint(tmp_path / "bssan.pt", "bssan", overrides=(f"model.o2w_weight={lam}",))
+    out = tmp_path / "tuned.json"
+    tuner = load_script("tune_branch_weight")
+    record = tuner.main(["--checkpoint", str(ckpt), "--data", str(data), "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert record["trained_lambda"] == lam and len(record["test"]["rsum_by_alpha"]) == len(tuner.ALPHAS)
+    loaded = load_checkpoint(ckpt)
+    test = prepare_split(load_dataset(data, "test"), loaded.config, loaded.vocab, progress=False)
+    own = retrieval_metrics(score_all_pairs(loaded.model, test.features, test.captions), test.caption_to_image)
+    assert record["test_at_trained_lambda"] == own  # the model's own scores, not a re-weighted copy
+    assert record["test"]["rsum_by_alpha"][tuner.ALPHAS.index(0.4)] == pytest.approx(own["rsum"], abs=0.01)
+    chosen = record["chosen_alpha"]
+    assert record["test_at_chosen_lambda"]["rsum"] == pytest.approx(
+        record["test"]["rsum_by_alpha"][tuner.ALPHAS.index(chosen)], abs=0.01)
+
+
+def test_leak_demo_takes_the_engines_parts_and_leaks_only_through_the_diagonal_vectors():
+    model, _ = tiny_model("mlasm", "model.local_weight=0.7")
+    features, captions = make_features(4), make_captions([4, 1, 3, 2, 4, 2, 3, 1], width=5)
+    owner = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    demo = load_script("mlasm_leak_demo")
+    result = demo.leaky_and_honest(model, features, captions, owner)
+    parts = score_all_parts(model, features, captions)
+    assert result["honest"] == retrieval_metrics(parts[TOTAL], owner)
+    assert result["honest_global_only"] == retrieval_metrics(parts["global"], owner)
+    leaky = demo.leaky_global_scores(model, features, captions, owner)
+    firsts = [0, 2, 4, 6]  # each image's first caption: there both rules condition on the same pair
+    np.testing.assert_allclose(leaky[np.arange(4), firsts], parts["global"][np.arange(4), firsts], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(leaky, parts["global"], atol=1e-4)  # elsewhere the code's vectors differ
+    assert result["leaky"] == retrieval_metrics(0.7 * parts["local"] + 0.3 * leaky, owner)
 
 
 def test_rerank_at_k_orders_the_shortlist_by_exact_scores_and_keeps_the_rest_behind():
