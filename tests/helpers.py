@@ -12,6 +12,7 @@ from PIL import Image
 
 from itm.checkpoint import model_payload, new_model, save_atomic
 from itm.config import load_config
+from itm.data.glove import table_record
 from itm.data.synthetic import synthetic_split
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
@@ -142,15 +143,19 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), 
            "yellow": (230, 220, 20), "teal": (20, 160, 160)}
 
 
-def index_checkpoint(path: Path, name: str, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
-    """A tiny checkpoint of ``name`` on Lite0 64 px features (search and service tests)."""
+def index_checkpoint(path: Path, name: str, seed: int = 0, overrides: tuple[str, ...] = (),
+                     open_vocabulary: bool = False) -> Path:
+    """A tiny checkpoint of ``name`` on Lite0 64 px features (search and service tests); with
+    ``open_vocabulary`` it names the shipped 50-d GloVe table (its words then read any GloVe word),
+    else it is a checkpoint of before the open vocabulary (closed)."""
     config = load_config(None, [*tiny_overrides(name), *FEATURES, *overrides])
     torch.manual_seed(seed)
     dims = InputDims(word_dim=50, region_dim=1280, object_dim=1280, vocab_size=len(WORDS) + 2)
     model = new_model(config, dims)
     settings = {"backbone": "efficientnet_lite0", "image_size": 64, "num_objects": 3, "proposals": "activation",
                 "weights": None}
-    save_atomic(model_payload(model, config, Vocab.build([WORDS]), dims, settings), path)
+    word_table = table_record(None) if open_vocabulary else None
+    save_atomic(model_payload(model, config, Vocab.build([WORDS]), dims, settings, word_table), path)
     return path
 
 

@@ -89,3 +89,21 @@ def test_search_renders_thumbnails_and_opens_the_explanation(server, browser):
     wait_for(lambda: browser.execute_script("const i = arguments[0]; return i.complete && i.naturalWidth > 100",
                                             explanation))
     assert "Where each word looks" in browser.find_element(By.ID, "explain").text
+
+
+def test_words_the_models_cannot_read_are_shown_under_the_query_box(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    box = browser.find_element(By.ID, "query")
+    box.send_keys("a red zzzqqq square")
+    browser.find_element(By.ID, "go").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".hit img"))
+    assert browser.find_element(By.ID, "words").text == "Note: the model could not read: zzzqqq"
+    box.clear()
+    box.send_keys("zzzqqq xxyy")  # nothing readable: a message, not a confident list
+    browser.find_element(By.ID, "go").click()
+    status = wait_for(lambda: "error" in browser.find_element(By.ID, "status").text
+                      and browser.find_element(By.ID, "status").text)
+    assert "can read none of its words (zzzqqq, xxyy)" in status
+    assert not browser.find_elements(By.CSS_SELECTOR, ".hit") and browser.find_element(By.ID, "words").text == ""

@@ -1,6 +1,6 @@
 """The experiment scripts and benchmarks: the results table reads every committed results file; the
 branch-weight tuner and the MLASM leak demonstration take the engine's score parts; the training-step
-benchmark times the trainer's own steps."""
+benchmark times the trainer's own steps; the search benchmark measures the searcher users run."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import index_checkpoint, make_captions, make_features, tiny_model
+import torch
+from helpers import FEATURES, index_checkpoint, make_captions, make_features, tiny_model, tiny_overrides
 
-from itm.checkpoint import load_checkpoint
+from itm.checkpoint import load_checkpoint, model_payload, new_model, save_atomic
+from itm.config import load_config
 from itm.data.load import load_dataset
 from itm.data.synthetic import synthetic_karpathy_dir
+from itm.data.vocab import Vocab
 from itm.evaluation.engine import score_all_pairs, score_all_parts
 from itm.evaluation.metrics import retrieval_metrics
-from itm.models.base import TOTAL
+from itm.models.base import TOTAL, InputDims
 from itm.pipeline import prepare_split
+from itm.retrieval.search import Searcher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,12 +97,64 @@ def test_leak_demo_takes_the_engines_parts_and_leaks_only_through_the_diagonal_v
     assert result["leaky"] == retrieval_metrics(0.7 * parts["local"] + 0.3 * leaky, owner)
 
 
-def test_rerank_at_k_orders_the_shortlist_by_exact_scores_and_keeps_the_rest_behind():
+def test_rank_of_puts_the_reranked_items_first_and_counts_what_each_item_stands_for():
     bench = load_script("search_quality", "benchmarks")
-    short = np.array([[0.9, 0.8, 0.1, 0.0]])
-    exact = np.array([[0.0, 1.0, 5.0, 0.5]])
-    assert list(np.argsort(-bench.reranked(short, exact, 2)[0])) == [1, 0, 2, 3]  # item 2 is outside the shortlist
-    assert list(np.argsort(-bench.reranked(short, exact, 4)[0])) == [2, 1, 3, 0]  # everything re-ranked
+    rest = ["a", "b", "c", "d", "e"]  # the shortlist's order
+    assert bench.rank_of(["c", "a"], rest, {"c"}) == 0
+    assert bench.rank_of(["c", "a"], rest, {"b"}) == 2  # after the re-ranked two
+    assert bench.rank_of(["c", "a"], rest, {"d", "e"}) == 3
+    assert bench.rank_of(["c", "a"], rest, {"d"}, {"a": 1, "b": 2, "c": 1, "d": 1, "e": 1}) == 4  # b: two images
+
+
+def synthetic_checkpoint(path: Path, name: str, words: list[str]) -> Path:
+    """A tiny untrained ``name`` on the search tests' Lite0 64 px features, with the vocabulary ``words``."""
+    config = load_config(None, [*tiny_overrides(name), *FEATURES])
+    torch.manual_seed(0)
+    dims = InputDims(word_dim=50, region_dim=1280, object_dim=1280, vocab_size=len(words) + 2)
+    settings = {"backbone": "efficientnet_lite0", "image_size": 64, "num_objects": 3, "proposals": "activation",
+                "weights": None}
+    save_atomic(model_payload(new_model(config, dims), config, Vocab.build([words]), dims, settings), path)
+    return path
+
+
+def test_search_quality_measures_the_searcher_and_reranking_everything_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=1, n_val=1, n_test=5, size=64, seed=0,
+                                  captions_per_image=2)
+    test = load_dataset(data, "test")
+    words = sorted({w for im in test.images for tokens in im.tokens for w in tokens})
+    assert len({tuple(t) for im in test.images for t in im.tokens}) == 10  # no two captions alike: no ties
+    shortlist = synthetic_checkpoint(tmp_path / "dual.pt", "dual", words)
+    matcher = synthetic_checkpoint(tmp_path / "bssan.pt", "bssan", words)
+    bench = load_script("search_quality", "benchmarks")
+    calls = {"search": 0, "search_image": 0}
+    for method in calls:
+        real = getattr(Searcher, method)
+
+        def counted(self, *args, method=method, real=real, **kwargs):
+            calls[method] += 1
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Searcher, method, counted)
+    out = tmp_path / "search.json"
+    result = bench.main(["--shortlist", str(shortlist), "--checkpoint", str(matcher), "--data", str(data),
+                         "--queries", "3", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result) == {"shortlist", "matcher", "exact_all_pairs_seconds", "dual_alone", "exact", "rerank_k10",
+                           "rerank_k20", "rerank_k50", "rerank_k100", "exact_query_ms_1k", "exact_query_ms_8k",
+                           "exact_query_ms_1k_cached", "exact_query_ms_8k_cached", "two_stage_1k"}
+    # recall: the searcher's own answers, both ways (5 photos, 10 captions: 1 + 4 searches per query)
+    assert calls["search_image"] == 5 * (1 + len(bench.KS)) and calls["search"] >= 10 * (1 + len(bench.KS))
+    # every K covers the whole collection (5 photos, 10 captions): the searcher re-ranks everything, as exact does
+    for k in bench.KS:
+        assert result[f"rerank_k{k}"] == result["exact"]
+    loaded = load_checkpoint(shortlist)
+    split = prepare_split(test, loaded.config, loaded.vocab, progress=False)
+    assert result["dual_alone"] == retrieval_metrics(score_all_pairs(loaded.model, split.features, split.captions),
+                                                     split.caption_to_image)
+    stages = result["two_stage_1k"]["k10"]
+    assert set(stages) == {"median_ms", "p95_ms", "shortlist_median_ms", "rerank_median_ms", "fraction_of_exact",
+                           "fraction_of_exact_cached"}
 
 
 def test_train_step_benchmark_times_the_trainers_steps_through_the_models_training_loss(monkeypatch):

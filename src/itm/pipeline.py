@@ -100,6 +100,15 @@ def initial_word_table(vocab: Vocab, config: Config) -> tuple[torch.Tensor | Non
     return table, int(table.shape[1]), coverage_message(coverage, len(vocab))
 
 
+def word_table_record(config: Config) -> dict:
+    """Which word-vector table a trained model reads (kept in its checkpoint; ``itm.data.glove``)."""
+    if config.text.source == "minilm":
+        return {"source": "minilm"}
+    from itm.data.glove import table_record
+
+    return table_record(config.text.glove_path)
+
+
 def input_dims(split: PreparedSplit, vocab: Vocab, word_dim: int) -> InputDims:
     return InputDims(word_dim=word_dim, region_dim=int(split.features.regions.shape[-1]),
                      object_dim=int(split.features.objects.shape[-1]), vocab_size=len(vocab))

@@ -52,7 +52,7 @@ def explain_pair_command(args: argparse.Namespace) -> None:
     parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
     where = f" on a {grid[0]} x {grid[1]} grid ({explained.image_size} px)" if grid else ""
     print(f"score {explanation.score:.3f}" + (f" ({parts})" if parts else "") + where)
-    for note in explained.drawn.not_drawn:
+    for note in filter(None, [explained.words.notice(), *explained.drawn.not_drawn]):
         print(f"note: {note}")
     out = Path(args.out)
     for name, fig in explained.drawn.figures.items():
@@ -93,7 +93,9 @@ def explain_retrieval_command(args: argparse.Namespace) -> None:
         print(f"wrote {save_figure(fig, out / 'top_captions.png')}")
     if args.query_caption:
         tokens = tokenize(args.query_caption)
-        check_known_words(tokens, ckpt.vocab, args.query_caption)
+        notice = check_known_words(tokens, ckpt.vocab, args.query_caption).notice()
+        if notice:
+            print(f"note: {notice}")
         captions = encode_captions([tokens], ckpt.vocab, config.data.max_words,
                                    word_vectors([tokens], config, progress=False))
         column = score_all_pairs(ckpt.model, split.features, captions)[:, 0]

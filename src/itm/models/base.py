@@ -72,7 +72,11 @@ class PairScores:
 
 
 class WordEmbedder(nn.Module):
-    """Caption -> word vectors: a GloVe-initialised table, or precomputed contextual vectors."""
+    """Caption -> word vectors: a GloVe-initialised table, or precomputed contextual vectors.
+
+    Ids below the table's size are the training vocabulary; ids from there on are rows ``extend``
+    added at inference (words outside the training captions, ``itm.data.open_vocab``). The extra rows
+    are not weights: they are derived from the word-vector table and never saved."""
 
     def __init__(self, vocab_size: int, dim: int, init: torch.Tensor | None = None,
                  trainable: bool = False, precomputed: bool = False):
@@ -85,13 +89,25 @@ class WordEmbedder(nn.Module):
             if init is not None:
                 self.table.weight.data.copy_(init)  # (V, E)
             self.table.weight.requires_grad_(trainable)
+        self.register_buffer("extra", torch.zeros(0, dim), persistent=False)  # (K, E) rows added by extend
+
+    def extend(self, vectors: torch.Tensor) -> int:
+        """Append (K, E) rows for new words; returns the id of the first."""
+        first = self.table.num_embeddings + len(self.extra)
+        self.extra = torch.cat([self.extra, vectors.to(self.extra)])
+        return first
 
     def forward(self, captions: Captions) -> torch.Tensor:
         if self.table is None:
             if captions.vectors is None:
                 raise ValueError("this model reads precomputed word vectors; the captions carry none")
             return captions.vectors.float()  # (N, L, E)
-        return self.table(captions.ids)  # (N, L, E)
+        ids, size = captions.ids, self.table.num_embeddings
+        if not len(self.extra) or not ids.numel() or int(ids.max()) < size:
+            return self.table(ids)  # (N, L, E)
+        trained = self.table(ids.clamp(max=size - 1))  # (N, L, E)
+        added = self.extra[(ids - size).clamp(min=0)]  # (N, L, E)
+        return torch.where((ids >= size)[..., None], added, trained)
 
 
 EPS = 1e-8  # norm and cosine floors of the models that normalise vectors

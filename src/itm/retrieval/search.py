@@ -21,6 +21,7 @@ import torch
 
 from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 from itm.data.encode import encode_captions
+from itm.data.open_vocab import WordReport
 from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
 from itm.devices import as_device, on_device
@@ -96,6 +97,29 @@ class SearchModels:
         """The query encoded for ``ckpt``'s vocabulary, on the models' device."""
         tokens = query_tokens(text)
         return self.captions(encode_captions([tokens], ckpt.vocab, ckpt.config.data.max_words))
+
+    def read(self, text: str) -> WordReport:
+        """How the models read a query's words (those either model reads otherwise, merged); a query
+        of which they can read no word is a one-line ItmError instead of a confident list."""
+        tokens = query_tokens(text)
+        reports = [ckpt.vocab.report([tokens]) for ckpt in (self.shortlist, self.reranker) if ckpt is not None]
+        words = WordReport(unseen=_union(r.unseen for r in reports), unreadable=_union(r.unreadable for r in reports),
+                           read_as={w: k for r in reports for w, k in r.read_as.items()})
+        if set(tokens) <= set(words.unreadable):
+            raise ItmError(f"query {text!r}: the models can read none of its words ({', '.join(words.unreadable)})")
+        return words
+
+
+def _union(lists) -> list[str]:
+    return list(dict.fromkeys(word for words in lists for word in words))
+
+
+class SearchResults(list):
+    """Ranked hits (a list), with ``words``: how the models read the query (``WordReport``)."""
+
+    def __init__(self, hits, words: WordReport):
+        super().__init__(hits)
+        self.words = words
 
 
 def query_tokens(text: str) -> list[str]:
@@ -227,17 +251,19 @@ class Searcher:
         cache = FeatureCache(folder, settings)
         return cache, cache.index()
 
-    def search(self, text: str, k: int = 10, rerank: int = 50) -> list[Hit]:
-        """Ranked photos for a text query: the shortlist's top ``max(k, rerank)``, re-ranked exactly."""
+    def search(self, text: str, k: int = 10, rerank: int = 50) -> SearchResults:
+        """Ranked photos for a text query: the shortlist's top ``max(k, rerank)``, re-ranked exactly.
+        ``.words`` of the result says which words the models could not read (or read by spelling)."""
         if k < 1:
             raise ItmError(f"k: must be at least 1, got {k}")
+        words = self.models.read(text)
         if not len(self):
-            return []
+            return SearchResults([], words)
         sha1s, short = self.shortlist(text, max(k, rerank))
         scores = self.rerank(text, sha1s) if self.models.reranker is not None and rerank > 0 else short
         order = np.argsort(-scores, kind="stable")[:k]
-        return [Hit(self.images[sha1s[i]][0], self.paths[sha1s[i]][0], float(scores[i]), float(short[i]),
-                    self.paths[sha1s[i]]) for i in order]
+        return SearchResults([Hit(self.images[sha1s[i]][0], self.paths[sha1s[i]][0], float(scores[i]),
+                                  float(short[i]), self.paths[sha1s[i]]) for i in order], words)
 
 
     def path_of(self, image_id: int) -> Path | None:

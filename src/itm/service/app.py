@@ -1,6 +1,7 @@
 """The search service: FastAPI over one index (``itm serve``).
 
-Endpoints: ``POST /search`` {text, k, rerank} -> ranked photos; ``GET /images/{id}`` and
+Endpoints: ``POST /search`` {text, k, rerank} -> ranked photos, with ``words`` (the query's words the
+models read only through their word table, read by spelling, or could not read) and a one-line ``notice``; ``GET /images/{id}`` and
 ``GET /thumbnails/{id}`` by image id from the index database (never by path);
 ``GET /explain?image_id=..&text=..`` -> the matcher's word heat maps as a PNG; ``GET /health``;
 ``GET /`` the web page (static, no CDN). Bad requests get 4xx answers with a one-line ``detail``.
@@ -102,7 +103,7 @@ def create_app(searcher: Searcher, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
                 hits = searcher.search(request.text, request.k, request.rerank)
         except ItmError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"query": request.text, "results": [
+        return {"query": request.text, "words": hits.words.to_dict(), "notice": hits.words.notice(), "results": [
             {"rank": n + 1, "image_id": h.image_id, "path": h.path, "score": h.score,
              "shortlist_score": h.shortlist_score, "image": f"/images/{h.image_id}",
              "thumbnail": f"/thumbnails/{h.image_id}"} for n, h in enumerate(hits)]}

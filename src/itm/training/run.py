@@ -20,7 +20,7 @@ from itm.data.load import load_dataset
 from itm.devices import as_device
 from itm.distributed import is_main, setup, world_size
 from itm.errors import ItmError
-from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split
+from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split, word_table_record
 from itm.training.loop import Trainer, seed_everything
 
 # what every run's summary.json records, so that a reported figure says what produced it
@@ -117,7 +117,8 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     seed_everything(config.train.seed)
     model = new_model(config, dims, table).to(device)  # before the Trainer builds its optimiser
     settings = train.features.settings or {}
-    trainer = Trainer(model, config, run_dir, lambda: model_payload(model, config, vocab, dims, settings))
+    word_table = word_table_record(config)
+    trainer = Trainer(model, config, run_dir, lambda: model_payload(model, config, vocab, dims, settings, word_table))
     if payload is not None:
         trainer.restore(payload)
     result = trainer.fit(train, val, progress=progress)

