@@ -2,19 +2,31 @@
 scoring, and of shortlist + exact re-rank at several K; latency over a whole-collection index.
 
     python benchmarks/search_quality.py --shortlist runs/flickr8k/dual_seed0 --checkpoint runs/flickr8k/mlasm_seed0 \\
-        --data ../shared/data/flickr8k [--index runs/flickr8k-index] [--json results/flickr8k/search.json]
+        --data ../shared/data/flickr8k [--index runs/flickr8k-index] [--json results/flickr8k/search_quality.json]
 
-Recall: the standard protocol's R@1/5/10 both ways (1,000 images x 5,000 captions). For a re-ranked
-list the top K of the shortlist are ordered by the matcher's exact score and a ground truth outside
-the shortlist ranks after it. Times are measured in this process: the exact all-pairs time of one
-query is the engine scoring it against every gallery item; the two-stage time is the shortlist
-search plus the matcher on K items with cached per-image states (``itm.retrieval.search``).
+What is measured is what users run: the 1,000 test photos are indexed (``itm.retrieval.index``, their
+features read from the feature cache) with the 5,000 test captions as the caption collection, and
+every two-stage figure comes from ``itm.retrieval.search.Searcher``.
+
+Recall: the standard protocol's R@1/5/10, medr and meanr both ways (1,000 images x 5,000 captions).
+The shortlist alone and exact scoring rank by the two models' all-pairs matrices (the evaluation
+engine, as ``itm eval``). Re-ranked at K: each caption's photos as ``Searcher.search`` ranks them (text
+query, re-rank depth K), each photo's captions as ``Searcher.search_image`` ranks them (the photo's
+bytes as the query, its features read through the cache as an upload's are: the slowest part of a
+run); the K re-ranked items come first, every other item after them in the order of the same search
+without re-ranking. Text queries are the captions' tokens joined by spaces.
+
+Times, measured in this process, per text query: exact = the engine scoring the query against every
+photo (photo preparation included); exact with cached states = ``Searcher.rerank`` of every photo
+with every photo's prepared state already cached; two-stage = ``Searcher.search`` (top 10 at re-rank
+depth K, states cached), with its stages ``Searcher.shortlist`` and ``Searcher.rerank`` timed alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,43 +35,14 @@ import torch
 
 from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
+from itm.data.types import Dataset
 from itm.evaluation.engine import score_all_pairs
-from itm.evaluation.metrics import retrieval_metrics
-from itm.models.base import select_state
+from itm.evaluation.metrics import retrieval_metrics, summarize_ranks
 from itm.pipeline import prepare_split
-from itm.retrieval.search import build_faiss
+from itm.retrieval.index import IndexStore, index_captions, update_index
+from itm.retrieval.search import Searcher, SearchModels, build_faiss
 
 KS = (10, 20, 50, 100)
-
-
-def reranked(short: np.ndarray, exact: np.ndarray, k: int) -> np.ndarray:
-    """Scores whose ranking is: the shortlist's top k by the exact score, then the rest by the shortlist.
-    ``short`` and ``exact`` are (queries, gallery)."""
-    top = np.argsort(-short, axis=1, kind="stable")[:, :k]  # (Q, k)
-    out = short - short.max() - 10.0  # every shortlisted item ranks above every other
-    rows = np.arange(short.shape[0])[:, None]
-    picked = exact[rows, top]
-    out[rows, top] = picked - picked.min() + 1.0  # (exact order among the k, all above the rest)
-    return out
-
-
-def both_ways(short_i2t: np.ndarray, exact: np.ndarray, owner: np.ndarray, k: int | None) -> dict:
-    """R@K of a (images x captions) matrix, re-ranked per query direction at k (None: as is)."""
-    if k is None:
-        return retrieval_metrics(exact, owner)
-    i2t = reranked(short_i2t, exact, k)  # each image's captions
-    t2i = reranked(short_i2t.T, exact.T, k).T  # each caption's images
-    a, b = retrieval_metrics(i2t, owner), retrieval_metrics(t2i, owner)
-    return {"i2t": a["i2t"], "t2i": b["t2i"], "rsum": sum(a["i2t"][f"r{n}"] + b["t2i"][f"r{n}"] for n in (1, 5, 10))}
-
-
-@torch.inference_mode()
-def dual_matrix(ckpt, split) -> np.ndarray:
-    model = ckpt.model.eval()
-    images = model.encode_images(split.features.streams(model.image_streams)).numpy()
-    captions = np.concatenate([model.encode_captions(split.captions.select(slice(s, s + 1000))).numpy()
-                               for s in range(0, len(split.captions), 1000)])
-    return images @ captions.T
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,25 +61,29 @@ def main(argv: list[str] | None = None) -> dict:
     test_set = load_dataset(args.data, "test")
     d_split = prepare_split(test_set, dual.config, dual.vocab, progress=False)
     m_split = prepare_split(test_set, matcher.config, matcher.vocab, progress=False)
-    owner = d_split.caption_to_image
-    short = dual_matrix(dual, d_split)
+    owner = m_split.caption_to_image
+    texts = [" ".join(t) for im in test_set.images for t in im.tokens]  # the queries, in caption order
+    short = score_all_pairs(dual.model, d_split.features, d_split.captions)
     exact, exact_seconds = exact_matrix(matcher, m_split, args.exact_scores, short.shape)
     result = {"shortlist": args.shortlist, "matcher": args.checkpoint, "exact_all_pairs_seconds": exact_seconds,
-              "dual_alone": both_ways(short, short, owner, None), "exact": both_ways(short, exact, owner, None)}
-    for k in KS:
-        result[f"rerank_k{k}"] = both_ways(short, exact, owner, k)
-
-    # time per text query over the 1K test images: exact = the query against all 1,000 images
+              "dual_alone": retrieval_metrics(short, owner), "exact": retrieval_metrics(exact, owner)}
     rng = np.random.default_rng(0)
-    picks = rng.choice(len(m_split.captions), size=min(args.queries, len(m_split.captions)), replace=False)
-    result["exact_query_ms_1k"] = exact_query_ms(matcher, m_split.features, m_split.captions, picks[:20])
-    # 8,000 photos: the 1K test features eight times over (the same per-pair work as 8,000 distinct photos)
-    eight = m_split.features.select(torch.arange(len(m_split.features)).repeat(8))
-    result["exact_query_ms_8k"] = exact_query_ms(matcher, eight, m_split.captions, picks[:5])
-    # the same with every photo's prepared state cached, as the two-stage path has it: only pairs are scored
-    result["exact_query_ms_1k_cached"] = exact_cached_ms(matcher, m_split.features, m_split.captions, picks[:20], 1)
-    result["exact_query_ms_8k_cached"] = exact_cached_ms(matcher, m_split.features, m_split.captions, picks[:10], 8)
-    result["two_stage_1k"] = two_stage_ms(dual, matcher, d_split, m_split, picks)
+    picks = rng.choice(len(texts), size=min(args.queries, len(texts)), replace=False)
+    with tempfile.TemporaryDirectory(prefix="itm-search-quality-") as folder:
+        searcher = index_test_set(Path(folder), test_set, texts, SearchModels(args.shortlist, args.checkpoint))
+        result.update(searched_recall(searcher, test_set, texts, owner))
+
+        # time per text query over the 1K test photos: exact = the query against all 1,000 photos
+        result["exact_query_ms_1k"] = exact_query_ms(matcher, m_split.features, m_split.captions, picks[:20])
+        # 8,000 photos: the 1K test features eight times over (the same per-pair work as 8,000 distinct photos)
+        eight = m_split.features.select(torch.arange(len(m_split.features)).repeat(8))
+        result["exact_query_ms_8k"] = exact_query_ms(matcher, eight, m_split.captions, picks[:5])
+        # the same with every photo's prepared state cached, as a warm searcher has them: only pairs are scored
+        every = list(searcher.images)  # every photo (sha1)
+        searcher.prepared(every)
+        result["exact_query_ms_1k_cached"] = rerank_ms(searcher, [texts[c] for c in picks[:20]], every)
+        result["exact_query_ms_8k_cached"] = rerank_ms(searcher, [texts[c] for c in picks[:10]], every * 8)
+        result["two_stage_1k"] = search_ms(searcher, [texts[c] for c in picks])
     for k in KS:
         entry = result["two_stage_1k"][f"k{k}"]
         entry["fraction_of_exact"] = round(entry["median_ms"] / result["exact_query_ms_1k"], 4)
@@ -104,13 +91,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.million:
         result["synthetic_1m"] = synthetic_million(dual.config.model.embed_dim)
     if args.index:
-        result["index"] = time_index(args.index, [" ".join(t) for im in test_set.images for t in im.tokens], picks)
+        result["index"] = time_index(args.index, [texts[c] for c in picks])
         for k in KS:
             entry = result["index"][f"k{k}"]
             entry["fraction_of_exact"] = round(entry["median_ms"] / result["exact_query_ms_8k"], 4)
             entry["fraction_of_exact_cached"] = round(entry["median_ms"] / result["exact_query_ms_8k_cached"], 4)
     for key, value in result.items():
-        print(f"{key:<22}{json.dumps(value) if isinstance(value, dict) else value}")
+        print(f"{key:<26}{json.dumps(value) if isinstance(value, dict) else value}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
@@ -128,6 +115,69 @@ def exact_matrix(matcher, split, saved: str | None, shape: tuple[int, int]) -> t
     return exact, round(time.perf_counter() - t0, 1)
 
 
+# -- the test set as users search it ----------------------------------------------------------------------
+
+def index_test_set(folder: Path, test_set: Dataset, texts: list[str], models: SearchModels) -> Searcher:
+    """A Searcher over an ``itm index`` of the test photos (links to the dataset's files, under
+    ``folder``) with ``texts`` as its caption collection, in order."""
+    photos = folder / "photos"
+    for record in test_set.images:
+        link = photos / record.filename
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(record.path).resolve())
+    store = IndexStore(folder / "index")
+    report = update_index(store, photos, models, progress=False)
+    if report.skipped:
+        raise SystemExit(f"indexing the test photos skipped {report.skipped[0][0]}: {report.skipped[0][1]}")
+    if any(not text.strip() for text in texts):  # a blank line is no caption: the collection would shift
+        raise SystemExit("a test caption has no words: the caption collection cannot keep the captions' order")
+    (folder / "captions.txt").write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")
+    index_captions(store, folder / "captions.txt", models)
+    return Searcher(folder / "index", models)
+
+
+def searched_recall(searcher: Searcher, test_set: Dataset, texts: list[str], owner: np.ndarray) -> dict:
+    """{"rerank_k<K>": metrics} for every K of ``KS``: the ranks the searcher gives, both ways."""
+    row_of = {record.filename: i for i, record in enumerate(test_set.images)}
+    photos = searcher.search(texts[0], k=len(searcher), rerank=0)
+    images = {hit.image_id: len(hit.paths) for hit in photos}  # a photo indexed once: every test image of it
+    photo_of = {row_of[path]: hit.image_id for hit in photos for path in hit.paths}  # test image -> photo
+    t2i = np.zeros((len(KS), len(texts)), dtype=np.int64)  # 0-based rank of each caption's photo
+    for c, text in enumerate(texts):
+        rest = [hit.image_id for hit in searcher.search(text, k=len(searcher), rerank=0)]  # shortlist order
+        for n, k in enumerate(KS):
+            top = [hit.image_id for hit in searcher.search(text, k=k, rerank=k)]
+            t2i[n, c] = rank_of(top, rest, {photo_of[owner[c]]}, images)
+    captions_of = [set(np.flatnonzero(owner == i).tolist()) for i in range(len(test_set.images))]
+    i2t = np.zeros((len(KS), len(test_set.images)), dtype=np.int64)  # 0-based rank of a photo's first caption
+    for i, record in enumerate(test_set.images):
+        data, name = Path(record.path).read_bytes(), Path(record.filename).name
+        rest = [hit.caption_id for hit in searcher.search_image(data, name, k=len(texts), rerank=0)]
+        for n, k in enumerate(KS):
+            top = [hit.caption_id for hit in searcher.search_image(data, name, k=k, rerank=k)]
+            i2t[n, i] = rank_of(top, rest, captions_of[i])
+    out = {}
+    for n, k in enumerate(KS):
+        a, b = summarize_ranks(i2t[n]), summarize_ranks(t2i[n])
+        out[f"rerank_k{k}"] = {"i2t": a, "t2i": b, "rsum": sum(part[f"r{m}"] for part in (a, b) for m in (1, 5, 10))}
+    return out
+
+
+def rank_of(top: list, rest: list, positives: set, sizes: dict | None = None) -> int:
+    """0-based rank of the first of ``positives`` in the ranking ``top`` (the re-ranked items), then
+    the items of ``rest`` not in ``top``, in ``rest``'s order: how many test items come before it
+    (``sizes``: how many one item stands for; None: one each)."""
+    seen = set(top)
+    before = 0
+    for item in top + [item for item in rest if item not in seen]:
+        if item in positives:
+            return before
+        before += 1 if sizes is None else sizes[item]
+    raise SystemExit("a ground truth is missing from the searcher's results")
+
+
+# -- time -------------------------------------------------------------------------------------------------
+
 def exact_query_ms(matcher, features, captions, picks: np.ndarray) -> float:
     """Milliseconds per text query scored exactly against every photo of ``features``."""
     t0 = time.perf_counter()
@@ -136,64 +186,44 @@ def exact_query_ms(matcher, features, captions, picks: np.ndarray) -> float:
     return round(1000 * (time.perf_counter() - t0) / len(picks), 1)
 
 
-@torch.inference_mode()
-def exact_cached_ms(matcher, features, captions, picks: np.ndarray, copies: int) -> float:
-    """Milliseconds per text query scored exactly against every photo (the features ``copies`` times
-    over) whose prepared state is already computed: the query's own preparation and its pairs only."""
-    model = matcher.model.eval()
-    states = model.prepare_images(features.streams(model.image_streams))
-    states = select_state(states, torch.arange(len(features)).repeat(copies))
+def rerank_ms(searcher: Searcher, texts: list[str], sha1s: list[str]) -> float:
+    """Milliseconds per text query of ``Searcher.rerank`` over ``sha1s`` (their states cached)."""
     t0 = time.perf_counter()
-    for c in picks:
-        caption = model.prepare_captions(captions.select(slice(int(c), int(c) + 1)))
-        for start in range(0, len(features) * copies, 1000):  # the engine's tiles: bounded memory
-            model.score_block(select_state(states, slice(start, start + 1000)), caption)
-    return round(1000 * (time.perf_counter() - t0) / len(picks), 1)
+    for text in texts:
+        searcher.rerank(text, sha1s)
+    return round(1000 * (time.perf_counter() - t0) / len(texts), 1)
 
 
-@torch.inference_mode()
-def two_stage_ms(dual, matcher, d_split, m_split, picks: np.ndarray) -> dict:
-    """Per text query over the 1K test photos, the search path of ``itm.retrieval.search``: encode the
-    query, FAISS top K of the dual vectors, the matcher on those K with prepared photo states cached."""
-    short_model, model = dual.model.eval(), matcher.model.eval()
-    vectors = short_model.encode_images(d_split.features.streams(short_model.image_streams)).float().numpy()
-    index = build_faiss(vectors, approximate_above=len(vectors) + 1)
-    states = model.prepare_images(m_split.features.streams(model.image_streams))  # the cache, filled
+def search_ms(searcher: Searcher, texts: list[str], digits: int = 2) -> dict:
+    """Per text query at every re-rank depth K: ``Searcher.search`` of the top 10 (median, p95), and its
+    two stages alone (``Searcher.shortlist`` of the top max(10, K), ``Searcher.rerank`` of them)."""
     out = {}
     for k in KS:
-        times = []
-        for c in picks:
+        searcher.search(texts[0], k=10, rerank=k)  # warm-up
+        total, stage1, stage2 = [], [], []
+        for text in texts:
             t0 = time.perf_counter()
-            query = short_model.encode_captions(d_split.captions.select(slice(int(c), int(c) + 1))).float().numpy()
-            _, rows = index.search(query, k)
-            top = torch.from_numpy(rows[0])
-            model.score_block(select_state(states, top), model.prepare_captions(
-                m_split.captions.select(slice(int(c), int(c) + 1))))
-            times.append(1000 * (time.perf_counter() - t0))
-        out[f"k{k}"] = {"median_ms": round(float(np.median(times)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2)}
+            searcher.search(text, k=10, rerank=k)
+            t1 = time.perf_counter()
+            sha1s, _ = searcher.shortlist(text, max(10, k))
+            t2 = time.perf_counter()
+            searcher.rerank(text, sha1s)
+            t3 = time.perf_counter()
+            total.append(1000 * (t1 - t0))
+            stage1.append(1000 * (t2 - t1))
+            stage2.append(1000 * (t3 - t2))
+        out[f"k{k}"] = {"median_ms": round(float(np.median(total)), digits),
+                        "p95_ms": round(float(np.percentile(total, 95)), digits),
+                        "shortlist_median_ms": round(float(np.median(stage1)), digits),
+                        "rerank_median_ms": round(float(np.median(stage2)), digits)}
     return out
 
 
-def time_index(index: str, texts: list[str], picks: np.ndarray) -> dict:
-    """Latency of text queries over a whole index (warm per-image state cache after the first pass)."""
-    from itm.retrieval.search import Searcher
-
+def time_index(index: str, texts: list[str]) -> dict:
+    """Latency of text queries over a whole index (its state cache warming as the queries run)."""
     searcher = Searcher(index)
-    out = {"photos": len(searcher)}
-    for k in KS:
-        searcher.search(texts[int(picks[0])], k=10, rerank=k)  # warm-up
-        times = []
-        for c in picks:
-            t0 = time.perf_counter()
-            searcher.search(texts[int(c)], k=10, rerank=k)
-            times.append(1000 * (time.perf_counter() - t0))
-        out[f"k{k}"] = {"median_ms": round(float(np.median(times)), 1), "p95_ms": round(float(np.percentile(times, 95)), 1)}
-    stage1 = []
-    for c in picks:
-        t0 = time.perf_counter()
-        searcher.shortlist(texts[int(c)], 50)
-        stage1.append(1000 * (time.perf_counter() - t0))
-    out["shortlist_only_median_ms"] = round(float(np.median(stage1)), 2)
+    out = {"photos": len(searcher), **search_ms(searcher, texts, digits=1)}
+    out["shortlist_only_median_ms"] = out["k50"]["shortlist_median_ms"]  # stage 1 of a K = 50 search
     return out
 
 
