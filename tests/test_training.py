@@ -456,3 +456,18 @@ def test_a_run_cut_by_its_time_limit_says_so(tmp_path):
     assert cut["time_limit_hit"] and cut["epochs"] == 1 and cut["history"][0]["steps"] == 1
     trainer, train, val = setup_run(tmp_path / "whole", "train.epochs=1", n_train=64, n_val=8)
     assert not fit_quietly(trainer, train, val)["time_limit_hit"]
+
+
+@pytest.mark.slow
+def test_cli_eval_by_vocabulary(cli_env, reference_run):
+    """--by-vocabulary: every caption in one of the two groups, and the probe's figures beside chance."""
+    root, data, env = cli_env
+    out = root / "eval" / "vocab.json"
+    done = itm(["eval", "--checkpoint", str(reference_run), "--data", str(data), "--split", "test",
+                "--json", str(out), "--no-progress", "--by-vocabulary"], env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    groups = result["by_vocabulary"]
+    assert groups["seen"]["captions"] + groups["unseen"]["captions"] == result["n_captions"]
+    assert set(result["concept_probe"]) == {"words", "k", "recall", "chance", "per_word"}
+    assert "captions by vocabulary" in done.stdout and "concept probe" in done.stdout

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(flickr protocol; the mean matrix for an ensemble)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help="bf16: score under bf16 autocast (default: the checkpoint's eval.precision, fp32)")
+    parser.add_argument("--by-vocabulary", action="store_true",
+                        help="also split the captions into those whose every word was in the training captions and "
+                             "those with another word (R@K of each), and probe each unseen word that names two or "
+                             "more photos with the query 'a WORD' (recall@5 beside chance); flickr protocol")
     parser.add_argument("--no-progress", action="store_true")
     add_device_argument(parser)
 
@@ -46,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from itm.training.run import code_commit
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
-    if args.scores and args.protocol != "flickr":
-        raise ItmError("--scores saves the one matrix of the flickr protocol; drop it for coco1k / coco5k")
+    if (args.scores or args.by_vocabulary) and args.protocol != "flickr":
+        raise ItmError("--scores and --by-vocabulary need the one matrix of the flickr protocol; drop them for "
+                       "coco1k / coco5k")
     device = resolve_device(args.device)
     setup(device)  # under torchrun: each process scores its share of the images (itm.evaluation.engine)
     # all load before any long work
@@ -55,32 +60,41 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split).split(args.split)
     if not len(dataset):
         raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")
-    members, owners = [], []
+    members, owners, splits = [], [], []
     for ckpt in checkpoints:
         config = ckpt.config
         split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress,
                               device=device)
         members.append(Member(ckpt.model, split.features, split.captions))
         owners.append(split.caption_to_image)
+        splits.append(split)
     if any(not np.array_equal(owner, owners[0]) for owner in owners):
         raise ItmError(f"dataset {args.data}: the checkpoints read different captions of split '{args.split}'")
     config = checkpoints[0].config
     precision = args.precision or config.eval.precision
     result = evaluate_ensemble(members, owners[0], args.protocol, args.memory_mb or config.eval.memory_budget_mb,
                                config.eval.caption_tile, progress=not args.no_progress and is_main(),
-                               keep_scores=bool(args.scores), max_image_chunk=config.eval.image_tile,
-                               precision=precision)
+                               keep_scores=bool(args.scores or args.by_vocabulary),
+                               max_image_chunk=config.eval.image_tile, precision=precision)
+    if args.by_vocabulary:
+        result.update(vocabulary_report(checkpoints, splits, members, result["scores"], config))
     if not is_main():
         return 0  # rank 0 prints and writes
+    scores = result.pop("scores", None)
     if args.scores:
         Path(args.scores).parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.scores, result.pop("scores"))
+        np.save(args.scores, scores)
     model_name = " + ".join(ckpt.config.model.name for ckpt in checkpoints)
     title = (f"{model_name} on {args.data} [{args.split}, {args.protocol}]: "
              f"{result['n_images']} images, {result['n_captions']} captions, {result['seconds']:.1f} s")
     print(format_table(result, title))
+    if args.by_vocabulary:
+        print(vocabulary_lines(result))
     if args.json_out:
         out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
+        for key in ("by_vocabulary", "concept_probe"):
+            if key in result:
+                out[key] = result[key]
         out["checkpoint"] = " + ".join(args.checkpoint)
         out["peak_rss_mb"] = peak_rss_mb()  # the whole process: data, model and the engine's tiles
         out["model"] = model_name
@@ -95,6 +109,36 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
+
+
+def vocabulary_report(checkpoints, splits, members, scores, config) -> dict:
+    """``--by-vocabulary``: the split's captions by vocabulary group, and the concept probe. "Seen"
+    words are the first checkpoint's training words (an ensemble's members share a training set)."""
+    from itm.data.encode import encode_captions
+    from itm.evaluation.evaluate import evaluate_vocabulary
+    from itm.evaluation.vocabulary import has_unseen_word, probe_words
+
+    seen = set(checkpoints[0].vocab.to_list())
+    tokens, owner = splits[0].dataset.caption_tokens()
+    unseen = has_unseen_word(tokens, seen, config.data.max_words)
+    photos = probe_words(tokens, owner, seen)
+    queries = [["a", word] for word in photos]
+    probes = [encode_captions(queries, ckpt.vocab, ckpt.config.data.max_words) for ckpt in checkpoints] if queries \
+        else []
+    return evaluate_vocabulary(members, scores, owner, unseen, photos, probes, config.eval.memory_budget_mb)
+
+
+def vocabulary_lines(result: dict) -> str:
+    """The --by-vocabulary figures as a few printed lines."""
+    lines = ["captions by vocabulary (seen: every word in the training captions)"]
+    for group, r in result["by_vocabulary"].items():
+        t2i, i2t = r["t2i"], r["i2t"]
+        lines.append(f"  {group:<7} {r['captions']:>6} captions  t2i R@1/5/10 {t2i['r1']:5.1f} {t2i['r5']:5.1f} "
+                     f"{t2i['r10']:5.1f}   i2t R@1/5/10 {i2t['r1']:5.1f} {i2t['r5']:5.1f} {i2t['r10']:5.1f}")
+    probe = result["concept_probe"]
+    lines.append(f"concept probe ('a WORD', {probe['words']} unseen words naming 2+ photos): recall@{probe['k']} "
+                 f"{probe['recall']:.1f} (chance {probe['chance']:.1f})")
+    return "\n".join(lines)
 
 
 def run_provenance(checkpoint: str) -> dict:

@@ -67,3 +67,21 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
     result["seconds"] = round(time.time() - started, 2)
     result["protocol"] = protocol
     return result
+
+
+def evaluate_vocabulary(members: list[Member], scores: np.ndarray, caption_to_image: np.ndarray,
+                        unseen: np.ndarray, probe_photos: dict[str, np.ndarray], probes: list[Captions],
+                        memory_budget_mb: int = 1024) -> dict[str, Any]:
+    """Retrieval of the split's captions by vocabulary group (``scores``: the ensemble's matrix,
+    ``unseen``: captions with a word outside the training captions) and the concept probe: ``probes``
+    (one Captions per member, "a WORD" for each word of ``probe_photos``) scored against every image."""
+    from itm.evaluation.vocabulary import concept_probe, recall_by_vocabulary
+
+    result: dict[str, Any] = {"by_vocabulary": recall_by_vocabulary(scores, caption_to_image, unseen)}
+    if probe_photos:
+        probe_scores = sum(score_all_pairs(m.model, m.features, p, memory_budget_mb)
+                           for m, p in zip(members, probes, strict=True)) / len(members)  # (n_img, n_words)
+    else:
+        probe_scores = np.zeros((len(members[0].features), 0), np.float32)
+    result["concept_probe"] = concept_probe(probe_scores, list(probe_photos.values()), list(probe_photos))
+    return result
