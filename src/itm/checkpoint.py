@@ -23,6 +23,7 @@ from itm.errors import ItmError
 from itm.models.base import InputDims, Matcher, WordEmbedder
 from itm.models.registry import build_model
 from itm.pipeline import explanation_features, feature_config
+from itm.shipped import shipped_word_table
 
 FORMAT_VERSION = 1
 
@@ -170,8 +171,8 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
             config.features = explanation_features(config)
         config.eval.explain_image_size = config.features.image_size  # the grid chosen: explanation_features keeps it
     opened = any(parse_override(text)[0] == ["text", "vocabulary"] for text in overrides or [])
-    vocab = reading_vocabulary(Vocab.from_list(payload["vocab"]), model, config, payload.get("word_table"), opened,
-                               path)
+    word_table = payload.get("word_table") or shipped_word_table(path)
+    vocab = reading_vocabulary(Vocab.from_list(payload["vocab"]), model, config, word_table, opened, path)
     return LoadedCheckpoint(model, config, vocab, dims, payload["feature_settings"], payload)
 
 

@@ -44,6 +44,15 @@ def shipped_card() -> dict:
         raise ItmError(f"shipped model card {path}: unreadable ({exc.__class__.__name__})") from None
 
 
+def shipped_word_table(path: str | Path) -> dict | None:
+    """The word-vector table a shipped model was trained from (its card says; the files predate the
+    checkpoints' own record), or None for any other file."""
+    name = portable_path(path)
+    if not name.startswith("shipped:"):
+        return None
+    return shipped_card()["models"][name.split(":", 1)[1]].get("word_table")
+
+
 def search_checkpoints(shortlist: str | None, checkpoint: str | None, rerank: bool = True) -> tuple[str, str | None]:
     """(shortlist, re-ranker) paths for an index: the shipped model for each one not given; no
     re-ranker when ``rerank`` is False."""
