@@ -207,3 +207,31 @@ def test_the_shipped_models_read_open_by_their_card_and_a_copy_elsewhere_stays_c
         assert isinstance(load_checkpoint(shipped_checkpoint(name)).vocab, OpenVocabulary)
         copy = shutil.copy(shipped_checkpoint(name), tmp_path / f"{name}.pt")
         assert type(load_checkpoint(copy).vocab) is Vocab
+
+
+def test_the_anchor_pulls_fine_tuned_rows_towards_their_table_vectors(tmp_path):
+    """text.anchor_weight: zero at the start, the mean squared drift after, and only with a trainable table."""
+    init = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    words = WordEmbedder(5, 3, init=init, trainable=True, anchor_weight=2.0)
+    assert words.penalty().item() == 0.0
+    with torch.no_grad():
+        words.table.weight += 0.5
+    assert words.penalty().item() == pytest.approx(2.0 * 3 * 0.25)
+    assert WordEmbedder(5, 3, init=init, trainable=False, anchor_weight=2.0).penalty().item() == 0.0
+
+
+def test_training_adds_the_anchor_to_the_models_loss():
+    from helpers import DIMS, tiny_batch, tiny_config
+
+    from itm.checkpoint import new_model
+    from itm.training.loop import loss_function
+
+    config = tiny_config("bssan", "text.trainable=true", "text.anchor_weight=3.0")
+    model = new_model(config, DIMS, word_init=torch.randn(DIMS.vocab_size, DIMS.word_dim))
+    with torch.no_grad():
+        model.words.table.weight += 1.0  # every row 1 away from its table vector on each axis
+    batch = tiny_batch(model)
+    torch.manual_seed(0)
+    with_anchor = loss_function(model)(batch)
+    torch.manual_seed(0)
+    assert with_anchor.item() == pytest.approx(model.training_loss(batch).item() + 3.0 * model.words.dim, rel=1e-5)

@@ -46,6 +46,7 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
 def new_model(config: Config, dims: InputDims, word_init: torch.Tensor | None = None) -> Matcher:
     """Build the configured matcher with its word embedder (GloVe table or precomputed vectors)."""
     words = WordEmbedder(dims.vocab_size, dims.word_dim, init=word_init, trainable=config.text.trainable,
+                         anchor_weight=config.text.anchor_weight,
                          precomputed=config.text.source == "minilm")
     return build_model(config.model, dims, words)
 

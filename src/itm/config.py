@@ -57,6 +57,9 @@ class TextConfig:
     # open: words outside the training captions are read through the whole word-vector table (and by
     # spelling), itm.data.open_vocab; closed: they are <unk>, as before (checkpoints that predate it)
     vocabulary: str = "open"
+    # with trainable: the mean squared distance of fine-tuned rows from their GloVe vectors, weighted:
+    # keeps the trained words in the table's space, where words outside the training captions are read
+    anchor_weight: float = 0.0
 
 
 DEFAULT_MODEL = "bssan"
@@ -370,7 +373,8 @@ def validate(config: Config) -> None:
     """Range and choice checks that the types alone do not catch; the model checks its own."""
     check_fields("data", config.data, positive=("max_words", "min_word_count"))
     check_fields("features", config.features, positive=("image_size", "num_objects"))
-    check_fields("text", config.text, choices={"source": ("glove", "minilm"), "vocabulary": ("open", "closed")})
+    check_fields("text", config.text, non_negative=("anchor_weight",),
+                 choices={"source": ("glove", "minilm"), "vocabulary": ("open", "closed")})
     check_fields("train", config.train,
                  positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience"),
                  non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes"),

@@ -79,17 +79,27 @@ class WordEmbedder(nn.Module):
     are not weights: they are derived from the word-vector table and never saved."""
 
     def __init__(self, vocab_size: int, dim: int, init: torch.Tensor | None = None,
-                 trainable: bool = False, precomputed: bool = False):
+                 trainable: bool = False, precomputed: bool = False, anchor_weight: float = 0.0):
         super().__init__()
         self.dim = dim
         self.precomputed = precomputed
         self.table = None
+        self.anchor_weight = anchor_weight if (trainable and init is not None and not precomputed) else 0.0
         if not precomputed:
             self.table = nn.Embedding(vocab_size, dim, padding_idx=0)
             if init is not None:
                 self.table.weight.data.copy_(init)  # (V, E)
             self.table.weight.requires_grad_(trainable)
         self.register_buffer("extra", torch.zeros(0, dim), persistent=False)  # (K, E) rows added by extend
+        # the table's initial (GloVe) rows, which anchor_weight pulls fine-tuned rows back towards
+        self.register_buffer("anchor", init.clone() if self.anchor_weight else torch.zeros(0, dim), persistent=False)
+
+    def penalty(self) -> torch.Tensor:
+        """anchor_weight * the mean squared distance of the rows from their initial vectors (training
+        only): fine-tuned words stay in the table's space, where unseen words are read."""
+        if not self.anchor_weight:
+            return torch.zeros((), device=self.extra.device)
+        return self.anchor_weight * (self.table.weight - self.anchor).pow(2).sum(-1).mean()
 
     def extend(self, vectors: torch.Tensor) -> int:
         """Append (K, E) rows for new words; returns the id of the first."""
