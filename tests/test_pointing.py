@@ -13,6 +13,8 @@ from itm.evaluation.pointing import (
     ImageBoxes,
     PointingCase,
     cell_centres,
+    photo_bootstrap,
+    photo_halves,
     point,
     read_coco_boxes,
     read_synonyms,
@@ -132,3 +134,35 @@ def test_miss_pictures_for_the_worst_or_the_named_categories(tmp_path):
     assert [p.name for p in named] == ["misses_sink.png"] and named[0].stat().st_size > 0  # cat has no miss
     with pytest.raises(DataError, match="--categories: no cases for zebra"):
         draw_worst_misses(cases, result, split, tmp_path / "none", names=["zebra"])
+
+
+def cases_of(outcomes: dict[str, list[tuple[bool, bool]]]) -> list[PointingCase]:
+    """Cases from {photo: [(hit, centre hit), ...]}."""
+    return [PointingCase(photo, 0, n, "dog", "dog", 0, hit, 0.3, centre)
+            for photo, pairs in outcomes.items() for n, (hit, centre) in enumerate(pairs)]
+
+
+def test_the_bootstrap_resamples_photos_with_all_their_cases():
+    """Every photo alike: every resample gives the same rates, so the intervals collapse on them."""
+    same = cases_of({f"p{i}": [(True, False), (False, False)] for i in range(6)})
+    boot = photo_bootstrap(same, samples=200)
+    assert boot["photos"] == 6 and boot["hit"] == [50.0, 50.0]
+    assert boot["hit_minus_centre"] == 50.0 and boot["hit_minus_centre_interval"] == [50.0, 50.0]
+
+
+def test_one_lucky_photo_gives_a_wide_interval_that_holds_zero():
+    """Ten cases of one photo hit, the other nine photos' single cases miss: 10 of 19 hits (52.6%)
+    is mostly one photo, and its interval for hit - centre must reach down to zero."""
+    lucky = cases_of({"p0": [(True, False)] * 10, **{f"p{i}": [(False, False)] for i in range(1, 10)}})
+    boot = photo_bootstrap(lucky)
+    low, high = boot["hit_minus_centre_interval"]
+    assert boot["hit_minus_centre"] == pytest.approx(100 * 10 / 19) and low == 0.0 and high > 60
+
+
+def test_halves_split_photos_not_cases_and_summaries_carry_both():
+    cases = cases_of({f"p{i}": [(i % 3 == 0, False)] * (i + 1) for i in range(8)})
+    halves = photo_halves(cases)
+    assert {c.image for c in halves["a"]} == {"p0", "p2", "p4", "p6"} and len(halves["a"]) + len(halves["b"]) == len(cases)
+    result = summarise(cases, min_cases=1)
+    assert set(result["halves"]) == {"a", "b"} and result["halves"]["a"]["photos"] == 4
+    assert result["bootstrap"]["photos"] == 8 and "hit_minus_centre_interval" in result["halves"]["b"]["bootstrap"]

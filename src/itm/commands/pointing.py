@@ -59,12 +59,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def interval_line(boot: dict) -> str:
+    """The bootstrap's intervals in one line."""
+    low, high = boot["hit"]
+    d_low, d_high = boot["hit_minus_centre_interval"]
+    return (f"{100 * boot['confidence']:.0f}% intervals over {boot['photos']} photos: hit {low:.1f}-{high:.1f}%, "
+            f"hit - centre {boot['hit_minus_centre']:+.1f} [{d_low:+.1f}, {d_high:+.1f}]")
+
+
 def format_summary(result: dict, title: str) -> str:
     overall = result["overall"]
     lines = [f"{title}: {overall['cases']} cases",
              f"  hit {overall['hit']:.1f}%   random cell {overall['random_cell']:.1f}%   "
              f"centre cell {overall['centre_cell']:.1f}%",
-             f"  {'category':<16}{'cases':>6}{'photos':>7}{'hit %':>8}{'random %':>10}{'centre %':>10}{'reachable %':>13}"]
+             "  " + interval_line(result["bootstrap"])]
+    for name, half in result["halves"].items():
+        lines.append(f"  half {name} ({half['photos']} photos, {half['cases']} cases): hit {half['hit']:.1f}%, centre "
+                     f"{half['centre_cell']:.1f}%; " + interval_line(half["bootstrap"]))
+    lines.append(f"  {'category':<16}{'cases':>6}{'photos':>7}{'hit %':>8}{'random %':>10}{'centre %':>10}"
+                 f"{'reachable %':>13}")
     for name, r in sorted(result["per_category"].items(), key=lambda kv: (kv[1]["hit"], -kv[1]["cases"])):
         lines.append(f"  {name:<16}{r['cases']:>6}{r['photos']:>7}{r['hit']:>8.1f}{r['random_cell']:>10.1f}{r['centre_cell']:>10.1f}"
                      f"{r['reachable']:>13.1f}")

@@ -145,6 +145,43 @@ def point(attention_row: np.ndarray, grid: tuple[int, int], photo_size: tuple[in
     return peak, bool(inside[peak]), float(inside.mean()), bool(inside[centre])
 
 
+BOOTSTRAP_SAMPLES = 2000
+CONFIDENCE = 0.95
+
+
+def photo_bootstrap(cases: list[PointingCase], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """95% intervals (percent) of the hit rate and of the paired difference hit - centre cell, by a
+    bootstrap over photos: a photo's cases (its captions' words) are not independent, so photos are
+    drawn with replacement and carry all their cases with them."""
+    photos = sorted({c.image for c in cases})
+    where = {name: i for i, name in enumerate(photos)}
+    n, hits, centre = (np.zeros(len(photos)) for _ in range(3))  # per photo: cases, hits, centre hits
+    for case in cases:
+        i = where[case.image]
+        n[i] += 1
+        hits[i] += case.hit
+        centre[i] += case.centre_hit
+    draws = np.random.default_rng(seed).integers(0, len(photos), (samples, len(photos)))  # (S, photos)
+    total = n[draws].sum(1)
+    hit_rate = 100 * hits[draws].sum(1) / total
+    difference = 100 * (hits[draws].sum(1) - centre[draws].sum(1)) / total
+    tail = 100 * (1 - CONFIDENCE) / 2
+
+    def interval(values: np.ndarray) -> list[float]:
+        return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+    return {"photos": len(photos), "samples": samples, "confidence": CONFIDENCE,
+            "hit": interval(hit_rate), "hit_minus_centre": 100 * float((hits.sum() - centre.sum()) / n.sum()),
+            "hit_minus_centre_interval": interval(difference)}
+
+
+def photo_halves(cases: list[PointingCase]) -> dict[str, list[PointingCase]]:
+    """The cases split in two by photo (photos in name order, alternately): a lever that helps only
+    one half is noise."""
+    order = {name: i for i, name in enumerate(sorted({c.image for c in cases}))}
+    return {"a": [c for c in cases if order[c.image] % 2 == 0], "b": [c for c in cases if order[c.image] % 2 == 1]}
+
+
 def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict."""
     def rates(group: list[PointingCase]) -> dict:
@@ -166,5 +203,8 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     unreachable = sorted(name for name in zero if per_category[name]["reachable"] == 0)
     # a category's cases are its photos' captions: five captions of one photo can fill min_cases
     photos_at_zero = len({c.image for c in cases if c.category in zero})
-    return {"overall": rates(cases), "per_category": per_category, "categories_at_zero": zero,
+    halves = {name: {**rates(group), "bootstrap": photo_bootstrap(group)}
+              for name, group in photo_halves(cases).items() if group}
+    return {"overall": rates(cases), "bootstrap": photo_bootstrap(cases), "halves": halves,
+            "per_category": per_category, "categories_at_zero": zero,
             "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable, "min_cases": min_cases}
