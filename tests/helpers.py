@@ -165,6 +165,25 @@ def photo(path: Path, colour: str, size=(48, 40)) -> Path:
     return path
 
 
+def boxed_photos(root: Path) -> tuple[Path, Path]:
+    """A Karpathy folder of two red photos captioned "a red square" and a COCO boxes file whose one
+    box, "square", covers the whole first photo: any pointing at that photo hits, and the second
+    photo gives no case. Returns (data folder, boxes file)."""
+    import json
+
+    data, names = root / "data", ["a.jpg", "b.jpg"]
+    for name in names:
+        photo(data / "images" / name, "red", size=(80, 60))
+    sentences = [{"raw": "a red square", "tokens": ["a", "red", "square"]}]
+    (data / "dataset_boxes.json").write_text(json.dumps(
+        {"images": [{"filename": n, "split": "test", "sentences": sentences} for n in names]}))
+    boxes = {"images": [{"id": i, "file_name": n, "width": 80, "height": 60} for i, n in enumerate(names)],
+             "categories": [{"id": 1, "name": "square"}],
+             "annotations": [{"image_id": 0, "category_id": 1, "bbox": [0, 0, 80, 60], "iscrowd": 0}]}
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    return data, root / "boxes.json"
+
+
 def photo_folder(photos: Path) -> Path:
     """Five photos (nested folders, JPEG / PNG / WebP) and three bad files: a text file named .jpg,
     a JPEG cut inside its header, an empty PNG; and a non-image file."""

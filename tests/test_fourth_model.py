@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from helpers import (
     DIMS,
     WORDS,
+    boxed_photos,
     fit_quietly,
     index_checkpoint,
     make_captions,
     make_features,
-    photo,
     photo_folder,
     setup_run,
     short_run_overrides,
@@ -163,19 +163,9 @@ def test_explain_draws_its_declared_map(photos_and_checkpoint, tmp_path, capsys)
 def test_the_pointing_game_reads_its_map(photos_and_checkpoint, tmp_path):
     """A box over the whole photo: every peak is a hit, whatever the untrained weights."""
     _, checkpoint = photos_and_checkpoint
-    data = tmp_path / "data"
-    names = ["a.jpg", "b.jpg"]
-    for name in names:
-        photo(data / "images" / name, "red", size=(80, 60))
-    sentences = [{"raw": "a red square", "tokens": ["a", "red", "square"]}]
-    (data / "dataset_boxes.json").write_text(json.dumps(
-        {"images": [{"filename": n, "split": "test", "sentences": sentences} for n in names]}))
-    boxes = {"images": [{"id": i, "file_name": n, "width": 80, "height": 60} for i, n in enumerate(names)],
-             "categories": [{"id": 1, "name": "square"}],
-             "annotations": [{"image_id": 0, "category_id": 1, "bbox": [0, 0, 80, 60], "iscrowd": 0}]}
-    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    data, boxes = boxed_photos(tmp_path)
     assert cli.main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data),
-                     "--boxes", str(tmp_path / "boxes.json"), "--json", str(tmp_path / "out.json"),
+                     "--boxes", str(boxes), "--json", str(tmp_path / "out.json"),
                      "--min-cases", "1", "--device", "cpu"]) == 0
     overall = json.loads((tmp_path / "out.json").read_text())["overall"]
     assert overall["cases"] == 1 and overall["hit"] == 100.0

@@ -16,6 +16,7 @@ from itm.evaluation.pointing import (
     photo_bootstrap,
     photo_halves,
     point,
+    point_at,
     read_coco_boxes,
     read_synonyms,
     summarise,
@@ -166,3 +167,41 @@ def test_halves_split_photos_not_cases_and_summaries_carry_both():
     result = summarise(cases, min_cases=1)
     assert set(result["halves"]) == {"a", "b"} and result["halves"]["a"]["photos"] == 4
     assert result["bootstrap"]["photos"] == 8 and "hit_minus_centre_interval" in result["halves"]["b"]["bootstrap"]
+
+
+def test_a_spot_is_a_hit_inside_the_box_and_its_cell_is_the_one_holding_it():
+    photo = ImageBoxes(100, 60, {"dog": [(30, 20, 45, 40)]})
+    assert point_at((40, 30), GRID, (100, 60), photo, "dog") == (5, True, 1 / 12, False)
+    assert point_at((99.9, 59.9), GRID, (100, 60), photo, "dog")[:2] == (11, False)  # the last cell
+
+
+@pytest.mark.parametrize("method", ["attention", "objects"])
+def test_pointing_methods_end_to_end(tmp_path, monkeypatch, method):
+    """BSSAN declares both maps; the box covers the whole photo, so every word case is a hit."""
+    from helpers import boxed_photos, index_checkpoint
+
+    from itm.cli import main
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data, boxes = boxed_photos(tmp_path)
+    checkpoint = index_checkpoint(tmp_path / "bssan.pt", "bssan")
+    assert main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
+                 "--json", str(tmp_path / "out.json"), "--min-cases", "1", "--method", method]) == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["method"] == method and result["overall"]["cases"] == 1 and result["overall"]["hit"] == 100.0
+
+
+def test_a_method_the_model_cannot_serve_is_one_line(tmp_path, monkeypatch, capsys):
+    from helpers import boxed_photos, index_checkpoint
+
+    from itm.cli import main
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data, boxes = boxed_photos(tmp_path)
+    checkpoint = index_checkpoint(tmp_path / "w2r.pt", "bssan_w2r")  # no map between objects and words
+    for method, message in [("objects", "declares no objects over words or words over objects attention"),
+                            ("nearest", "pointing method 'nearest': not one of attention, objects")]:
+        assert main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
+                     "--method", method]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

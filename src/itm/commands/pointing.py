@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test")
     add_scoring_set_argument(parser)
     parser.add_argument("--synonyms", help="JSON {word: category} added to the built-in word table")
+    parser.add_argument("--method", default="attention",
+                        help="attention: the peak cell of the word's words-over-regions map (default); objects: "
+                             "the centre of the object proposal most attended with the word (a model with a map "
+                             "between objects and words)")
     parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
     parser.add_argument("--pictures", metavar="DIR", help="draw misses of the worst categories into DIR")
@@ -40,13 +44,13 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint, args.overrides, device=device, explaining=True)
     config = ckpt.config
     split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False, device=device)
-    cases = pointing_cases(ckpt.model, split, boxes, words)
+    cases = pointing_cases(ckpt.model, split, boxes, words, args.method)
     result = summarise(cases, args.min_cases)
     rows, cols = split.features.grid_shape
     print(format_summary(result, f"{config.model.name} on {args.data}, {rows} x {cols} grid "
-                                 f"({config.features.image_size} px)"))
+                                 f"({config.features.image_size} px), method {args.method}"))
     if args.json_out:
-        result.update(checkpoint=str(args.checkpoint), model=config.model.name, data=str(args.data),
+        result.update(checkpoint=str(args.checkpoint), model=config.model.name, data=str(args.data), method=args.method,
                       grid=[rows, cols], image_size=config.features.image_size, overrides=args.overrides)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")

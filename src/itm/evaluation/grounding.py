@@ -1,7 +1,14 @@
-"""Run a model's words-over-regions attention through the pointing game (``itm pointing-game``).
+"""Run a model's attention through the pointing game (``itm pointing-game``), by a chosen method.
 
-Any registered model that declares a map with rows "words" over "regions" can be measured (BSSAN's
-W2R, CAAN's and MLASM's word-to-region attention); one without is a one-line error.
+Methods (``POINTING_METHODS``), each reading only what the model declares:
+
+- ``attention``: the peak cell of the word's words-over-regions map (BSSAN's W2R, CAAN's and MLASM's
+  word-to-region attention);
+- ``objects``: the centre of the object proposal that attends most to the word (a map of objects
+  over words, BSSAN's O2W) or that the word attends to most (words over objects, CAAN and MLASM
+  over objects). Proposals follow object edges that a coarse grid cuts across.
+
+A model without the map a method needs is a one-line error naming both.
 """
 
 from __future__ import annotations
@@ -14,18 +21,21 @@ from itm.data.types import Captions
 from itm.devices import model_device, on_device
 from itm.errors import DataError, ItmError
 from itm.evaluation.engine import eval_mode
-from itm.evaluation.pointing import ImageBoxes, PointingCase, point
+from itm.evaluation.pointing import ImageBoxes, PointingCase, point, point_at
 from itm.models.base import Matcher
 from itm.pipeline import PreparedSplit
 
 
-def word_region_map(model: Matcher) -> str:
-    """The name of the model's words-over-regions attention map."""
-    for name, spec in model.attention_specs().items():
-        if (spec.rows, spec.over) == ("words", "regions"):
-            return name
-    raise ItmError(f"model '{type(model).__name__}' declares no words-over-regions attention: "
-                   "the pointing game has nothing to measure")
+def declared_map(model: Matcher, *shapes: tuple[str, str], method: str = "attention") -> str:
+    """The name of the first map the model declares with one of the (rows, over) ``shapes``."""
+    for shape in shapes:
+        for name, spec in model.attention_specs().items():
+            if (spec.rows, spec.over) == shape:
+                return name
+    wanted = " or ".join(f"{rows} over {over}" for rows, over in shapes)
+    raise ItmError(f"model '{type(model).__name__}' declares no {wanted} attention: the pointing game's "
+                   f"'{method}' method has nothing to read")
+
 
 
 def photo_size(path) -> tuple[int, int]:
@@ -41,7 +51,8 @@ def photo_size(path) -> tuple[int, int]:
 
 @torch.inference_mode()
 def attention_rows(model: Matcher, split: PreparedSplit, image: int, key: str) -> list[np.ndarray]:
-    """The image's captions' words-over-regions maps, each (n_words, D), real words only."""
+    """The image's captions' maps ``key``, each with its word axis first and real words only:
+    (n_words, over) for a map of words over something, a map over words transposed."""
     caps = np.flatnonzero(split.caption_to_image == image)
     picked = split.captions.select(torch.as_tensor(caps))
     steps = int(picked.lengths.max())
@@ -51,27 +62,52 @@ def attention_rows(model: Matcher, split: PreparedSplit, image: int, key: str) -
     streams = {k: v.to(device) for k, v in split.features.streams(model.image_streams, index).items()}
     with eval_mode(model):
         maps = model(streams, on_device(picked, device), return_attention=True).attention[key].float().cpu()
+    if model.attention_specs()[key].over == "words":
+        maps = maps.transpose(1, 2)  # (B, L, rows): one row per word
     return [maps[i, : int(picked.lengths[i])].numpy() for i in range(len(caps))]
 
 
+def _peak_cell(row: np.ndarray, grid, size, photo: ImageBoxes, category: str, image_boxes) -> tuple:
+    return point(row, grid, size, photo, category)
+
+
+def _top_object(row: np.ndarray, grid, size, photo: ImageBoxes, category: str, image_boxes: np.ndarray) -> tuple:
+    x1, y1, x2, y2 = image_boxes[int(np.argmax(row))]  # the word's object, in the photo's pixels
+    return point_at(((x1 + x2) / 2, (y1 + y2) / 2), grid, size, photo, category)
+
+
+# method -> (the maps it reads, in order of preference; how a word's row becomes a pointing case)
+POINTING_METHODS = {
+    "attention": ((("words", "regions"),), _peak_cell),
+    "objects": ((("objects", "words"), ("words", "objects")), _top_object),
+}
+
+
 def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageBoxes],
-                   words: dict[str, str]) -> list[PointingCase]:
-    """Every (image, caption, word) whose word names a category boxed in the image, pointed at."""
-    key = word_region_map(model)
+                   words: dict[str, str], method: str = "attention") -> list[PointingCase]:
+    """Every (image, caption, word) whose word names a category boxed in the image, pointed at by
+    ``method`` (``POINTING_METHODS``)."""
+    if method not in POINTING_METHODS:
+        raise ItmError(f"pointing method '{method}': not one of {', '.join(POINTING_METHODS)}")
+    shapes, locate = POINTING_METHODS[method]
+    key = declared_map(model, *shapes, method=method)
     grid = split.features.grid_shape
     if grid is None:
         raise ItmError("pointing game: the features carry no region grid (SCAN precomp regions have none)")
+    if method == "objects" and split.features.boxes is None:
+        raise ItmError("pointing game: the features carry no object boxes (SCAN precomp has none)")
     cases = []
     for i, record in enumerate(split.dataset.images):
         if record.filename not in boxes:
             continue
         photo = boxes[record.filename]
         size = photo_size(record.path)
+        image_boxes = None if split.features.boxes is None else split.features.boxes[i].float().numpy()  # (P, 4)
         for c, (tokens, rows) in enumerate(zip(record.tokens, attention_rows(model, split, i, key), strict=True)):
             for position, (word, row) in enumerate(zip(tokens, rows, strict=False)):
                 category = words.get(word)
                 if category in photo.boxes:
-                    cell, hit, random_hit, centre_hit = point(row, grid, size, photo, category)
+                    cell, hit, random_hit, centre_hit = locate(row, grid, size, photo, category, image_boxes)
                     cases.append(PointingCase(record.filename, c, position, word, category, cell, hit,
                                               random_hit, centre_hit))
     return cases

@@ -182,6 +182,22 @@ def photo_halves(cases: list[PointingCase]) -> dict[str, list[PointingCase]]:
     return {"a": [c for c in cases if order[c.image] % 2 == 0], "b": [c for c in cases if order[c.image] % 2 == 1]}
 
 
+def point_at(xy: tuple[float, float], grid: tuple[int, int], photo_size: tuple[int, int], boxes: ImageBoxes,
+             category: str) -> tuple[int, bool, float, bool]:
+    """``point`` for a method that names a spot (x, y in the shown photo's pixels) instead of a cell
+    (an object's box centre): the hit is the spot's; the cell is the one holding it (for pictures);
+    the baselines are the grid's, as for every method."""
+    width, height = photo_size
+    category_boxes = scaled(boxes.boxes[category], width / boxes.width, height / boxes.height)
+    inside = inside_any(cell_centres(grid, width, height), category_boxes)  # (D,)
+    gh, gw = grid
+    row = min(int(xy[1] / height * gh), gh - 1)
+    col = min(int(xy[0] / width * gw), gw - 1)
+    centre = (gh // 2) * gw + gw // 2
+    hit = bool(inside_any(np.asarray([xy], dtype=np.float64), category_boxes)[0])
+    return row * gw + col, hit, float(inside.mean()), bool(inside[centre])
+
+
 def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict."""
     def rates(group: list[PointingCase]) -> dict:
