@@ -13,6 +13,7 @@ from itm.evaluation.pointing import (
     ImageBoxes,
     PointingCase,
     cell_centres,
+    fuse_grids,
     photo_bootstrap,
     photo_halves,
     point,
@@ -205,3 +206,32 @@ def test_a_method_the_model_cannot_serve_is_one_line(tmp_path, monkeypatch, caps
                      "--method", method]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_fused_grids_are_densities_read_at_the_finest_cells():
+    """A 2 x 2 map all on its top-left cell and a 4 x 4 map all on cell (1, 1): the fused 4 x 4 map
+    holds the coarse density (4) over the top-left quarter and the fine one (16) added at (1, 1)."""
+    coarse, fine = np.array([1.0, 0, 0, 0]), np.eye(16)[5]
+    fused, grid = fuse_grids([coarse, fine], [(2, 2), (4, 4)])
+    assert grid == (4, 4)
+    expected = np.zeros((4, 4))
+    expected[:2, :2] = 4 / 2
+    expected[1, 1] += 16 / 2
+    np.testing.assert_allclose(fused.reshape(4, 4), expected)
+    assert int(np.argmax(fused)) == 5 and fused.sum() == pytest.approx(16)  # a density over 16 cells
+
+
+def test_pointing_fuses_the_maps_of_several_sizes_end_to_end(tmp_path, monkeypatch):
+    from helpers import boxed_photos, index_checkpoint
+
+    from itm.cli import main
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data, boxes = boxed_photos(tmp_path)
+    checkpoint = index_checkpoint(tmp_path / "bssan.pt", "bssan")  # trained size 64 px: a 2 x 2 grid
+    assert main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
+                 "--json", str(tmp_path / "out.json"), "--min-cases", "1", "--fuse-sizes", "128"]) == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["fuse_sizes"] == [64, 128] and result["overall"]["hit"] == 100.0
+    assert main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
+                 "--method", "objects", "--fuse-sizes", "128"]) == 2

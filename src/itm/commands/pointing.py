@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attention: the peak cell of the word's words-over-regions map (default); objects: "
                              "the centre of the object proposal most attended with the word (a model with a map "
                              "between objects and words)")
+    parser.add_argument("--fuse-sizes", type=int, nargs="+", default=[], metavar="PX",
+                        help="also extract the photos at these sizes and fuse each word's maps over all the grids "
+                             "into one over the finest (attention method), e.g. --fuse-sizes 416 512")
     parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
     parser.add_argument("--pictures", metavar="DIR", help="draw misses of the worst categories into DIR")
@@ -43,14 +47,22 @@ def run(args: argparse.Namespace) -> int:
     words = word_table(categories, read_synonyms(args.synonyms) if args.synonyms else None)
     ckpt = load_checkpoint(args.checkpoint, args.overrides, device=device, explaining=True)
     config = ckpt.config
-    split = prepare_split(load_dataset(args.data, args.split), config, ckpt.vocab, progress=False, device=device)
-    cases = pointing_cases(ckpt.model, split, boxes, words, args.method)
+    dataset = load_dataset(args.data, args.split)
+    split = prepare_split(dataset, config, ckpt.vocab, progress=False, device=device)
+    others = tuple(prepare_split(dataset, dataclasses.replace(config, features=dataclasses.replace(
+        config.features, image_size=size)), ckpt.vocab, progress=False, device=device) for size in args.fuse_sizes)
+    cases = pointing_cases(ckpt.model, split, boxes, words, args.method, others)
     result = summarise(cases, args.min_cases)
-    rows, cols = split.features.grid_shape
+    # cells index the finest grid when maps of several sizes were fused
+    shown = max((split, *others), key=lambda s: s.features.grid_shape[0] * s.features.grid_shape[1])
+    rows, cols = shown.features.grid_shape
+    fused = f", fused from {', '.join(str(s) for s in [config.features.image_size, *args.fuse_sizes])} px" \
+        if others else ""
     print(format_summary(result, f"{config.model.name} on {args.data}, {rows} x {cols} grid "
-                                 f"({config.features.image_size} px), method {args.method}"))
+                                 f"({config.features.image_size} px{fused}), method {args.method}"))
     if args.json_out:
         result.update(checkpoint=str(args.checkpoint), model=config.model.name, data=str(args.data), method=args.method,
+                      fuse_sizes=[config.features.image_size, *args.fuse_sizes] if args.fuse_sizes else [],
                       grid=[rows, cols], image_size=config.features.image_size, overrides=args.overrides)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -58,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         from itm.viz.pointing import draw_worst_misses
 
         names = [n.strip() for n in args.categories.split(",") if n.strip()] if args.categories else None
-        for path in draw_worst_misses(cases, result, split, Path(args.pictures), boxes=boxes, names=names):
+        for path in draw_worst_misses(cases, result, shown, Path(args.pictures), boxes=boxes, names=names):
             print(f"wrote {path}")
     return 0
 

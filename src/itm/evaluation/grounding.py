@@ -21,7 +21,7 @@ from itm.data.types import Captions
 from itm.devices import model_device, on_device
 from itm.errors import DataError, ItmError
 from itm.evaluation.engine import eval_mode
-from itm.evaluation.pointing import ImageBoxes, PointingCase, point, point_at
+from itm.evaluation.pointing import ImageBoxes, PointingCase, fuse_grids, point, point_at
 from itm.models.base import Matcher
 from itm.pipeline import PreparedSplit
 
@@ -84,15 +84,20 @@ POINTING_METHODS = {
 
 
 def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageBoxes],
-                   words: dict[str, str], method: str = "attention") -> list[PointingCase]:
+                   words: dict[str, str], method: str = "attention",
+                   other_sizes: tuple[PreparedSplit, ...] = ()) -> list[PointingCase]:
     """Every (image, caption, word) whose word names a category boxed in the image, pointed at by
-    ``method`` (``POINTING_METHODS``)."""
+    ``method`` (``POINTING_METHODS``). ``other_sizes``: the same photos extracted at other sizes; a
+    word's maps over all the grids are fused into one over the finest (``fuse_grids``; attention only)."""
     if method not in POINTING_METHODS:
         raise ItmError(f"pointing method '{method}': not one of {', '.join(POINTING_METHODS)}")
+    if other_sizes and method != "attention":
+        raise ItmError(f"pointing method '{method}': fusing grid sizes applies to the attention method only")
     shapes, locate = POINTING_METHODS[method]
     key = declared_map(model, *shapes, method=method)
-    grid = split.features.grid_shape
-    if grid is None:
+    splits = (split, *other_sizes)
+    grids = [s.features.grid_shape for s in splits]
+    if None in grids:
         raise ItmError("pointing game: the features carry no region grid (SCAN precomp regions have none)")
     if method == "objects" and split.features.boxes is None:
         raise ItmError("pointing game: the features carry no object boxes (SCAN precomp has none)")
@@ -103,11 +108,15 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
         photo = boxes[record.filename]
         size = photo_size(record.path)
         image_boxes = None if split.features.boxes is None else split.features.boxes[i].float().numpy()  # (P, 4)
-        for c, (tokens, rows) in enumerate(zip(record.tokens, attention_rows(model, split, i, key), strict=True)):
-            for position, (word, row) in enumerate(zip(tokens, rows, strict=False)):
+        maps = [attention_rows(model, s, i, key) for s in splits]  # per size: per caption (n_words, over)
+        for c, tokens in enumerate(record.tokens):
+            for position, word in enumerate(tokens[: len(maps[0][c])]):
                 category = words.get(word)
-                if category in photo.boxes:
-                    cell, hit, random_hit, centre_hit = locate(row, grid, size, photo, category, image_boxes)
-                    cases.append(PointingCase(record.filename, c, position, word, category, cell, hit,
-                                              random_hit, centre_hit))
+                if category not in photo.boxes:
+                    continue
+                rows = [per_size[c][position] for per_size in maps]
+                row, grid = fuse_grids(rows, grids) if len(splits) > 1 else (rows[0], grids[0])
+                cell, hit, random_hit, centre_hit = locate(row, grid, size, photo, category, image_boxes)
+                cases.append(PointingCase(record.filename, c, position, word, category, cell, hit,
+                                          random_hit, centre_hit))
     return cases

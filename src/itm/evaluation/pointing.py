@@ -182,6 +182,20 @@ def photo_halves(cases: list[PointingCase]) -> dict[str, list[PointingCase]]:
     return {"a": [c for c in cases if order[c.image] % 2 == 0], "b": [c for c in cases if order[c.image] % 2 == 1]}
 
 
+def fuse_grids(rows: list[np.ndarray], grids: list[tuple[int, int]]) -> tuple[np.ndarray, tuple[int, int]]:
+    """One word's maps over several grids of the same photo (row k: (gh_k * gw_k,)) as one map over the
+    finest grid: each map as a density (its share per cell times the cell count), read at the finest
+    cells' centres (the coarse cell holding each), and averaged. Returns (map (D,), finest grid)."""
+    finest = max(grids, key=lambda g: g[0] * g[1])
+    gh, gw = finest
+    ys, xs = (np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw  # fine cell centres in [0, 1)
+    fused = np.zeros((gh, gw))
+    for row, (h, w) in zip(rows, grids, strict=True):
+        density = np.asarray(row, dtype=np.float64).reshape(h, w) / max(float(np.sum(row)), 1e-12) * (h * w)
+        fused += density[np.floor(ys * h).astype(int)][:, np.floor(xs * w).astype(int)]
+    return fused.reshape(-1) / len(rows), finest
+
+
 def point_at(xy: tuple[float, float], grid: tuple[int, int], photo_size: tuple[int, int], boxes: ImageBoxes,
              category: str) -> tuple[int, bool, float, bool]:
     """``point`` for a method that names a spot (x, y in the shown photo's pixels) instead of a cell
