@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from itm.errors import DataError
 from itm.evaluation.pointing import (
@@ -176,7 +177,7 @@ def test_a_spot_is_a_hit_inside_the_box_and_its_cell_is_the_one_holding_it():
     assert point_at((99.9, 59.9), GRID, (100, 60), photo, "dog")[:2] == (11, False)  # the last cell
 
 
-@pytest.mark.parametrize("method", ["attention", "objects"])
+@pytest.mark.parametrize("method", ["attention", "objects", "gradient"])
 def test_pointing_methods_end_to_end(tmp_path, monkeypatch, method):
     """BSSAN declares both maps; the box covers the whole photo, so every word case is a hit."""
     from helpers import boxed_photos, index_checkpoint
@@ -201,7 +202,7 @@ def test_a_method_the_model_cannot_serve_is_one_line(tmp_path, monkeypatch, caps
     data, boxes = boxed_photos(tmp_path)
     checkpoint = index_checkpoint(tmp_path / "w2r.pt", "bssan_w2r")  # no map between objects and words
     for method, message in [("objects", "declares no objects over words or words over objects attention"),
-                            ("nearest", "pointing method 'nearest': not one of attention, objects")]:
+                            ("nearest", "pointing method 'nearest': not one of attention, objects, gradient")]:
         assert main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
                      "--method", method]) == 2
         err = capsys.readouterr().err
@@ -235,3 +236,32 @@ def test_pointing_fuses_the_maps_of_several_sizes_end_to_end(tmp_path, monkeypat
     assert result["fuse_sizes"] == [64, 128] and result["overall"]["hit"] == 100.0
     assert main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
                  "--method", "objects", "--fuse-sizes", "128"]) == 2
+
+
+def test_the_gradient_map_marks_the_cells_a_word_depends_on():
+    """A model whose score reads one cell: the Grad-CAM map of any query is nonzero there only."""
+    from helpers import make_features
+
+    from itm.data.types import Captions
+    from itm.evaluation.grounding import gradient_rows
+    from itm.models.base import Matcher, PairScores
+
+    class OneCell(Matcher):
+        image_streams = ("regions",)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, images, captions, return_attention=False):
+            return PairScores(self.w * images["regions"][:, 2].sum(-1) ** 2)  # cell 2, squared: gradient x input >= 0
+
+    class Split:
+        features = make_features(1)
+        dataset = type("D", (), {"images": [type("R", (), {"tokens": [["a", "dog"], ["dog", "runs"]]})()]})()
+
+    rows = gradient_rows(OneCell(), Split(), 0, lambda lists: Captions(torch.ones(len(lists), 2, dtype=torch.long),
+                                                                      torch.full((len(lists),), 2)))
+    assert [r.shape for r in rows] == [(2, 4), (2, 4)]
+    for row in rows:
+        assert (row[:, 2] > 0).all() and (np.delete(row, 2, axis=1) == 0).all()

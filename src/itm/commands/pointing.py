@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="attention",
                         help="attention: the peak cell of the word's words-over-regions map (default); objects: "
                              "the centre of the object proposal most attended with the word (a model with a map "
-                             "between objects and words)")
+                             "between objects and words); gradient: the peak cell of the Grad-CAM map of the "
+                             "query 'a WORD' (any model reading the region grid)")
     parser.add_argument("--fuse-sizes", type=int, nargs="+", default=[], metavar="PX",
                         help="also extract the photos at these sizes and fuse each word's maps over all the grids "
                              "into one over the finest (attention method), e.g. --fuse-sizes 416 512")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     split = prepare_split(dataset, config, ckpt.vocab, progress=False, device=device)
     others = tuple(prepare_split(dataset, dataclasses.replace(config, features=dataclasses.replace(
         config.features, image_size=size)), ckpt.vocab, progress=False, device=device) for size in args.fuse_sizes)
-    cases = pointing_cases(ckpt.model, split, boxes, words, args.method, others)
+    cases = pointing_cases(ckpt.model, split, boxes, words, args.method, others, encode=query_encoder(ckpt))
     result = summarise(cases, args.min_cases)
     # cells index the finest grid when maps of several sizes were fused
     shown = max((split, *others), key=lambda s: s.features.grid_shape[0] * s.features.grid_shape[1])
@@ -73,6 +74,18 @@ def run(args: argparse.Namespace) -> int:
         for path in draw_worst_misses(cases, result, shown, Path(args.pictures), boxes=boxes, names=names):
             print(f"wrote {path}")
     return 0
+
+
+def query_encoder(ckpt):
+    """Token lists -> the checkpoint's model inputs (the gradient method's "a WORD" queries)."""
+    from itm.data.encode import encode_captions
+    from itm.pipeline import word_vectors
+
+    def encode(token_lists):
+        return encode_captions(token_lists, ckpt.vocab, ckpt.config.data.max_words,
+                               word_vectors(token_lists, ckpt.config, progress=False))
+
+    return encode
 
 
 def interval_line(boot: dict) -> str:

@@ -7,6 +7,9 @@ Methods (``POINTING_METHODS``), each reading only what the model declares:
 - ``objects``: the centre of the object proposal that attends most to the word (a map of objects
   over words, BSSAN's O2W) or that the word attends to most (words over objects, CAAN and MLASM
   over objects). Proposals follow object edges that a coarse grid cuts across.
+- ``gradient``: the peak cell of a Grad-CAM map of the query "a WORD" on the photo: the score's
+  gradient with respect to the region features times the features, summed over channels, ReLU.
+  It needs no declared map, only the region grid.
 
 A model without the map a method needs is a one-line error naming both.
 """
@@ -76,25 +79,51 @@ def _top_object(row: np.ndarray, grid, size, photo: ImageBoxes, category: str, i
     return point_at(((x1 + x2) / 2, (y1 + y2) / 2), grid, size, photo, category)
 
 
-# method -> (the maps it reads, in order of preference; how a word's row becomes a pointing case)
+def gradient_rows(model: Matcher, split: PreparedSplit, image: int, encode) -> list[np.ndarray]:
+    """Per caption of the image, (n_words, D): for each word, the Grad-CAM map of the query "a WORD"
+    on the photo: ReLU(sum over channels of region feature x d score / d region feature), per cell."""
+    record = split.dataset.images[image]
+    words = sorted({w for tokens in record.tokens for w in tokens})
+    captions = encode([["a", w] for w in words])
+    device = model_device(model)
+    index = torch.full((len(words),), image)
+    streams = {k: v.to(device).float() for k, v in split.features.streams(model.image_streams, index).items()}
+    regions = streams["regions"].requires_grad_(True)  # (Q, D, M)
+    with torch.enable_grad(), eval_mode(model):
+        model(streams, on_device(captions, device)).score.sum().backward()
+    cam = torch.relu((regions.grad * regions).sum(-1)).detach().cpu().numpy()  # (Q, D)
+    row_of = {w: n for n, w in enumerate(words)}
+    return [cam[[row_of[w] for w in tokens]] for tokens in record.tokens]
+
+
+# method -> (the maps it reads, in order of preference; how a word's row becomes a pointing case);
+# "gradient" reads no map: any model that reads the region grid
 POINTING_METHODS = {
     "attention": ((("words", "regions"),), _peak_cell),
     "objects": ((("objects", "words"), ("words", "objects")), _top_object),
+    "gradient": ((), _peak_cell),
 }
 
 
 def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageBoxes],
                    words: dict[str, str], method: str = "attention",
-                   other_sizes: tuple[PreparedSplit, ...] = ()) -> list[PointingCase]:
+                   other_sizes: tuple[PreparedSplit, ...] = (), encode=None) -> list[PointingCase]:
     """Every (image, caption, word) whose word names a category boxed in the image, pointed at by
     ``method`` (``POINTING_METHODS``). ``other_sizes``: the same photos extracted at other sizes; a
-    word's maps over all the grids are fused into one over the finest (``fuse_grids``; attention only)."""
+    word's maps over all the grids are fused into one over the finest (``fuse_grids``; attention only).
+    ``encode``: token lists -> the model's Captions (the gradient method's queries)."""
     if method not in POINTING_METHODS:
         raise ItmError(f"pointing method '{method}': not one of {', '.join(POINTING_METHODS)}")
-    if other_sizes and method != "attention":
-        raise ItmError(f"pointing method '{method}': fusing grid sizes applies to the attention method only")
+    if other_sizes and method == "objects":
+        raise ItmError(f"pointing method '{method}': fusing grid sizes applies to maps over the grid only")
     shapes, locate = POINTING_METHODS[method]
-    key = declared_map(model, *shapes, method=method)
+    if shapes:
+        key = declared_map(model, *shapes, method=method)
+        rows_of = lambda s, i: attention_rows(model, s, i, key)  # noqa: E731
+    elif "regions" not in model.image_streams:
+        raise ItmError(f"model '{type(model).__name__}' reads no region grid: the gradient method has no map")
+    else:
+        rows_of = lambda s, i: gradient_rows(model, s, i, encode)  # noqa: E731
     splits = (split, *other_sizes)
     grids = [s.features.grid_shape for s in splits]
     if None in grids:
@@ -108,7 +137,7 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
         photo = boxes[record.filename]
         size = photo_size(record.path)
         image_boxes = None if split.features.boxes is None else split.features.boxes[i].float().numpy()  # (P, 4)
-        maps = [attention_rows(model, s, i, key) for s in splits]  # per size: per caption (n_words, over)
+        maps = [rows_of(s, i) for s in splits]  # per size: per caption (n_words, over)
         for c, tokens in enumerate(record.tokens):
             for position, word in enumerate(tokens[: len(maps[0][c])]):
                 category = words.get(word)
