@@ -258,7 +258,9 @@ def test_the_gradient_map_marks_the_cells_a_word_depends_on():
 
     class Split:
         features = make_features(1)
-        dataset = type("D", (), {"images": [type("R", (), {"tokens": [["a", "dog"], ["dog", "runs"]]})()]})()
+        dataset = type("D", (), {"images": [type("R", (), {"tokens": [["a", "dog"], ["dog", "runs", "far"]]})()]})()
+        captions = Captions(torch.ones(2, 3, dtype=torch.long), torch.tensor([2, 2]))  # the second cut at 2 words
+        caption_to_image = np.array([0, 0])
 
     rows = gradient_rows(OneCell(), Split(), 0, lambda lists: Captions(torch.ones(len(lists), 2, dtype=torch.long),
                                                                       torch.full((len(lists),), 2)))

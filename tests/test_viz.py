@@ -273,3 +273,16 @@ def test_a_map_that_cannot_be_drawn_is_said_in_one_line(variant):
     assert len(drawn.not_drawn) == len(spatial)
     for name, note in zip(spatial, drawn.not_drawn, strict=True):
         assert note.startswith(name) and "not drawn: the features carry no" in note and "\n" not in note
+
+
+def test_a_word_the_model_could_not_read_gets_an_empty_panel_that_says_so():
+    import dataclasses
+
+    from itm.viz.explain import pair_figures
+
+    model, features, explanation = explained_pair("bssan")
+    drawn = pair_figures(dataclasses.replace(explanation, unread=frozenset({"dog"})), image(), features, 0)
+    labels = [t.get_text() for ax in drawn.figures["w2r"].axes for t in ax.texts] + \
+        [ax.get_xlabel() for ax in drawn.figures["w2r"].axes] + [ax.get_title() for ax in drawn.figures["w2r"].axes]
+    assert any("dog\nnot read: no map" in label for label in labels)
+    assert not any(label.startswith("dog\npeak") for label in labels)

@@ -83,7 +83,9 @@ def gradient_rows(model: Matcher, split: PreparedSplit, image: int, encode) -> l
     """Per caption of the image, (n_words, D): for each word, the Grad-CAM map of the query "a WORD"
     on the photo: ReLU(sum over channels of region feature x d score / d region feature), per cell."""
     record = split.dataset.images[image]
-    words = sorted({w for tokens in record.tokens for w in tokens})
+    lengths = split.captions.lengths[torch.as_tensor(np.flatnonzero(split.caption_to_image == image))].tolist()
+    captions_read = [tokens[:n] for tokens, n in zip(record.tokens, lengths, strict=True)]  # as the model reads them
+    words = sorted({w for tokens in captions_read for w in tokens})
     captions = encode([["a", w] for w in words])
     device = model_device(model)
     index = torch.full((len(words),), image)
@@ -93,7 +95,7 @@ def gradient_rows(model: Matcher, split: PreparedSplit, image: int, encode) -> l
         model(streams, on_device(captions, device)).score.sum().backward()
     cam = torch.relu((regions.grad * regions).sum(-1)).detach().cpu().numpy()  # (Q, D)
     row_of = {w: n for n, w in enumerate(words)}
-    return [cam[[row_of[w] for w in tokens]] for tokens in record.tokens]
+    return [cam[[row_of[w] for w in tokens]] for tokens in captions_read]
 
 
 # method -> (the maps it reads, in order of preference; how a word's row becomes a pointing case);

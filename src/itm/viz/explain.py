@@ -6,6 +6,7 @@ the real attention and rankings, then calls them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class PairExplanation:
     parts: dict[str, float]
     attention: dict[str, np.ndarray]  # name -> (rows, over), real words only
     specs: dict[str, AttentionSpec]  # what each map is (the model's declaration)
+    unread: frozenset[str] = frozenset()  # words the model could not read: no map is drawn for them
 
 
 def check_known_words(tokens: list[str], vocab: Vocab, caption: str) -> WordReport:
@@ -81,9 +83,12 @@ class FigureContext:
 
 def _word_panels(att: np.ndarray, ctx: FigureContext) -> Figure:
     """(L, D): one heat map per word over the region grid."""
-    # each panel is min-max scaled to be visible, so say how peaked the attention really is
-    labels = [f"{w}\npeak {row.max() * att.shape[1]:.1f}x uniform"
-              for w, row in zip(ctx.explanation.words, att, strict=True)]
+    # each panel is min-max scaled to be visible, so say how peaked the attention really is; a word the
+    # model could not read gets an empty panel that says so, not a confident-looking peak
+    unread = np.array([w in ctx.explanation.unread for w in ctx.explanation.words])
+    labels = [f"{w}\nnot read: no map" if skip else f"{w}\npeak {row.max() * att.shape[1]:.1f}x uniform"
+              for w, row, skip in zip(ctx.explanation.words, att, unread, strict=True)]
+    att = np.where(unread[:, None], 0.0, att)
     return word_attention_figure(ctx.image, att, labels, score=ctx.explanation.score, parts=ctx.explanation.parts,
                                  grid_shape=ctx.grid_shape, title=ctx.title or None)
 
@@ -209,7 +214,8 @@ def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache
         features = file_features([(str(path.resolve()), path.resolve())], settings, cache_root, model_device(ckpt.model))
     captions = encode_captions([tokens], ckpt.vocab, config.data.max_words,
                                word_vectors([tokens], config, progress=False))
-    explanation = explain_pair(ckpt.model, features, 0, captions, 0, tokens)
+    explanation = dataclasses.replace(explain_pair(ckpt.model, features, 0, captions, 0, tokens),
+                                      unread=frozenset(words.unreadable))
     drawn = pair_figures(explanation, image_array(path), features, 0, title=str(caption))
     return ExplainedPhoto(explanation, drawn, features.grid_shape, settings.image_size, words)
 
