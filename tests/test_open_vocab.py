@@ -235,3 +235,9 @@ def test_training_adds_the_anchor_to_the_models_loss():
     with_anchor = loss_function(model)(batch)
     torch.manual_seed(0)
     assert with_anchor.item() == pytest.approx(model.training_loss(batch).item() + 3.0 * model.words.dim, rel=1e-5)
+
+
+def test_a_typo_of_a_word_outside_the_training_captions_is_read_by_the_tables_spelling(tmp_path):
+    ckpt = load_checkpoint(index_checkpoint(tmp_path / "new.pt", "dual", open_vocabulary=True))
+    report = ckpt.vocab.report([["a", "girafe", "qqqzzzx"]])
+    assert report.read_as == {"girafe": "giraffe"} and report.unreadable == ["qqqzzzx"]

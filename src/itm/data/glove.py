@@ -8,6 +8,7 @@ index whose row order is the rows of a (400000, 50) float32 .npy), or any GloVe 
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,6 +162,11 @@ class GloveTable:
     def __contains__(self, word: str) -> bool:
         self._load()
         return word in self._rows
+
+    def frequent(self, n: int) -> list[str]:
+        """The table's first ``n`` words: GloVe files list words by frequency, most frequent first."""
+        self._load()
+        return list(itertools.islice(self._rows, n))
 
     def vectors(self, words: list[str]) -> np.ndarray:
         """(len(words), E) float32 rows of words the table holds (``in`` says which)."""

@@ -8,9 +8,10 @@ them is read, in this order:
    takes the table vectors of the training words to the vectors training left them with (least
    squares, pulled towards the identity). A frozen table gives the identity: the unseen word's plain
    GloVe vector. A fine-tuned one gives the unseen word the same drift its neighbours had.
-2. **by its spelling** (a word in no table: a typo, a run-together word): the training word of
-   closest spelling (``difflib``, similarity at least ``SPELLING_CUTOFF``), reported as read as it;
-   a trailing ``s`` (plurals and possessives, whose apostrophe the tokenizer removed) is tried first.
+2. **by its spelling** (a word in no table: a typo, a run-together word): the word of closest
+   spelling among the training words and the table's most frequent words (``difflib``, similarity
+   at least ``SPELLING_CUTOFF``), reported as read as it; a trailing ``s`` (plurals and possessives,
+   whose apostrophe the tokenizer removed) is tried first.
 3. **not at all**: a zero vector (no pull on attention, unlike ``<unk>``'s untrained random row),
    and reported as unreadable.
 
@@ -30,6 +31,7 @@ import torch
 from itm.data.vocab import SPECIALS, Vocab
 
 SPELLING_CUTOFF = 0.8
+SPELLING_TABLE_WORDS = 100_000  # the table's most frequent words are spelling candidates too (0.2 s a word)
 RIDGE = 1.0  # pull of the map towards the identity (the fit has thousands of words; this only steadies it)
 
 
@@ -85,7 +87,8 @@ class OpenVocabulary(Vocab):
         self.table = table  # itm.data.glove.GloveTable
         self._map: np.ndarray | None = None
         self._routes: dict[str, tuple[str, str | None]] = {}  # word -> (route, read as)
-        self._candidates = [w for w in vocab.to_list() if w not in SPECIALS]
+        self._candidates = [w for w in vocab.to_list() if w not in SPECIALS]  # the training words
+        self._spellings: list[str] | None = None  # and the table's frequent words, gathered on first need
 
     # -- reading a word ------------------------------------------------------------------------------
     def route(self, word: str) -> tuple[str, str | None]:
@@ -102,8 +105,13 @@ class OpenVocabulary(Vocab):
         stem = word[:-1] if word.endswith("s") and len(word) > 2 else None
         if stem and (stem in self._ids or stem in self.table):
             return "spelling", stem
-        close = difflib.get_close_matches(word, self._candidates, n=1, cutoff=SPELLING_CUTOFF)
-        return ("spelling", close[0]) if close else ("unreadable", None)
+        if self._spellings is None:
+            self._spellings = getattr(self.table, "frequent", lambda n: [])(SPELLING_TABLE_WORDS)
+        # the closest training word, unless a table word is strictly closer ("soccor": soccer, not succor)
+        scored = [(difflib.SequenceMatcher(None, word, close).ratio(), rank, close)
+                  for rank, pool in enumerate((self._spellings, self._candidates))
+                  for close in difflib.get_close_matches(word, pool, n=1, cutoff=SPELLING_CUTOFF)]
+        return ("spelling", max(scored)[2]) if scored else ("unreadable", None)
 
     def report(self, token_lists: Sequence[list[str]]) -> WordReport:
         words = _distinct(t for tokens in token_lists for t in tokens)
