@@ -119,13 +119,13 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
     if other_sizes and method == "objects":
         raise ItmError(f"pointing method '{method}': fusing grid sizes applies to maps over the grid only")
     shapes, locate = POINTING_METHODS[method]
-    if shapes:
-        key = declared_map(model, *shapes, method=method)
-        rows_of = lambda s, i: attention_rows(model, s, i, key)  # noqa: E731
-    elif "regions" not in model.image_streams:
+    key = declared_map(model, *shapes, method=method) if shapes else None
+    if key is None and "regions" not in model.image_streams:
         raise ItmError(f"model '{type(model).__name__}' reads no region grid: the gradient method has no map")
-    else:
-        rows_of = lambda s, i: gradient_rows(model, s, i, encode)  # noqa: E731
+
+    def rows_of(s: PreparedSplit, i: int) -> list[np.ndarray]:
+        return attention_rows(model, s, i, key) if key else gradient_rows(model, s, i, encode)
+
     splits = (split, *other_sizes)
     grids = [s.features.grid_shape for s in splits]
     if None in grids:
