@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from itm.data.types import Captions
 from itm.data.vocab import SPECIALS, Vocab
 
 SPELLING_CUTOFF = 0.8
@@ -154,8 +155,6 @@ class OpenVocabulary(Vocab):
         if word not in self._ids:
             self._add([word])
         ids = torch.tensor([[self._ids[word]]])
-        from itm.data.types import Captions
-
         with torch.no_grad():
             return self.embedder(Captions(ids.to(self.embedder.extra.device), torch.tensor([1])))[0, 0].cpu().numpy()
 
