@@ -8,7 +8,7 @@ import torch
 from helpers import make_captions, make_images, streams, tiny_model
 
 from itm.config import ConfigError, load_config
-from itm.models.caan import region_second_order, row_normalise, word_second_order
+from itm.models.caan import CAAN, row_normalise
 
 
 def weights_of(name: str, *overrides: str):
@@ -39,13 +39,15 @@ def test_intra_source_changes_the_fragment_weights():
 
 def test_second_order_contexts_equal_the_literal_products():
     gen = torch.Generator().manual_seed(0)
-    r2w = torch.softmax(torch.randn(2, 3, 5, 4, generator=gen), -1)  # (Ni, Nc, R, L)
-    w2r = torch.softmax(torch.randn(2, 3, 5, 4, generator=gen), -2)
-    image_values, caption_values = torch.randn(2, 5, 6, generator=gen), torch.randn(3, 4, 6, generator=gen)
-    literal_r = row_normalise(r2w @ r2w.transpose(-1, -2)) @ image_values[:, None]
-    literal_w = row_normalise(w2r.transpose(-1, -2) @ w2r) @ caption_values[None]
-    torch.testing.assert_close(region_second_order(r2w, image_values), literal_r)
-    torch.testing.assert_close(word_second_order(w2r, caption_values), literal_w)
+    r2w = torch.softmax(torch.randn(3, 5, 4, generator=gen), -1)  # A: (Nc, R, L), one image
+    w2r = torch.softmax(torch.randn(3, 5, 4, generator=gen), -2)
+    image_values, caption_values = torch.randn(5, 6, generator=gen), torch.randn(3, 4, 6, generator=gen)
+    literal_r = row_normalise(r2w @ r2w.transpose(-1, -2)) @ image_values
+    literal_w = row_normalise(w2r.transpose(-1, -2) @ w2r) @ caption_values
+    # the model's layout is words by regions, (Nc, L, R), with A^T passed as a strided view
+    r2w_lr = r2w.transpose(1, 2).contiguous()
+    torch.testing.assert_close(CAAN.region_second_order(r2w_lr, r2w_lr.transpose(1, 2), image_values), literal_r)
+    torch.testing.assert_close(CAAN.word_second_order(w2r.transpose(1, 2).contiguous(), caption_values), literal_w)
 
 
 def test_cosine_score_is_bounded_and_scale_free():

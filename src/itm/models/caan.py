@@ -87,24 +87,6 @@ def row_normalise(q: torch.Tensor) -> torch.Tensor:
     return q / q.sum(-1, keepdim=True).clamp_min(EPS)
 
 
-def region_second_order(r2w: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """row_normalise(A A^T) @ values with A = r2w (Ni, Nc, R, L), values (Ni, R, h) per image,
-    without the R x R matrix: A (A^T values) over the row sums A (A^T 1). 2 R L h per pair instead
-    of R^2 h (with 81 grid regions the R x R product was most of a training step)."""
-    through_words = torch.einsum("icrl,irh->iclh", r2w, values)  # A^T values
-    row_sums = torch.einsum("icrl,icl->icr", r2w, r2w.sum(-2))  # (A A^T 1)_r
-    scaled = r2w / row_sums.clamp_min(EPS)[..., None]  # divide the R x L rows, not the R x h result
-    return torch.einsum("icrl,iclh->icrh", scaled, through_words)
-
-
-def word_second_order(w2r: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """row_normalise(A^T A) @ values with A = w2r (Ni, Nc, R, L), values (Nc, L, h) per caption."""
-    through_regions = torch.einsum("icrl,clh->icrh", w2r, values)  # A values
-    row_sums = torch.einsum("icrl,icr->icl", w2r, w2r.sum(-1))  # (A^T A 1)_l
-    scaled = w2r / row_sums.clamp_min(EPS)[..., None, :]
-    return torch.einsum("icrl,icrh->iclh", scaled, through_regions)
-
-
 class CAAN(Matcher):
     """Context-aware fragment weights over a region-word affinity; cosine of the pooled vectors."""
 
@@ -217,31 +199,60 @@ class CAAN(Matcher):
         return with_total(self.pooled_scores(images, captions), parts)
 
     def pooled_scores(self, images: State, captions: State) -> torch.Tensor:
+        """(Ni, Nc) scores, one image against the whole caption block at a time (``image_scores``)."""
         mask = length_mask(captions["lengths"], captions["u"].shape[1])  # (Nc, L)
+        rows = [self.image_scores({k: v[i] for k, v in images.items()}, captions, mask)
+                for i in range(images["v"].shape[0])]
+        return torch.stack(rows) if rows else images["v"].new_zeros(0, len(mask))
+
+    def image_scores(self, image: State, captions: State, mask: torch.Tensor) -> torch.Tensor:
+        """(Nc,) scores of one prepared image against every caption. Per pair tensors are laid out
+        (Nc, L, R), words by regions, so that every product is one GEMM or a batch of them over the
+        captions, with no copies (transposes are strides the BLAS call takes as they are)."""
+        nc, steps, d = captions["u"].shape
         lam = self.config.temperature
-        h = torch.einsum("ird,cld->icrl", images["v"], captions["u"])  # (Ni, Nc, R, L)
-        w2r = word_column_softmax(lam * h, mask[None])  # (Ni, Nc, R, L)
-        r2w = masked_row_softmax(lam * h, mask[None, :, None, :])
-        region_terms = images["own"][:, None]  # (Ni, 1, R, h)
-        word_terms = captions["own"][None]  # (1, Nc, L, h)
+        h = (captions["u"].reshape(nc * steps, d) @ image["v"].T).view(nc, steps, -1)  # (Nc, L, R)
+        w2r = torch.softmax(lam * h, dim=-1) * mask[..., None]  # (Nc, L, R): each real word's row sums to 1
+        r2w = torch.softmax((lam * h).masked_fill(~mask[..., None], float("-inf")), dim=1)  # each region over words
+        r2w_t = r2w.transpose(1, 2)  # (Nc, R, L) view
+        region_terms = image["own"]  # (R, h)
+        word_terms = captions["own"]  # (Nc, L, h)
         if self.config.use_inter:
-            region_terms = region_terms + torch.einsum("icrl,clh->icrh", r2w, captions["to_regions"])
-            word_terms = word_terms + torch.einsum("icrl,irh->iclh", w2r, images["to_words"])
+            region_terms = region_terms + torch.bmm(r2w_t, captions["to_regions"])  # c_r = A_r2w U W2
+            word_terms = word_terms + w2r @ image["to_words"]  # c_w = A_w2r^T V W5
         if self.config.use_intra:
             if self.config.intra_source == "semantic":
-                region_terms = region_terms + region_second_order(r2w, images["intra"])
-                word_terms = word_terms + word_second_order(w2r, captions["intra"])
+                region_terms = region_terms + self.region_second_order(r2w, r2w_t, image["intra"])
+                word_terms = word_terms + self.word_second_order(w2r, captions["intra"])
             else:
-                region_terms = region_terms + images["intra_context"][:, None]
-                word_terms = word_terms + captions["intra_context"][None]
-        a_r = torch.softmax(self.region_out(torch.tanh(region_terms)).squeeze(-1), dim=-1)  # (Ni, Nc, R)
-        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask[None])  # (Ni, Nc, L)
-        dot = torch.einsum("icr,icrl,icl->ic", a_r, h, a_w)  # <v*, u*> = a_r^T H a_w
+                region_terms = region_terms + image["intra_context"]
+                word_terms = word_terms + captions["intra_context"]
+        a_r = torch.softmax(self.region_out(torch.tanh(region_terms)).squeeze(-1), dim=-1)  # (Nc, R)
+        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask)  # (Nc, L)
+        pooled_h = torch.bmm(a_w[:, None, :], h).squeeze(1)  # (Nc, R): a_w^T H
+        dot = (pooled_h * a_r).sum(-1)  # <v*, u*> = a_r^T H a_w
         if self.config.score == "dot":
             return dot
-        v_norm2 = torch.einsum("icr,irs,ics->ic", a_r, images["gram"], a_r)  # |v*|^2
-        u_norm2 = torch.einsum("icl,clm,icm->ic", a_w, captions["gram"], a_w)  # |u*|^2
+        v_norm2 = ((a_r @ image["gram"]) * a_r).sum(-1)  # |v*|^2
+        u_norm2 = (torch.bmm(a_w[:, None, :], captions["gram"]).squeeze(1) * a_w).sum(-1)  # |u*|^2
         return dot / (v_norm2.clamp_min(EPS * EPS).sqrt() * u_norm2.clamp_min(EPS * EPS).sqrt())
+
+    @staticmethod
+    def region_second_order(r2w: torch.Tensor, r2w_t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """row_normalise(A A^T) @ values for A = r2w_t (Nc, R, L) of one image, values (R, h), without
+        the R x R matrix: A (A^T values) over the row sums A (A^T 1). 2 R L h per pair instead of
+        R^2 h (with 81 grid regions the R x R product was most of a training step)."""
+        through_words = r2w @ values  # (Nc, L, h): A^T values
+        row_sums = torch.bmm(r2w_t, r2w.sum(-1, keepdim=True))  # (Nc, R, 1): (A A^T 1)_r
+        return torch.bmm(r2w_t, through_words) / row_sums.clamp_min(EPS)
+
+    @staticmethod
+    def word_second_order(w2r: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """row_normalise(A^T A) @ values for A^T = w2r (Nc, L, R) of one image, values (Nc, L, h)."""
+        w2r_t = w2r.transpose(1, 2)  # (Nc, R, L) = A
+        through_regions = torch.bmm(w2r_t, values)  # (Nc, R, h): A values
+        row_sums = torch.bmm(w2r, w2r.sum(1)[..., None])  # (Nc, L, 1): (A^T A 1)_l
+        return torch.bmm(w2r, through_regions) / row_sums.clamp_min(EPS)
 
     def pair_bytes(self, images: State, steps: int) -> int:
         r, hidden = images["own"].shape[1:]
