@@ -19,7 +19,7 @@ from helpers import tiny_model as new_tiny_model
 from itm.data.types import Captions, ImageFeatures
 from itm.evaluation import engine
 from itm.evaluation.engine import TilePlan, plan_tiles, score_all_pairs, score_pairs_naive
-from itm.evaluation.evaluate import JSON_KEYS, Member, evaluate_ensemble, evaluate_model
+from itm.evaluation.evaluate import JSON_KEYS, Member, combine_scores, evaluate_ensemble, evaluate_model
 from itm.evaluation.metrics import retrieval_metrics
 from itm.models import MODELS
 from itm.models.base import TOTAL
@@ -256,18 +256,39 @@ def test_evaluate_model_flickr_is_retrieval_metrics_of_the_full_matrix(name):
     assert retrieval_metrics(naive, OWNER)["rsum"] == pytest.approx(result["rsum"])
 
 
-def test_ensemble_ranks_by_the_mean_of_the_members_matrices():
-    """Two different models: the ensemble's metrics are those of the mean of their naive matrices."""
+def zscored(matrix: np.ndarray) -> np.ndarray:
+    return (matrix - matrix.mean()) / matrix.std()
+
+
+@pytest.mark.parametrize("normalise, norm", [("none", lambda m: m), ("zscore", zscored)])
+def test_ensemble_ranks_by_the_mean_of_the_members_matrices(normalise, norm):
+    """Two different models: the ensemble's metrics are those of the mean of their naive matrices,
+    each z-scored first by default."""
     first, features, captions, naive_first = reference("bssan")
     second, _, _, naive_second = reference("bssan_o2w")
     members = [Member(first, features, captions), Member(second, features, captions)]
-    result = evaluate_ensemble(members, OWNER, "flickr", memory_budget_mb=1, caption_tile=3)
-    expected = retrieval_metrics((naive_first + naive_second) / 2, OWNER)
+    result = evaluate_ensemble(members, OWNER, "flickr", memory_budget_mb=1, caption_tile=3, normalise=normalise)
+    expected = retrieval_metrics((norm(naive_first) + norm(naive_second)) / 2, OWNER)
     assert result["rsum"] == pytest.approx(expected["rsum"])
     for direction in ("i2t", "t2i"):
         assert result[direction] == pytest.approx(expected[direction])
-    single = [retrieval_metrics(naive, OWNER)["rsum"] for naive in (naive_first, naive_second)]
-    assert expected["rsum"] not in single  # the mean is its own ranking here, so the check can fail
+    if normalise == "none":  # the raw mean is its own ranking here, so the check can fail (zscore: the next test)
+        single = [retrieval_metrics(naive, OWNER)["rsum"] for naive in (naive_first, naive_second)]
+        assert expected["rsum"] not in single
+
+
+def test_zscored_ensemble_ignores_each_members_scale():
+    """A member whose scores are 1,000 times larger and shifted (another objective's scale) takes over
+    the raw mean, and changes nothing once each matrix is z-scored."""
+    gen = np.random.default_rng(0)
+    first, second = gen.normal(size=(4, 20)), gen.normal(size=(4, 20))
+    rescaled = 1000 * second + 7
+    assert np.allclose(combine_scores([first, rescaled], "zscore"), combine_scores([first, second], "zscore"),
+                       atol=1e-5)
+    raw = combine_scores([first, rescaled], "none")
+    assert np.array_equal(raw.argmax(1), rescaled.argmax(1))  # the large member alone decides
+    assert not np.array_equal(raw.argmax(1), (first + second).argmax(1))
+    assert combine_scores([first], "zscore") is first  # one model keeps its own scale
 
 
 def test_ensemble_refuses_members_of_different_data():

@@ -21,6 +21,10 @@ from itm.errors import ConfigError, shown
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
 PRECISIONS = ("fp32", "bf16")  # itm.devices.precision_context
+# how an ensemble puts each member's score matrix on a common scale before the mean
+# (itm.evaluation.evaluate.combine_scores): zscore (its own mean and standard deviation over the scored
+# block; the scales differ, e.g. a hinge-trained cosine against sharp InfoNCE scores) or none (raw)
+ENSEMBLE_NORMS = ("zscore", "none")
 INT_LIMIT = 2**63  # integers beyond int64 cannot reach torch or numpy
 # what PyYAML raises besides YAMLError: ValueError for an integer too long for int() (CVE-2020-10735),
 # RecursionError for nesting deeper than Python's stack, UnicodeDecodeError for non-UTF-8 bytes

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from itm.commands import add_device_argument, add_scoring_set_argument
-from itm.config import PRECISIONS
+from itm.config import ENSEMBLE_NORMS, PRECISIONS
 
 HELP = "evaluate a checkpoint: R@1/5/10, median and mean rank, rsum (both directions)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, nargs="+",
-                        help="checkpoint file or run folder (uses best.pt); several: an ensemble scored by "
-                             "the mean of their score matrices")
+                        help="checkpoint file or run folder (uses best.pt); several (of any models): an ensemble "
+                             "scored by the mean of their score matrices, each normalised (--ensemble-norm)")
     parser.add_argument("--data", required=True, help="dataset folder (Karpathy JSON + images, or precomp)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--protocol", default="flickr", help="flickr | coco1k | coco5k")
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also split the captions into those whose every word was in the training captions and "
                              "those with another word (R@K of each), and probe each unseen word that names two or "
                              "more photos with the query 'a WORD' (recall@5 beside chance); flickr protocol")
+    parser.add_argument("--ensemble-norm", choices=ENSEMBLE_NORMS, default="zscore",
+                        help="several checkpoints: put each model's score matrix on a common scale before the mean "
+                             "(zscore: its own mean and standard deviation; none: raw scores)")
     parser.add_argument("--no-progress", action="store_true")
     add_device_argument(parser)
 
@@ -75,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_ensemble(members, owners[0], args.protocol, args.memory_mb or config.eval.memory_budget_mb,
                                config.eval.caption_tile, progress=not args.no_progress and is_main(),
                                keep_scores=bool(args.scores or args.by_vocabulary),
-                               max_image_chunk=config.eval.image_tile, precision=precision)
+                               max_image_chunk=config.eval.image_tile, precision=precision,
+                               normalise=args.ensemble_norm)
     if args.by_vocabulary:
-        result.update(vocabulary_report(checkpoints, splits, members, result["scores"], config))
+        result.update(vocabulary_report(checkpoints, splits, members, result["scores"], config, args.ensemble_norm))
     if not is_main():
         return 0  # rank 0 prints and writes
     scores = result.pop("scores", None)
@@ -102,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         out["device"], out["precision"] = str(device), precision
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
+            out["ensemble_norm"] = args.ensemble_norm
         if args.overrides:  # e.g. a test-time features.image_size: the figures are not the saved config's
             out["overrides"] = list(args.overrides)
         out["provenance"] = [run_provenance(path) for path in args.checkpoint]  # what trained each model
@@ -111,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def vocabulary_report(checkpoints, splits, members, scores, config) -> dict:
+def vocabulary_report(checkpoints, splits, members, scores, config, normalise: str) -> dict:
     """``--by-vocabulary``: the split's captions by vocabulary group, and the concept probe. "Seen"
     words are the first checkpoint's training words (an ensemble's members share a training set)."""
     from itm.data.encode import encode_captions
@@ -125,7 +130,8 @@ def vocabulary_report(checkpoints, splits, members, scores, config) -> dict:
     queries = [["a", word] for word in photos]
     probes = [encode_captions(queries, ckpt.vocab, ckpt.config.data.max_words) for ckpt in checkpoints] if queries \
         else []
-    return evaluate_vocabulary(members, scores, owner, unseen, photos, probes, config.eval.memory_budget_mb)
+    return evaluate_vocabulary(members, scores, owner, unseen, photos, probes, config.eval.memory_budget_mb,
+                               normalise)
 
 
 def vocabulary_lines(result: dict) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from itm.config import ENSEMBLE_NORMS
 from itm.data.types import Captions, ImageFeatures
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.protocols import evaluate_protocol
@@ -37,13 +38,15 @@ def evaluate_model(model: Matcher, features: ImageFeatures, captions: Captions, 
 def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, protocol: str = "flickr",
                       memory_budget_mb: int = 1024, caption_tile: int = 512,
                       progress: bool = False, keep_scores: bool = False, max_image_chunk: int = 128,
-                      precision: str = "fp32") -> dict[str, Any]:
-    """Like ``evaluate_model`` with the mean of the members' score matrices as the score (the
-    ensembles SCAN-era papers report). Every member must cover the same images and captions.
+                      precision: str = "fp32", normalise: str = "zscore") -> dict[str, Any]:
+    """Like ``evaluate_model`` with the mean of the members' score matrices as the score, each
+    normalised first (``combine_scores``). Every member must cover the same images and captions.
     ``keep_scores``: the last block scored is returned under "scores" (flickr: the whole matrix).
     ``precision``: fp32 | bf16 autocast of the scoring (``score_all_pairs``)."""
     if not members:
         raise ValueError("evaluate_ensemble: no members")
+    if normalise not in ENSEMBLE_NORMS:
+        raise ValueError(f"evaluate_ensemble: normalise must be one of {ENSEMBLE_NORMS}, not {normalise!r}")
     for member in members:
         member.model.check_evaluable()
     sizes = {(len(m.features), len(m.captions)) for m in members}
@@ -52,11 +55,10 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
 
     def score_block(image_idx: np.ndarray, caption_idx: np.ndarray) -> np.ndarray:
         images, caps = torch.as_tensor(image_idx), torch.as_tensor(caption_idx)
-        total = sum(score_all_pairs(m.model, m.features.select(images), m.captions.select(caps), memory_budget_mb,
-                                    caption_tile, progress=progress, max_image_chunk=max_image_chunk,
-                                    precision=precision)
-                    for m in members)
-        kept["scores"] = total / len(members)
+        blocks = [score_all_pairs(m.model, m.features.select(images), m.captions.select(caps), memory_budget_mb,
+                                  caption_tile, progress=progress, max_image_chunk=max_image_chunk, precision=precision)
+                  for m in members]
+        kept["scores"] = combine_scores(blocks, normalise)
         return kept["scores"]
 
     kept: dict[str, np.ndarray] = {}
@@ -69,9 +71,20 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
     return result
 
 
+def combine_scores(blocks: list[np.ndarray], normalise: str = "zscore") -> np.ndarray:
+    """The ensemble's block: the mean of the members' blocks, each z-scored over the block first with
+    ``normalise="zscore"``. One member's block is returned as it is (ranks are all that count, and
+    ``--scores`` keeps the model's own scale)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    if normalise == "zscore":
+        blocks = [(b - b.mean()) / max(float(b.std()), 1e-12) for b in blocks]
+    return (sum(blocks) / len(blocks)).astype(np.float32)
+
+
 def evaluate_vocabulary(members: list[Member], scores: np.ndarray, caption_to_image: np.ndarray,
                         unseen: np.ndarray, probe_photos: dict[str, np.ndarray], probes: list[Captions],
-                        memory_budget_mb: int = 1024) -> dict[str, Any]:
+                        memory_budget_mb: int = 1024, normalise: str = "zscore") -> dict[str, Any]:
     """Retrieval of the split's captions by vocabulary group (``scores``: the ensemble's matrix,
     ``unseen``: captions with a word outside the training captions) and the concept probe: ``probes``
     (one Captions per member, "a WORD" for each word of ``probe_photos``) scored against every image."""
@@ -79,8 +92,8 @@ def evaluate_vocabulary(members: list[Member], scores: np.ndarray, caption_to_im
 
     result: dict[str, Any] = {"by_vocabulary": recall_by_vocabulary(scores, caption_to_image, unseen)}
     if probe_photos:
-        probe_scores = sum(score_all_pairs(m.model, m.features, p, memory_budget_mb)
-                           for m, p in zip(members, probes, strict=True)) / len(members)  # (n_img, n_words)
+        probe_scores = combine_scores([score_all_pairs(m.model, m.features, p, memory_budget_mb)
+                                       for m, p in zip(members, probes, strict=True)], normalise)  # (n_img, n_words)
     else:
         probe_scores = np.zeros((len(members[0].features), 0), np.float32)
     result["concept_probe"] = concept_probe(probe_scores, list(probe_photos.values()), list(probe_photos))
