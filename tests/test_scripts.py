@@ -192,3 +192,21 @@ def test_train_step_benchmark_times_the_trainers_steps_through_the_models_traini
     assert calls == [batch] * (2 + bench.WARM_UP + 1)  # every timed step is the model's own training hook
     assert median > 0 and record["overrides"] == ["model.embed_dim=16"]
     assert record["projected_run_min"] == round(median * (bench.FLICKR8K_TRAIN_CAPTIONS // batch) * record["epochs"] / 60, 1)
+
+
+def test_ensembles_from_saved_matrices_are_the_combined_matrices(tmp_path, capsys):
+    """Each member's saved matrix, z-scored or raw, meaned: the rsum ``itm eval`` gives the ensemble;
+    the cost is the sum of the members' scoring times."""
+    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=2, n_val=2, n_test=6, size=32, seed=0)
+    _, owner = load_dataset(data, "test").split("test").caption_tokens()
+    gen = np.random.default_rng(0)
+    matrices = {"a": gen.normal(size=(6, len(owner))), "b": 1000 * gen.normal(size=(6, len(owner)))}
+    for name, matrix in matrices.items():
+        np.save(tmp_path / f"{name}.npy", matrix.astype(np.float32))
+        rsum = retrieval_metrics(matrix, owner)["rsum"]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rsum": rsum, "seconds": 2.5}))
+    [result] = load_script("ensembles").main(["--data", str(data), "--dir", str(tmp_path), "--ensemble", "a,b"])
+    z = [(m - m.mean()) / m.std() for m in matrices.values()]
+    assert result["rsum_zscore"] == pytest.approx(retrieval_metrics((z[0] + z[1]) / 2, owner)["rsum"], abs=0.01)
+    assert result["rsum_none"] == pytest.approx(retrieval_metrics(matrices["b"], owner)["rsum"], abs=0.01)
+    assert result["scoring_seconds"] == 5.0 and "a + b: rsum" in capsys.readouterr().out
