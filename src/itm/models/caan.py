@@ -212,8 +212,9 @@ class CAAN(Matcher):
         nc, steps, d = captions["u"].shape
         lam = self.config.temperature
         h = (captions["u"].reshape(nc * steps, d) @ image["v"].T).view(nc, steps, -1)  # (Nc, L, R)
-        w2r = torch.softmax(lam * h, dim=-1) * mask[..., None]  # (Nc, L, R): each real word's row sums to 1
-        r2w = torch.softmax((lam * h).masked_fill(~mask[..., None], float("-inf")), dim=1)  # each region over words
+        logits = lam * h
+        w2r = torch.softmax(logits, dim=-1) * mask[..., None]  # (Nc, L, R): each real word's row sums to 1
+        r2w = torch.softmax(logits.masked_fill(~mask[..., None], float("-inf")), dim=1)  # each region over words
         r2w_t = r2w.transpose(1, 2)  # (Nc, R, L) view
         region_terms = image["own"]  # (R, h)
         word_terms = captions["own"]  # (Nc, L, h)
