@@ -5,7 +5,8 @@
 # also keeps the run's training summary (under "training": time, epochs, best validation rsum), since
 # runs/ is not committed.
 # DATA (default ../shared/data/flickr8k) and OMP_NUM_THREADS (default 1, so two experiments can
-# share a 2-core machine without oversubscribing it) can be set in the environment.
+# share a 2-core machine without oversubscribing it) can be set in the environment; SCORES=DIR also
+# saves the test score matrix as DIR/NAME.npy (for scripts/ensembles.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1; config=$2; shift 2
@@ -15,7 +16,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p runs/flickr8k results/flickr8k
 itm train --config "$config" --data "$data" --out "runs/flickr8k/$name" --no-progress "$@" \
   > "runs/flickr8k/$name.train.log" 2>&1
-itm eval --checkpoint "runs/flickr8k/$name" --data "$data" --split test \
+scores=(); [ -n "${SCORES:-}" ] && scores=(--scores "$SCORES/$name.npy")
+itm eval --checkpoint "runs/flickr8k/$name" --data "$data" --split test "${scores[@]}" \
   --json "results/flickr8k/$name.json" --no-progress > "runs/flickr8k/$name.eval.log" 2>&1
 python scripts/results_table.py --keep-training "$name"
 cat "runs/flickr8k/$name.eval.log"
