@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--rerank-command", required=True, help="the command that trained --rerank")
     parser.add_argument("--shortlist-command", required=True, help="the command that trained --shortlist")
+    parser.add_argument("--explain-image-size", type=int, default=416,
+                        help="the re-ranker's eval.explain_image_size (its pictures' grid; docs/explain.md)")
     args = parser.parse_args(argv)
     folder = shipped_folder()
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,10 @@ def main(argv: list[str] | None = None) -> None:
                                ("shortlist", args.shortlist, args.shortlist_command)):
         name = ROLES[role]
         path = folder / f"{name}.pt"
-        save_atomic(half_payload(run), path)
+        payload = half_payload(run)
+        if role == "rerank":
+            payload["config"].setdefault("eval", {})["explain_image_size"] = args.explain_image_size
+        save_atomic(payload, path)
         scores = ROOT / "runs" / f"shipped_{name}_scores.npy" if role == "rerank" else None
         metrics = evaluate(path, args.data, name, scores)
         card["models"][name] = {

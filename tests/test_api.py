@@ -57,9 +57,19 @@ def test_score_bad_inputs_name_the_input(tiny, tmp_path):
 
 def test_explain_returns_the_declared_pictures(tiny, tmp_path):
     model = itm.load_model(tiny)
-    figures = model.explain(photo(tmp_path / "red.jpg", "red"), "a red square")
+    red = photo(tmp_path / "red.jpg", "red")
+    figures = model.explain(red, "a red square", method="attention")
     assert figures and set(figures) <= set(model.model.attention_specs())
     assert all(hasattr(f, "savefig") for f in figures.values())
+    # the default: first where each word's thing is ("dog" names ImageNet's dog classes), then the same maps
+    by_default = model.explain(red, "a red dog")
+    assert list(by_default)[0] == "concept" and set(by_default) - {"concept"} == set(figures)
+    labels = [ax.get_xlabel() for ax in by_default["concept"].axes]
+    # "dog" names ImageNet's dog classes: their map, or the attention when the photo likely shows none
+    assert any(label.startswith("dog\nImageNet: ") or label.startswith("dog\nchihuahua +") for label in labels)
+    assert "a\nno class: attention" in labels
+    with pytest.raises(ItmError, match="explanation method 'gradcam': not one of concept, attention"):
+        model.explain(red, "a red dog", method="gradcam")
 
 
 def test_build_then_open_an_index_and_search_it(tmp_path, monkeypatch):

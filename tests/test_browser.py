@@ -89,6 +89,15 @@ def test_search_renders_thumbnails_and_opens_the_explanation(server, browser):
     wait_for(lambda: browser.execute_script("const i = arguments[0]; return i.complete && i.naturalWidth > 100",
                                             explanation))
     assert "Where each word looks" in browser.find_element(By.ID, "explain").text
+    assert "method=concept" in explanation.get_attribute("src")  # the default explanation
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "method")).select_by_value("attention")
+    browser.find_elements(By.CSS_SELECTOR, ".hit")[0].click()
+    explanation = wait_for(lambda: [e for e in browser.find_elements(By.ID, "explanation")
+                                    if "method=attention" in e.get_attribute("src")])[0]
+    wait_for(lambda: browser.execute_script("const i = arguments[0]; return i.complete && i.naturalWidth > 100",
+                                            explanation))
 
 
 def test_words_the_models_cannot_read_are_shown_under_the_query_box(server, browser):

@@ -75,7 +75,7 @@ def test_explain_pair_and_retrieval_sheets(demo_run, tmp_path, monkeypatch, caps
     assert main(["explain", "--checkpoint", ckpt, "--image", str(image), "--caption", "a dog runs",
                  "--out", str(tmp_path / "pair")]) == 0
     assert "score" in capsys.readouterr().out
-    assert (tmp_path / "pair" / "w2r.png").is_file() and (tmp_path / "pair" / "o2w.png").is_file()
+    assert all((tmp_path / "pair" / f"{name}.png").is_file() for name in ("concept", "w2r", "o2w"))
     test_image = json.loads((data / "dataset_flickr8k.json").read_text())["images"][-1]["filename"]
     assert main(["explain", "--checkpoint", ckpt, "--data", str(data), "--query-image", test_image,
                  "--query-caption", "a dog runs", "--out", str(tmp_path / "sheets")]) == 0
@@ -125,7 +125,7 @@ def test_demo_and_explain_run_every_model(tmp_path, monkeypatch, capsys, config)
     assert main(["explain", "--checkpoint", str(out / "run"), "--image", str(image), "--caption", "a dog runs",
                  "--out", str(tmp_path / "pair")]) == 0
     drawn = {p.stem for p in (tmp_path / "pair").glob("*.png")}
-    assert drawn == {"words_over_regions", "regions_over_words"} | ({"region_weights", "word_weights"}
+    assert drawn == {"concept", "words_over_regions", "regions_over_words"} | ({"region_weights", "word_weights"}
                                                                     if name == "caan" else set())
 
 

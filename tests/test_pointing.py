@@ -177,7 +177,7 @@ def test_a_spot_is_a_hit_inside_the_box_and_its_cell_is_the_one_holding_it():
     assert point_at((99.9, 59.9), GRID, (100, 60), photo, "dog")[:2] == (11, False)  # the last cell
 
 
-@pytest.mark.parametrize("method", ["attention", "objects", "gradient"])
+@pytest.mark.parametrize("method", ["attention", "objects", "gradient", "concept", "attention+concept"])
 def test_pointing_methods_end_to_end(tmp_path, monkeypatch, method):
     """BSSAN declares both maps; the box covers the whole photo, so every word case is a hit."""
     from helpers import boxed_photos, index_checkpoint
@@ -202,7 +202,7 @@ def test_a_method_the_model_cannot_serve_is_one_line(tmp_path, monkeypatch, caps
     data, boxes = boxed_photos(tmp_path)
     checkpoint = index_checkpoint(tmp_path / "w2r.pt", "bssan_w2r")  # no map between objects and words
     for method, message in [("objects", "declares no objects over words or words over objects attention"),
-                            ("nearest", "pointing method 'nearest': not one of attention, objects, gradient")]:
+                            ("nearest", "pointing method 'nearest': not one of attention, objects, gradient, concept")]:
         assert main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
                      "--method", method]) == 2
         err = capsys.readouterr().err

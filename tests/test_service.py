@@ -42,6 +42,13 @@ def test_search_images_thumbnails_and_explain(client):
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     explained = client.get("/explain", params={"image_id": first["image_id"], "text": "a red square"})
     assert explained.status_code == 200 and explained.content[:4] == b"\x89PNG"
+    attention = client.get("/explain", params={"image_id": first["image_id"], "text": "a red dog",
+                                               "method": "attention"})
+    assert attention.status_code == 200 and attention.content[:4] == b"\x89PNG"
+    assert attention.content != client.get("/explain", params={"image_id": first["image_id"],
+                                                               "text": "a red dog"}).content
+    bad = client.get("/explain", params={"image_id": first["image_id"], "text": "a red dog", "method": "gradcam"})
+    assert bad.status_code == 422 and "method" in bad.json()["detail"] and "\n" not in bad.json()["detail"]
 
 
 @pytest.mark.parametrize("body, status, named", [

@@ -71,3 +71,19 @@ def test_an_index_records_shipped_models_by_name(tmp_path):
         assert recorded == f"shipped:{name}" and resolve_path(recorded) == str(shipped_checkpoint(name))
     own = tmp_path / "mine.pt"
     assert portable_path(own) == str(own.resolve()) == resolve_path(str(own.resolve()))
+
+
+def test_the_shipped_reranker_explains_on_the_grid_its_card_names(tmp_path):
+    """The card's explain_image_size (the pointing game's choice, docs/explain.md) applies to the shipped
+    file's pictures only; scores keep the trained grid, and a copy elsewhere is any other checkpoint."""
+    import shutil
+
+    from itm.checkpoint import load_checkpoint
+
+    path = shipped_checkpoint("bssan")
+    size = shipped_card()["models"]["bssan"]["explain_image_size"]
+    trained = load_checkpoint(path).config.features.image_size
+    assert size != trained
+    assert load_checkpoint(path, explaining=True).config.features.image_size == size
+    copy = shutil.copy(path, tmp_path / "bssan.pt")
+    assert load_checkpoint(copy, explaining=True).config.features.image_size == trained

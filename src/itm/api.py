@@ -75,14 +75,17 @@ class Model:
             raise DataError("score: give at least one image and one caption")
         return score_all_pairs(self.model, self.image_features(images), self.encode_captions(captions))
 
-    def explain(self, image: str | Path, caption: str) -> dict:
+    def explain(self, image: str | Path, caption: str, method: str = "concept") -> dict:
         """The model's attention for one pair as matplotlib figures, by the names the model declares,
-        on the explanation grid (``eval.explain_image_size``). Words the model could not read, and a
-        declared map that cannot be drawn, are one-line warnings (``warnings``)."""
+        on the explanation grid (``eval.explain_image_size``); with ``method`` "concept" (default)
+        first the "concept" sheet of where each word's thing is (``itm.viz.explain.concept_figure``),
+        "attention": the model's maps alone. Words the model could not read, and a map that cannot be
+        drawn, are one-line warnings (``warnings``)."""
         from itm.pipeline import cache_root
         from itm.viz.explain import explain_photo
 
-        explained = explain_photo(self.checkpoint, image, caption, cache_root(self.checkpoint.config) / "features")
+        explained = explain_photo(self.checkpoint, image, caption, cache_root(self.checkpoint.config) / "features",
+                                  method=method)
         for note in filter(None, [explained.words.notice(), *explained.drawn.not_drawn]):
             warnings.warn(note, stacklevel=2)
         return explained.drawn.figures

@@ -44,13 +44,24 @@ def shipped_card() -> dict:
         raise ItmError(f"shipped model card {path}: unreadable ({exc.__class__.__name__})") from None
 
 
+def _card_entry(path: str | Path) -> dict:
+    """The card's entry of a shipped model file; {} for any other file."""
+    name = portable_path(path)
+    if not name.startswith("shipped:"):
+        return {}
+    return shipped_card()["models"][name.split(":", 1)[1]]
+
+
 def shipped_word_table(path: str | Path) -> dict | None:
     """The word-vector table a shipped model was trained from (its card says; the files predate the
     checkpoints' own record), or None for any other file."""
-    name = portable_path(path)
-    if not name.startswith("shipped:"):
-        return None
-    return shipped_card()["models"][name.split(":", 1)[1]].get("word_table")
+    return _card_entry(path).get("word_table")
+
+
+def shipped_explain_image_size(path: str | Path) -> int | None:
+    """The image size a shipped model's explanations are drawn at (its card's ``explain_image_size``,
+    chosen by the pointing game: docs/explain.md), or None for any other file."""
+    return _card_entry(path).get("explain_image_size")
 
 
 def search_checkpoints(shortlist: str | None, checkpoint: str | None, rerank: bool = True) -> tuple[str, str | None]:

@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-image", help="retrieval mode: image file name in the split -> top-5 captions")
     parser.add_argument("--query-caption", help="retrieval mode: caption text -> top-5 images")
     parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--method", default="concept", choices=["concept", "attention"],
+                        help="pair mode: concept (default) also draws where each word's thing is: the backbone's "
+                             "ImageNet classifier for the classes the word names, the attention for a word naming "
+                             "none (concept.png); attention: the model's maps alone")
     add_scoring_set_argument(parser)
     add_device_argument(parser)
 
@@ -47,7 +51,8 @@ def explain_pair_command(args: argparse.Namespace) -> None:
     from itm.viz.render import save_figure
 
     ckpt = load_checkpoint(args.checkpoint, args.overrides, device=args.device, explaining=True)
-    explained = explain_photo(ckpt, args.image, args.caption, cache_root(ckpt.config) / "features")
+    explained = explain_photo(ckpt, args.image, args.caption, cache_root(ckpt.config) / "features",
+                              method=args.method)
     explanation, grid = explained.explanation, explained.grid_shape
     parts = ", ".join(f"{k} {v:.3f}" for k, v in explanation.parts.items())
     where = f" on a {grid[0]} x {grid[1]} grid ({explained.image_size} px)" if grid else ""

