@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import WORDS, index_checkpoint, photo_folder
+from helpers import WORDS, index_checkpoint, photo, photo_folder
 
 from itm.checkpoint import load_checkpoint
 from itm.cli import main
@@ -241,3 +241,53 @@ def test_a_typo_of_a_word_outside_the_training_captions_is_read_by_the_tables_sp
     ckpt = load_checkpoint(index_checkpoint(tmp_path / "new.pt", "dual", open_vocabulary=True))
     report = ckpt.vocab.report([["a", "girafe", "qqqzzzx"]])
     assert report.read_as == {"girafe": "giraffe"} and report.unreadable == ["qqqzzzx"]
+
+
+def test_a_new_word_naming_imagenet_classes_also_ranks_the_photos_by_them(index):
+    """"zebra" is outside the training words and names ImageNet's zebra: the re-ranked scores gain the
+    photos' evidence for it, scaled to the scores' spread; --no-concepts keeps the models' order."""
+    from itm.features.concepts import cached_concept_maps, with_evidence
+    from itm.retrieval.search import Searcher
+
+    searcher = Searcher(index)
+    plain = searcher.search("a red zebra", k=5, concepts=False)
+    looked = searcher.search("a red zebra", k=5)
+    assert plain.concepts == [] and looked.concepts == ["zebra"]
+    assert looked.notice() == "also looked for by ImageNet's classes: zebra" and plain.notice() is None
+    settings = searcher.models.reranker.config.features
+    sha1s = [searcher.sha1_of_id[h.image_id] for h in plain]
+    evidence = cached_concept_maps(settings.backbone, settings.weights).evidence(
+        searcher.feature_rows(sha1s).regions, ["zebra"])
+    expected = with_evidence(np.array([h.score for h in plain]), evidence)
+    got = {h.image_id: h.score for h in looked}
+    np.testing.assert_allclose([got[h.image_id] for h in plain], expected, rtol=1e-5, atol=1e-6)
+    from itm.service.app import create_app
+
+    client = TestClient(create_app(searcher))
+    body = client.post("/search", json={"text": "a red zebra", "k": 2}).json()
+    assert body["concepts"] == ["zebra"] and "ImageNet's classes: zebra" in body["notice"]
+    assert client.post("/search", json={"text": "a red zebra", "k": 2, "concepts": False}).json()["concepts"] == []
+
+
+def test_eval_by_vocabulary_reports_text_queries_with_concepts(tmp_path, monkeypatch, capsys):
+    """On Lite0 features (a backbone with a classifier) --by-vocabulary adds ``concept_search``: plain
+    and with-concept t2i by group, the captions changed ("zebra" names ImageNet's zebra), the interval."""
+    import json as json_module
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    for name, colour in (("a.jpg", "red"), ("b.jpg", "blue"), ("c.jpg", "green")):
+        photo(data / "images" / name, colour)
+    texts = {"a.jpg": ["a red square", "a red zebra"], "b.jpg": ["a blue square", "a blue dog"],
+             "c.jpg": ["a green zebra", "a green photo"]}
+    (data / "dataset_z.json").write_text(json_module.dumps({"images": [
+        {"filename": n, "split": "test", "sentences": [{"raw": t, "tokens": t.split()} for t in ts]}
+        for n, ts in texts.items()]}))
+    checkpoint = index_checkpoint(tmp_path / "bssan.pt", "bssan", open_vocabulary=True)
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "test",
+                 "--by-vocabulary", "--json", str(tmp_path / "out.json"), "--no-progress"]) == 0
+    search = json_module.loads((tmp_path / "out.json").read_text())["concept_search"]
+    assert search["captions_changed"] == 2
+    assert search["plain"]["unseen"]["captions"] == 2 and search["with_concepts"]["seen"] == search["plain"]["seen"]
+    assert len(search["unseen_r1_change_interval"]) == 2
+    assert "text queries with concepts (2 captions'" in capsys.readouterr().out

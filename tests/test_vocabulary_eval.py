@@ -10,8 +10,11 @@ from itm.evaluation.vocabulary import (
     has_unseen_word,
     i2t_ranks,
     probe_words,
+    r1_gain_interval,
     recall_by_vocabulary,
+    t2i_by_vocabulary,
     t2i_ranks,
+    with_concept_evidence,
 )
 
 SEEN = {"a", "dog", "runs", "red", "car"}
@@ -52,3 +55,34 @@ def test_probe_words_name_two_or_more_photos_and_recall_counts_them_in_the_top_k
     result = concept_probe(scores, [np.array([0, 2])], ["giraffe"], k=1)
     assert result["per_word"]["giraffe"] == {"photos": 2, "recall": 50.0}
     assert result["recall"] == 50.0 and result["chance"] == pytest.approx(100 / 7)
+
+
+def test_concept_evidence_changes_only_the_columns_of_captions_whose_new_words_name_a_class():
+    scores = np.array([[0.5, 0.2, 0.1, 0.3, 0.9, 0.1],
+                       [0.4, 0.3, 0.8, 0.35, 0.1, 0.6],
+                       [0.1, 0.9, 0.2, 0.4, 0.5, 0.2]], dtype=np.float32)
+    asked = []
+
+    def evidence(words):  # only "giraffes" names a class, shown by photo 1
+        asked.append(words)
+        return np.array([0.0, 3.0, -3.0]) if "giraffes" in words else None
+
+    looked, changed = with_concept_evidence(scores, TOKENS, SEEN, 30, evidence)
+    assert changed.tolist() == [False, False, False, True, False, False]
+    assert ["giraffe"] in asked and ["two", "giraffes", "eat"] in asked and ["a", "dog"] not in asked
+    np.testing.assert_array_equal(looked[:, ~changed], scores[:, ~changed])
+    assert scores[:, 3].argmax() == 2 and looked[:, 3].argmax() == 1  # caption 3 now finds its photo
+    spread = scores[:, 3].std() / np.array([0.0, 3.0, -3.0]).std()
+    np.testing.assert_allclose(looked[:, 3], scores[:, 3] + spread * np.array([0.0, 3.0, -3.0]), rtol=1e-6)
+    groups = t2i_by_vocabulary(looked, OWNER, has_unseen_word(TOKENS, SEEN, 30))
+    assert groups["unseen"]["captions"] == 3 and groups["all"]["captions"] == 6
+
+
+def test_the_r1_gain_interval_resamples_photos():
+    owner = np.array([0, 0, 1, 1, 2, 2])
+    before = np.array([1, 1, 1, 1, 1, 1])
+    after = np.array([0, 0, 0, 0, 0, 0])  # every caption gains R@1: +100 points in every resample
+    everyone = np.ones(6, dtype=bool)
+    assert r1_gain_interval(before, after, owner, everyone) == [100.0, 100.0]
+    low, high = r1_gain_interval(before, np.array([0, 0, 1, 1, 1, 1]), owner, everyone)  # one photo of three
+    assert low == 0.0 and high == 100.0 and low < 100 / 3 < high

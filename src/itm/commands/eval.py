@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         print(vocabulary_lines(result))
     if args.json_out:
         out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
-        for key in ("by_vocabulary", "concept_probe"):
+        for key in ("by_vocabulary", "concept_probe", "concept_search"):
             if key in result:
                 out[key] = result[key]
         out["checkpoint"] = " + ".join(args.checkpoint)
@@ -130,8 +130,25 @@ def vocabulary_report(checkpoints, splits, members, scores, config, normalise: s
     queries = [["a", word] for word in photos]
     probes = [encode_captions(queries, ckpt.vocab, ckpt.config.data.max_words) for ckpt in checkpoints] if queries \
         else []
+    text_side = (tokens, seen, config.data.max_words)
     return evaluate_vocabulary(members, scores, owner, unseen, photos, probes, config.eval.memory_budget_mb,
-                               normalise)
+                               normalise, text_side, concept_evidence(config, splits[0]))
+
+
+def concept_evidence(config, split):
+    """words -> (n_images,) the backbone's ImageNet evidence for them in the split's photos, or None
+    when the features have no grid or the backbone no classifier over it (then no concept figures)."""
+    from itm.errors import ItmError
+    from itm.features.concepts import cached_concept_maps
+
+    if split.features.grid_shape is None:
+        return None
+    try:
+        concepts = cached_concept_maps(config.features.backbone, config.features.weights)
+    except ItmError:
+        return None
+    probs = concepts.probabilities(split.features.regions).numpy()  # (n_images, K), once
+    return lambda words: concepts.evidence_from(probs, words)
 
 
 def vocabulary_lines(result: dict) -> str:
@@ -144,6 +161,14 @@ def vocabulary_lines(result: dict) -> str:
     probe = result["concept_probe"]
     lines.append(f"concept probe ('a WORD', {probe['words']} unseen words naming 2+ photos): recall@{probe['k']} "
                  f"{probe['recall']:.1f} (chance {probe['chance']:.1f})")
+    search = result.get("concept_search")
+    if search:
+        plain, looked = search["plain"], search["with_concepts"]
+        low, high = search["unseen_r1_change_interval"]
+        lines.append(f"text queries with concepts ({search['captions_changed']} captions' unseen words name ImageNet "
+                     f"classes): t2i R@1 seen {looked['seen']['t2i']['r1']:.1f}, unseen {plain['unseen']['t2i']['r1']:.1f} "
+                     f"-> {looked['unseen']['t2i']['r1']:.1f} (change 95% interval over photos {low:+.1f}, {high:+.1f}); "
+                     f"probe recall@{probe['k']} {search['probe_with_concepts']['recall']:.1f}")
     return "\n".join(lines)
 
 

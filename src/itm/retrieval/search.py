@@ -115,11 +115,19 @@ def _union(lists) -> list[str]:
 
 
 class SearchResults(list):
-    """Ranked hits (a list), with ``words``: how the models read the query (``WordReport``)."""
+    """Ranked hits (a list), with ``words``: how the models read the query (``WordReport``), and
+    ``concepts``: its words outside the training captions whose ImageNet classes also ranked the photos."""
 
-    def __init__(self, hits, words: WordReport):
+    def __init__(self, hits, words: WordReport, concepts: list[str] | None = None):
         super().__init__(hits)
         self.words = words
+        self.concepts = concepts or []
+
+    def notice(self) -> str | None:
+        """One line for the user: the words not read, and those also looked for by ImageNet's classes."""
+        parts = [self.words.notice(), f"also looked for by ImageNet's classes: {', '.join(self.concepts)}"
+                 if self.concepts else None]
+        return "; ".join(p for p in parts if p) or None
 
 
 def query_tokens(text: str) -> list[str]:
@@ -251,9 +259,11 @@ class Searcher:
         cache = FeatureCache(folder, settings)
         return cache, cache.index()
 
-    def search(self, text: str, k: int = 10, rerank: int = 50) -> SearchResults:
-        """Ranked photos for a text query: the shortlist's top ``max(k, rerank)``, re-ranked exactly.
-        ``.words`` of the result says which words the models could not read (or read by spelling)."""
+    def search(self, text: str, k: int = 10, rerank: int = 50, concepts: bool = True) -> SearchResults:
+        """Ranked photos for a text query: the shortlist's top ``max(k, rerank)``, re-ranked exactly;
+        with ``concepts``, the query's words outside the training captions that name ImageNet classes
+        also rank them by the classes' evidence (``concept_evidence``). ``.words`` of the result says
+        which words the models could not read (or read by spelling), ``.concepts`` which were looked for."""
         if k < 1:
             raise ItmError(f"k: must be at least 1, got {k}")
         words = self.models.read(text)
@@ -261,9 +271,29 @@ class Searcher:
             return SearchResults([], words)
         sha1s, short = self.shortlist(text, max(k, rerank))
         scores = self.rerank(text, sha1s) if self.models.reranker is not None and rerank > 0 else short
+        looked_for = []
+        if concepts and words.unseen:
+            scores, looked_for = self.concept_evidence(scores, sha1s, words.unseen)
         order = np.argsort(-scores, kind="stable")[:k]
         return SearchResults([Hit(self.images[sha1s[i]][0], self.paths[sha1s[i]][0], float(scores[i]),
-                                  float(short[i]), self.paths[sha1s[i]]) for i in order], words)
+                                  float(short[i]), self.paths[sha1s[i]]) for i in order], words, looked_for)
+
+    def concept_evidence(self, scores: np.ndarray, sha1s: list[str], words: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The candidates' scores plus the backbone's evidence that they show what ``words`` name
+        (``itm.features.concepts.with_evidence``; the words the models never saw in training), and the
+        words that named a class. Unchanged when none does or the backbone has no classifier."""
+        from itm.features.concepts import cached_concept_maps, with_evidence
+
+        settings = (self.models.reranker or self.models.shortlist).config.features
+        try:
+            concepts = cached_concept_maps(settings.backbone, settings.weights)
+        except ItmError:  # no classifier over the map (a user's VGG), or ImageNet's names not installed
+            return scores, []
+        named = [w for w in words if concepts.concepts(w).found]
+        evidence = concepts.evidence(self.feature_rows(sha1s).regions, named) if named else None
+        if evidence is None:
+            return scores, []
+        return with_evidence(scores, evidence), named
 
 
     def path_of(self, image_id: int) -> Path | None:

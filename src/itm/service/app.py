@@ -1,7 +1,8 @@
 """The search service: FastAPI over one index (``itm serve``).
 
-Endpoints: ``POST /search`` {text, k, rerank} -> ranked photos, with ``words`` (the query's words the
-models read only through their word table, read by spelling, or could not read) and a one-line ``notice``; ``GET /images/{id}`` and
+Endpoints: ``POST /search`` {text, k, rerank, concepts} -> ranked photos, with ``words`` (the query's words
+the models read only through their word table, read by spelling, or could not read), ``concepts`` (those
+of them also looked for by ImageNet's classes) and a one-line ``notice``; ``GET /images/{id}`` and
 ``GET /thumbnails/{id}`` by image id from the index database (never by path);
 ``GET /explain?image_id=..&text=..[&method=concept|attention]`` -> where each word's thing is (default)
 or the matcher's word heat maps, as a PNG; ``GET /health``;
@@ -35,6 +36,7 @@ class SearchRequest(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(default=12, ge=1, le=MAX_K)
     rerank: int = Field(default=50, ge=0, le=1000)
+    concepts: bool = True  # words outside the training captions also rank photos by their ImageNet classes
 
 
 class BodyTooLarge(BaseException):
@@ -102,10 +104,11 @@ def create_app(searcher: Searcher, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
     def search(request: SearchRequest) -> dict:
         try:
             with lock:
-                hits = searcher.search(request.text, request.k, request.rerank)
+                hits = searcher.search(request.text, request.k, request.rerank, request.concepts)
         except ItmError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"query": request.text, "words": hits.words.to_dict(), "notice": hits.words.notice(), "results": [
+        return {"query": request.text, "words": hits.words.to_dict(), "concepts": hits.concepts,
+                "notice": hits.notice(), "results": [
             {"rank": n + 1, "image_id": h.image_id, "path": h.path, "score": h.score,
              "shortlist_score": h.shortlist_score, "image": f"/images/{h.image_id}",
              "thumbnail": f"/thumbnails/{h.image_id}"} for n, h in enumerate(hits)]}

@@ -7,7 +7,6 @@ the real attention and rankings, then calls them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,25 +194,18 @@ def check_explain_method(method: str) -> str:
     return method
 
 
-@functools.lru_cache(maxsize=4)
-def _concept_maps(backbone: str, weights: str | None):
-    from itm.config import FeatureConfig
-    from itm.features.concepts import concept_maps_for
-
-    return concept_maps_for(FeatureConfig(backbone=backbone, weights=weights))
-
-
 def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: torch.Tensor, settings) -> Figure | str:
     """The "where" sheet: per word, its concept map where it names an ImageNet class, the model's
     words-over-regions attention where it names none, nothing where the model could not read it.
     ``regions`` (D, C): the photo's grid features; ``settings``: their FeatureConfig. A one-line reason
     (str) instead when the backbone has no classifier over its map or the model no such attention."""
     from itm.evaluation.grounding import unit_range
+    from itm.features.concepts import cached_concept_maps
 
     if ctx.grid_shape is None:
         return "the features carry no region grid"
     try:
-        concepts = _concept_maps(settings.backbone, settings.weights)
+        concepts = cached_concept_maps(settings.backbone, settings.weights)
     except ItmError as exc:  # no classifier over the map, its weights or ImageNet's names missing
         return str(exc)
     maps = concepts.maps(regions, explanation.words)  # (L, D); zero rows: no class named
