@@ -129,6 +129,11 @@ class TrainConfig:
     word_drop: float = 0.0  # probability of deleting each caption word per training step (augmentation)
     ema_decay: float = 0.0  # > 0: validate and keep a moving average of the weights (decay per step)
     precision: str = "fp32"  # fp32 | bf16: autocast of the training forward (itm.devices)
+    # distillation (in-batch objectives): also match the in-batch score distribution of these trained
+    # checkpoints' z-scored mean (an ensemble) both ways; docs/results/ensembles.md (Distillation)
+    distill_from: list[str] = field(default_factory=list)
+    distill_weight: float = 1.0
+    distill_temperature: float = 0.25  # the teachers' z-scored block over this, softmaxed
 
 
 @dataclass
@@ -380,8 +385,9 @@ def validate(config: Config) -> None:
     check_fields("text", config.text, non_negative=("anchor_weight",),
                  choices={"source": ("glove", "minilm"), "vocabulary": ("open", "closed")})
     check_fields("train", config.train,
-                 positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience"),
-                 non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes"),
+                 positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience",
+                           "distill_temperature"),
+                 non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes", "distill_weight"),
                  fraction=("region_drop", "word_drop", "ema_decay"), optional_positive=("max_minutes", "threads"),
                  choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine"),
                           "precision": PRECISIONS})
@@ -392,6 +398,9 @@ def validate(config: Config) -> None:
 
     if config.train.loss not in LOSSES:
         raise ConfigError(f"train.loss: '{config.train.loss}' is not one of {', '.join(LOSSES.names())}")
+    if config.train.distill_from and config.train.loss == "pairwise_hinge":
+        raise ConfigError("train.distill_from: distillation matches in-batch score distributions; use an in-batch "
+                          "train.loss (infonce or vse_hardest), not pairwise_hinge")
 
 
 def validate_features(features: FeatureConfig) -> None:

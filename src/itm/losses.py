@@ -40,6 +40,17 @@ def vse_hardest(scores: torch.Tensor, positives: torch.Tensor, margin: float) ->
     return cost_caption.max(dim=1).values.mean() + cost_image.max(dim=0).values.mean()
 
 
+def distillation(scores: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the in-batch distributions, each image over the captions and each
+    caption over the images, averaged: ``scores`` (B_img, B_cap) the student's (over ``temperature``,
+    as its InfoNCE reads them), ``teacher`` (B_img, B_cap) the teachers' logits (no gradient)."""
+    logits = scores / temperature
+    rows = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(teacher, 1), reduction="batchmean", log_target=True)
+    cols = F.kl_div(F.log_softmax(logits.t(), 1), F.log_softmax(teacher.t(), 1), reduction="batchmean",
+                    log_target=True)
+    return (rows + cols) / 2
+
+
 LOSSES.add("pairwise_hinge", pairwise_hinge, "siamese hinge with sampled unmatched captions (BSSAN's eq. 7)")
 LOSSES.add("infonce", infonce, "symmetric InfoNCE over in-batch pairs")
 LOSSES.add("vse_hardest", vse_hardest, "VSE++ hardest in-batch negative hinge")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from itm.data.types import Captions
-from itm.losses import LOSSES
+from itm.losses import LOSSES, distillation
 from itm.registry import Registry
 
 Parts = dict[str, torch.Tensor]
@@ -39,6 +39,8 @@ class TrainingBatch:
     # (image indices, caption indices) -> (image streams, captions): the model's inputs, augmented
     inputs: Callable[[torch.Tensor, torch.Tensor], tuple[dict, Captions]]
     share: slice | None = None  # under torchrun: this process's rows of the global batch
+    # (image streams, captions) of the global batch -> (B, B) the teachers' logits (train.distill_from)
+    teacher: Callable[[dict, Captions], torch.Tensor] | None = None
 
     @property
     def images(self) -> torch.Tensor:
@@ -101,7 +103,12 @@ def in_batch_objective(batch: TrainingBatch, aligned: AlignedScorer, block: Alig
     parts = {name: gather_rows_with_grad(part) for name, part in parts.items()}  # (B, B) each
     loss_fn = LOSSES.get(batch.cfg.loss)
     extra = getattr(batch.cfg, IN_BATCH_PARAMETER[batch.cfg.loss])
-    return sum(weights.get(name, 1.0) * loss_fn(s, positives, extra) for name, s in parts.items())
+    loss = sum(weights.get(name, 1.0) * loss_fn(s, positives, extra) for name, s in parts.items())
+    if batch.teacher is not None:  # the ensemble's in-batch distributions as soft targets
+        target = batch.teacher(streams, captions)  # (B, B), no gradient
+        loss = loss + batch.cfg.distill_weight * sum(
+            weights.get(name, 1.0) * distillation(s, target, batch.cfg.temperature) for name, s in parts.items())
+    return loss
 
 
 def gather_rows_with_grad(part: torch.Tensor) -> torch.Tensor:

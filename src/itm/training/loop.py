@@ -97,12 +97,12 @@ def training_inputs(model: Matcher, split: PreparedSplit, images: torch.Tensor, 
 
 
 def training_batch(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
-                   cfg: TrainConfig, gen: torch.Generator) -> TrainingBatch:
+                   cfg: TrainConfig, gen: torch.Generator, teacher=None) -> TrainingBatch:
     def inputs(images: torch.Tensor, captions: torch.Tensor):
         return training_inputs(model, split, images, captions, cfg, gen)
 
     share = shard(len(caps)) if world_size() > 1 else None
-    return TrainingBatch(caps, owner, cfg, gen, inputs, share)
+    return TrainingBatch(caps, owner, cfg, gen, inputs, share, teacher)
 
 
 class LossModule(torch.nn.Module):
@@ -153,6 +153,7 @@ class Trainer:
         self.state = LoopState()
         self.average = WeightAverage(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.loss = loss_function(model)
+        self.teacher = None  # itm.training.distill.Teachers when train.distill_from names checkpoints
 
     # -- checkpoints ------------------------------------------------------------------------------
     def last_good(self) -> str:
@@ -213,7 +214,7 @@ class Trainer:
                 s = self.state.step
                 caps = order[s * self.cfg.batch_size : (s + 1) * self.cfg.batch_size]
                 with precision_context(model_device(self.model), self.cfg.precision):
-                    loss = self.loss(training_batch(self.model, train, caps, owner, self.cfg, gen))
+                    loss = self.loss(training_batch(self.model, train, caps, owner, self.cfg, gen, self.teacher))
                 loss = loss.float()  # the backward pass runs outside autocast, as torch recommends
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "

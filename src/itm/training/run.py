@@ -119,6 +119,12 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     settings = train.features.settings or {}
     word_table = word_table_record(config)
     trainer = Trainer(model, config, run_dir, lambda: model_payload(model, config, vocab, dims, settings, word_table))
+    if config.train.distill_from:
+        from itm.training.distill import load_teachers
+
+        trainer.teacher = load_teachers(config.train.distill_from, vocab, settings, config.train.distill_temperature,
+                                        device)
+        log(f"distilling from {len(trainer.teacher.members)} teachers: {', '.join(config.train.distill_from)}")
     if payload is not None:
         trainer.restore(payload)
     result = trainer.fit(train, val, progress=progress)
