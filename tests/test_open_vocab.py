@@ -188,6 +188,11 @@ def test_explain_and_the_api_report_unreadable_words(tmp_path, monkeypatch, caps
     assert main(["explain", "--checkpoint", str(checkpoint), "--image", str(photos / "red.jpg"),
                  "--caption", "a red zzzqqq", "--out", str(tmp_path / "pics"), "--device", "cpu"]) == 0
     assert "note: the model could not read: zzzqqq" in capsys.readouterr().out.splitlines()
+    assert (tmp_path / "pics" / "concept.png").is_file()  # the default method draws the "where" sheet first
+    assert main(["explain", "--checkpoint", str(checkpoint), "--image", str(photos / "red.jpg"),
+                 "--caption", "a red square", "--out", str(tmp_path / "plain"), "--method", "attention"]) == 0
+    drawn = {p.stem for p in (tmp_path / "plain").glob("*.png")}
+    assert drawn and "concept" not in drawn
     model = itm.load_model(checkpoint, device="cpu")
     assert model.read(["a giraffe", "zzzqqq dog"]) == WordReport(unseen=["giraffe"], unreadable=["zzzqqq"])
     with pytest.warns(UserWarning, match="could not read: zzzqqq"):
