@@ -85,12 +85,17 @@ def _top_object(row: np.ndarray, grid, size, photo: ImageBoxes, category: str, i
     return point_at(((x1 + x2) / 2, (y1 + y2) / 2), grid, size, photo, category)
 
 
+def read_tokens(split: PreparedSplit, image: int) -> list[list[str]]:
+    """The image's captions' words as the model reads them (cut at the encoded length)."""
+    record = split.dataset.images[image]
+    lengths = split.captions.lengths[torch.as_tensor(np.flatnonzero(split.caption_to_image == image))].tolist()
+    return [tokens[:n] for tokens, n in zip(record.tokens, lengths, strict=True)]
+
+
 def gradient_rows(model: Matcher, split: PreparedSplit, image: int, encode) -> list[np.ndarray]:
     """Per caption of the image, (n_words, D): for each word, the Grad-CAM map of the query "a WORD"
     on the photo: ReLU(sum over channels of region feature x d score / d region feature), per cell."""
-    record = split.dataset.images[image]
-    lengths = split.captions.lengths[torch.as_tensor(np.flatnonzero(split.caption_to_image == image))].tolist()
-    captions_read = [tokens[:n] for tokens, n in zip(record.tokens, lengths, strict=True)]  # as the model reads them
+    captions_read = read_tokens(split, image)
     words = sorted({w for tokens in captions_read for w in tokens})
     captions = encode([["a", w] for w in words])
     device = model_device(model)
@@ -106,10 +111,8 @@ def gradient_rows(model: Matcher, split: PreparedSplit, image: int, encode) -> l
 
 def concept_rows(split: PreparedSplit, image: int, concepts) -> list[np.ndarray]:
     """Per caption of the image, (n_words, D): each word's concept map over the image's cells."""
-    record = split.dataset.images[image]
-    lengths = split.captions.lengths[torch.as_tensor(np.flatnonzero(split.caption_to_image == image))].tolist()
     regions = split.features.regions[image]  # (D, C)
-    return [concepts.maps(regions, tokens[:n]) for tokens, n in zip(record.tokens, lengths, strict=True)]
+    return [concepts.maps(regions, tokens) for tokens in read_tokens(split, image)]
 
 
 def unit_range(rows: np.ndarray) -> np.ndarray:

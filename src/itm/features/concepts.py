@@ -183,8 +183,12 @@ class ConceptMaps:
         named = [self.concepts(w) for w in words if self.concepts(w).found]
         if not named:
             return None
-        ratios = np.stack([probs[:, c.classes].sum(1) * len(self.classes) / len(c.classes) for c in named])
+        ratios = np.stack([self._over_chance(probs, c) for c in named])
         return np.log(np.maximum(ratios, 1e-12)).mean(0)  # (N,)
+
+    def _over_chance(self, probs, found: WordConcepts):
+        """(..., K) class probabilities -> (...,) the found classes' summed probability over their uniform share."""
+        return probs[..., found.classes].sum(-1) * len(self.classes) / len(found.classes)
 
     def seen(self, regions: torch.Tensor, word: str) -> float:
         """How much likelier than chance the classifier finds the word's classes in the whole photo:
@@ -193,18 +197,18 @@ class ConceptMaps:
         found = self.concepts(word)
         if not found.found:
             return 0.0
-        probs = self.probabilities(regions[None])[0]  # (K,)
-        return float(probs[found.classes].sum()) * len(self.classes) / len(found.classes)
+        return float(self._over_chance(self.probabilities(regions[None])[0], found))
 
     def maps(self, regions: torch.Tensor, words: list[str]) -> np.ndarray:
         """(D, C) one photo's region features -> (n_words, D): per word, the similarity-weighted class
         logits of its classes in each cell. A word naming no class, or whose classes the photo likely
         does not show (``seen`` below 1), gets a row of zeros: no map, so no confident-looking peak."""
         logits = regions.float() @ self.weight.T + self.bias  # (D, K)
+        probs = torch.softmax(logits.mean(0), dim=0)  # (K,): the classifier is linear, so pooled logits = mean
         rows = np.zeros((len(words), regions.shape[0]), np.float32)
         for n, word in enumerate(words):
             found = self.concepts(word)
-            if found.found and self.seen(regions, word) >= 1:
+            if found.found and self._over_chance(probs, found) >= 1:  # ``seen``, computed once per photo
                 rows[n] = (logits[:, found.classes] @ torch.tensor(found.weights)).numpy()
         return rows
 
