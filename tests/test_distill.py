@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import DIM, fit_quietly, setup_run
+from helpers import DIM, fit_quietly, setup_run, short_run_overrides
 
 from itm.data.synthetic import synthetic_split
 from itm.data.vocab import Vocab
@@ -62,3 +62,17 @@ def test_a_student_trains_against_a_teacher_and_bad_teachers_are_one_line(tmp_pa
     other_vocab = Vocab.from_list([*vocab.to_list(), "zebra"])  # trained on other captions: other ids
     with pytest.raises(ConfigError, match="another training vocabulary"):
         load_teachers([str(tmp_path / "teacher")], other_vocab, settings, 0.25)
+
+
+def test_teachers_of_another_model_get_the_streams_they_read(tmp_path):
+    """An MLASM teacher reads the whole-image vector a CAAN student does not: the step reads it for it."""
+    teacher_run, train, val = setup_run(tmp_path / "teacher", "train.loss=infonce", "train.epochs=1", n_train=64,
+                                        n_val=8, model_overrides=short_run_overrides("mlasm"))
+    fit_quietly(teacher_run, train, val)
+    _, vocab = synthetic_split(64, seed=0, region_dim=DIM)
+    teachers = load_teachers([str(tmp_path / "teacher")], vocab, {"backbone": "synthetic"}, 0.25)
+    student, train, val = setup_run(tmp_path / "student", "train.loss=infonce", "train.epochs=1", n_train=64,
+                                    n_val=8, model_overrides=short_run_overrides("caan"))
+    assert "whole" in teachers.image_streams and "whole" not in student.model.image_streams
+    student.teacher = teachers
+    assert fit_quietly(student, train, val)["epochs"] == 1

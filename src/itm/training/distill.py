@@ -32,6 +32,8 @@ class Teachers:
         self.temperature = temperature
         for member in members:
             member.model.eval().requires_grad_(False)
+        # the streams the step must also read for them (MLASM's whole-image vector, say)
+        self.image_streams = tuple(dict.fromkeys(k for m in members for k in m.model.image_streams))
 
     @torch.no_grad()
     def __call__(self, streams: dict[str, torch.Tensor], captions: Captions) -> torch.Tensor:

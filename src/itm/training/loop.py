@@ -83,12 +83,13 @@ def batch_captions(captions: Captions, index: torch.Tensor) -> Captions:
 
 
 def training_inputs(model: Matcher, split: PreparedSplit, images: torch.Tensor, caps: torch.Tensor,
-                    cfg: TrainConfig, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], Captions]:
-    """The image streams the model reads and the captions of one step, with train.region_drop /
-    train.word_drop applied (the whole-image vector stays that of the full grid), on the model's
-    device. Augmentation draws on the CPU from the loop's generator, so a run's random stream is
-    the same on every device."""
-    streams = split.features.streams(model.image_streams, images)
+                    cfg: TrainConfig, gen: torch.Generator,
+                    also: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], Captions]:
+    """The image streams the model reads (and ``also``: the teachers' streams) and the captions of
+    one step, with train.region_drop / train.word_drop applied (the whole-image vector stays that of
+    the full grid), on the model's device. Augmentation draws on the CPU from the loop's generator,
+    so a run's random stream is the same on every device."""
+    streams = split.features.streams(tuple(dict.fromkeys(model.image_streams + tuple(also))), images)
     if "regions" in streams:
         streams["regions"] = drop_regions(streams["regions"], cfg.region_drop, gen)  # (B, D', M)
     captions = drop_words(batch_captions(split.captions, caps), cfg.word_drop, gen)
@@ -99,7 +100,7 @@ def training_inputs(model: Matcher, split: PreparedSplit, images: torch.Tensor, 
 def training_batch(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
                    cfg: TrainConfig, gen: torch.Generator, teacher=None) -> TrainingBatch:
     def inputs(images: torch.Tensor, captions: torch.Tensor):
-        return training_inputs(model, split, images, captions, cfg, gen)
+        return training_inputs(model, split, images, captions, cfg, gen, teacher.image_streams if teacher else ())
 
     share = shard(len(caps)) if world_size() > 1 else None
     return TrainingBatch(caps, owner, cfg, gen, inputs, share, teacher)
