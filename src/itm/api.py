@@ -101,7 +101,7 @@ def load_model(checkpoint: str | Path | None = None, device: str | None = None) 
     return Model(load_checkpoint(path, device=resolve_device(device)))
 
 
-def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | None = None,
+def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | list[str | Path] | None = None,
                 shortlist: str | Path | None = None, captions: str | Path | None = None, rerank: bool = True,
                 progress: bool = False, device: str | None = None):
     """Index (or update the index of) a photo folder; returns the update's report. The shipped models
@@ -110,8 +110,9 @@ def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | No
     from itm.retrieval.search import SearchModels
     from itm.shipped import search_checkpoints
 
-    short, matcher = search_checkpoints(None if shortlist is None else str(shortlist),
-                                        None if checkpoint is None else str(checkpoint), rerank)
+    wanted = None if checkpoint is None else str(checkpoint) if isinstance(checkpoint, (str, Path)) \
+        else [str(c) for c in checkpoint]
+    short, matcher = search_checkpoints(None if shortlist is None else str(shortlist), wanted, rerank)
     from itm.devices import resolve_device
 
     models = SearchModels(short, matcher, device=resolve_device(device))

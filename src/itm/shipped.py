@@ -64,9 +64,10 @@ def shipped_explain_image_size(path: str | Path) -> int | None:
     return _card_entry(path).get("explain_image_size")
 
 
-def search_checkpoints(shortlist: str | None, checkpoint: str | None, rerank: bool = True) -> tuple[str, str | None]:
-    """(shortlist, re-ranker) paths for an index: the shipped model for each one not given; no
-    re-ranker when ``rerank`` is False."""
+def search_checkpoints(shortlist: str | None, checkpoint: str | list[str] | None,
+                       rerank: bool = True) -> tuple[str, str | list[str] | None]:
+    """(shortlist, re-ranker or re-rankers) paths for an index: the shipped model for each one not
+    given; no re-ranker when ``rerank`` is False."""
     short = shortlist if shortlist is not None else str(shipped_checkpoint(ROLES["shortlist"]))
     if not rerank:
         return short, None

@@ -14,8 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the index folder (created; reused by later runs)")
     parser.add_argument("--shortlist", help="checkpoint of an indexable model, e.g. a dual encoder run "
                         "(default: the shipped dual encoder)")
-    parser.add_argument("--checkpoint", help="checkpoint of the cross-attention matcher that re-ranks the shortlist "
-                        "(default: the shipped BSSAN)")
+    parser.add_argument("--checkpoint", nargs="+", help="checkpoint of the cross-attention matcher that re-ranks the "
+                        "shortlist, or several: an ensemble, their scores z-scored and averaged (default: the shipped BSSAN)")
     parser.add_argument("--no-rerank", action="store_true", help="shortlist only: no cross-attention re-ranker")
     parser.add_argument("--captions", help="a caption collection to search by image: one caption a line (UTF-8)")
     parser.add_argument("--no-progress", action="store_true")

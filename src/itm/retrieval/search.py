@@ -2,9 +2,10 @@
 
 Stage 1 scores the query against every photo's shortlist vector (an indexable model, e.g. ``dual``)
 with FAISS: an exact inner-product index up to ``approximate_above`` photos, HNSW above. Stage 2
-scores the top ``rerank`` photos with the cross-attention matcher through its own
-``prepare_images`` / ``score_block``, reading their features from the feature cache and keeping each
-photo's prepared state, so a query costs only its K pairs.
+scores the top ``rerank`` photos with the cross-attention matcher (or an ensemble of them, their
+scores z-scored over the candidates and averaged) through its own ``prepare_images`` /
+``score_block``, reading their features from the feature cache and keeping each photo's prepared
+state, so a query costs only its K pairs per matcher.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
 from itm.devices import as_device, on_device
 from itm.errors import DataError, ItmError
+from itm.evaluation.evaluate import combine_scores
 from itm.features.cache import FeatureCache, content_key
 from itm.models.base import State, select_state
 from itm.retrieval.index import IndexStore
@@ -37,26 +39,33 @@ HNSW_EF_SEARCH = 128
 
 
 class SearchModels:
-    """The shortlist model (indexable) and the re-ranking matcher (optional), on one feature setting,
-    both on ``device`` (None: the CPU), where the backbone of new photos also runs."""
+    """The shortlist model (indexable) and the re-ranking matchers (none, one, or an ensemble whose
+    z-scored scores are averaged), on one feature setting, all on ``device`` (None: the CPU), where
+    the backbone of new photos also runs."""
 
-    def __init__(self, shortlist: str | Path, reranker: str | Path | None = None,
+    def __init__(self, shortlist: str | Path, reranker: str | Path | list[str | Path] | None = None,
                  device: torch.device | str | None = None):
         self.device = as_device(device)
-        self.paths = {"shortlist": portable_path(shortlist),
-                      "rerank": None if reranker is None else portable_path(reranker)}
+        rerankers = [] if reranker is None else [reranker] if isinstance(reranker, (str, Path)) else list(reranker)
+        self.paths = {"shortlist": portable_path(shortlist), "rerank": recorded([portable_path(p) for p in rerankers])}
         self.shortlist = load_checkpoint(shortlist, device=self.device)
         if not self.shortlist.model.indexable:
             raise ItmError(f"--shortlist {shortlist}: model '{self.shortlist.config.model.name}' cannot be indexed "
                            "(it has no per-image vector); use a dual encoder checkpoint")
-        self.reranker = None if reranker is None else load_checkpoint(reranker, device=self.device)
-        if self.reranker is not None and feature_key(self.reranker) != feature_key(self.shortlist):
-            raise ItmError(f"--checkpoint {reranker} and --shortlist {shortlist} were trained on different image "
-                           f"features ({feature_key(self.reranker)} vs {feature_key(self.shortlist)})")
+        self.rerankers = [load_checkpoint(path, device=self.device) for path in rerankers]
+        for path, ckpt in zip(rerankers, self.rerankers, strict=True):
+            if feature_key(ckpt) != feature_key(self.shortlist):
+                raise ItmError(f"--checkpoint {path} and --shortlist {shortlist} were trained on different image "
+                               f"features ({feature_key(ckpt)} vs {feature_key(self.shortlist)})")
         self.features = self.shortlist.config.features
         self._identity = {"shortlist_model": file_sha1(shortlist),
-                          "rerank_model": None if reranker is None else file_sha1(reranker),
+                          "rerank_model": recorded([file_sha1(p) for p in rerankers]),
                           "features": feature_key(self.shortlist)}
+
+    @property
+    def reranker(self) -> LoadedCheckpoint | None:
+        """The first re-ranker: the one whose attention explanations are drawn from."""
+        return self.rerankers[0] if self.rerankers else None
 
     def identity(self) -> dict:
         return dict(self._identity)
@@ -102,12 +111,17 @@ class SearchModels:
         """How the models read a query's words (those either model reads otherwise, merged); a query
         of which they can read no word is a one-line ItmError instead of a confident list."""
         tokens = query_tokens(text)
-        reports = [ckpt.vocab.report([tokens]) for ckpt in (self.shortlist, self.reranker) if ckpt is not None]
+        reports = [ckpt.vocab.report([tokens]) for ckpt in (self.shortlist, *self.rerankers)]
         words = WordReport(unseen=_union(r.unseen for r in reports), unreadable=_union(r.unreadable for r in reports),
                            read_as={w: k for r in reports for w, k in r.read_as.items()})
         if set(tokens) <= set(words.unreadable):
             raise ItmError(f"query {text!r}: the models can read none of its words ({', '.join(words.unreadable)})")
         return words
+
+
+def recorded(items: list):
+    """How an index records its re-rankers: None, the one (as indexes always have), or the list."""
+    return None if not items else items[0] if len(items) == 1 else items
 
 
 def _union(lists) -> list[str]:
@@ -182,8 +196,10 @@ class Searcher:
             raise DataError(f"index {index}: empty or not an itm index (build it with itm index)")
         if models is None:
             saved = self.store.meta("checkpoints")
-            models = SearchModels(resolve_path(saved["shortlist"]),
-                                  None if saved["rerank"] is None else resolve_path(saved["rerank"]), device=device)
+            rerank = saved["rerank"]  # None, one path, or an ensemble's list
+            models = SearchModels(resolve_path(saved["shortlist"]), None if rerank is None else
+                                  [resolve_path(p) for p in ([rerank] if isinstance(rerank, str) else rerank)],
+                                  device=device)
         self.store.check_identity(models.identity())
         self.models = models
         self.images = self.store.images()  # sha1 -> (image id, row)
@@ -197,7 +213,7 @@ class Searcher:
         self.faiss = shortlist_index(self.store, self.vectors, approximate_above)
         self.caption_texts, caption_vectors = self.store.captions()
         self.caption_faiss = build_faiss(caption_vectors, approximate_above) if self.caption_texts else None
-        self._states: OrderedDict[str, State] = OrderedDict()
+        self._states: OrderedDict[tuple[int, str], State] = OrderedDict()  # (re-ranker, sha1) -> its state
         self._state_cache = state_cache
         self._features = None  # (the feature cache, its table of contents), opened on first use
 
@@ -215,27 +231,30 @@ class Searcher:
 
     @torch.inference_mode()
     def rerank(self, text: str, sha1s: list[str]) -> np.ndarray:
-        """Exact cross-attention scores of the query against ``sha1s`` (prepared states cached)."""
-        ckpt = self.models.reranker
-        model = ckpt.model.eval()
-        captions = self.models.query_captions(text, ckpt)
-        images = self.prepared(sha1s)
-        return model.score_block(images, model.prepare_captions(captions))[:, 0].float().cpu().numpy()
+        """Exact cross-attention scores of the query against ``sha1s`` (prepared states cached); with
+        several re-rankers, the mean of their scores each z-scored over these candidates."""
+        blocks = []
+        for member, ckpt in enumerate(self.models.rerankers):
+            model = ckpt.model.eval()
+            captions = self.models.query_captions(text, ckpt)
+            images = self.prepared(member, sha1s)
+            blocks.append(model.score_block(images, model.prepare_captions(captions))[:, 0].float().cpu().numpy())
+        return combine_scores(blocks)
 
-    def prepared(self, sha1s: list[str]) -> State:
-        """The re-ranker's per-image states of ``sha1s`` stacked, computing only the missing ones."""
-        missing = [s for s in sha1s if s not in self._states]
+    def prepared(self, member: int, sha1s: list[str]) -> State:
+        """Re-ranker ``member``'s per-image states of ``sha1s`` stacked, computing only the missing ones."""
+        missing = [s for s in sha1s if (member, s) not in self._states]
         if missing:
-            model = self.models.reranker.model
+            model = self.models.rerankers[member].model
             features = self.feature_rows(missing)
             state = model.prepare_images(self.models.streams(model, features))  # kept on the device
             for i, sha1 in enumerate(missing):
-                self._states[sha1] = select_state(state, slice(i, i + 1))
+                self._states[member, sha1] = select_state(state, slice(i, i + 1))
         for sha1 in sha1s:
-            self._states.move_to_end(sha1)
-        while len(self._states) > max(self._state_cache, len(sha1s)):
+            self._states.move_to_end((member, sha1))
+        while len(self._states) > max(self._state_cache, len(sha1s) * len(self.models.rerankers)):
             self._states.popitem(last=False)
-        parts = [self._states[s] for s in sha1s]
+        parts = [self._states[member, s] for s in sha1s]
         return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
 
     def feature_rows(self, sha1s: list[str]) -> ImageFeatures:
@@ -270,7 +289,7 @@ class Searcher:
         if not len(self):
             return SearchResults([], words)
         sha1s, short = self.shortlist(text, max(k, rerank))
-        scores = self.rerank(text, sha1s) if self.models.reranker is not None and rerank > 0 else short
+        scores = self.rerank(text, sha1s) if self.models.rerankers and rerank > 0 else short
         looked_for = []
         if concepts and words.unseen:
             scores, looked_for = self.concept_evidence(scores, sha1s, words.unseen)
@@ -350,13 +369,15 @@ class Searcher:
         short, rows = self.caption_faiss.search(query, min(max(k, rerank), len(self.caption_texts)))
         rows, short = rows[0][rows[0] >= 0], short[0][rows[0] >= 0]
         scores = short
-        if self.models.reranker is not None and rerank > 0:
-            ckpt = self.models.reranker
-            model = ckpt.model.eval()
+        if self.models.rerankers and rerank > 0:
             tokens = [tokenize(self.caption_texts[r]) for r in rows]
-            captions = self.models.captions(encode_captions(tokens, ckpt.vocab, ckpt.config.data.max_words))
-            images = model.prepare_images(self.models.streams(model, features))
-            scores = model.score_block(images, model.prepare_captions(captions))[0].float().cpu().numpy()
+            blocks = []
+            for ckpt in self.models.rerankers:
+                model = ckpt.model.eval()
+                captions = self.models.captions(encode_captions(tokens, ckpt.vocab, ckpt.config.data.max_words))
+                images = model.prepare_images(self.models.streams(model, features))
+                blocks.append(model.score_block(images, model.prepare_captions(captions))[0].float().cpu().numpy())
+            scores = combine_scores(blocks)
         order = np.argsort(-scores, kind="stable")[:k]
         return [CaptionHit(int(rows[i]), self.caption_texts[rows[i]], float(scores[i]), float(short[i])) for i in order]
 
