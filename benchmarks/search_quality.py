@@ -36,6 +36,7 @@ import torch
 from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
 from itm.data.types import Dataset
+from itm.evaluation.evaluate import combine_scores
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import retrieval_metrics, summarize_ranks
 from itm.pipeline import prepare_split
@@ -48,24 +49,32 @@ KS = (10, 20, 50, 100)
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shortlist", required=True)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, nargs="+", help="the re-ranker, or several: an ensemble")
     parser.add_argument("--data", required=True)
     parser.add_argument("--index", help="an itm index of the whole collection: per-query latency over it")
     parser.add_argument("--queries", type=int, default=200, help="timed text queries")
     parser.add_argument("--million", action="store_true", help="also time stage 1 on 1M random 512-d vectors")
-    parser.add_argument("--exact-scores", metavar="NPY", help="the matcher's (1000 x 5000) test matrix saved by "
-                        "itm eval --scores: skips scoring it again (its time is then not measured here)")
+    parser.add_argument("--exact-scores", metavar="NPY", nargs="+", help="each re-ranker's (1000 x 5000) test matrix "
+                        "saved by itm eval --scores, in --checkpoint's order: skips scoring them again (their time "
+                        "is then not measured here)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    dual, matcher = load_checkpoint(args.shortlist), load_checkpoint(args.checkpoint)
+    dual, matchers = load_checkpoint(args.shortlist), [load_checkpoint(path) for path in args.checkpoint]
+    if args.exact_scores and len(args.exact_scores) != len(matchers):
+        raise SystemExit(f"--exact-scores: {len(args.exact_scores)} files for {len(matchers)} checkpoints")
     test_set = load_dataset(args.data, "test")
     d_split = prepare_split(test_set, dual.config, dual.vocab, progress=False)
-    m_split = prepare_split(test_set, matcher.config, matcher.vocab, progress=False)
-    owner = m_split.caption_to_image
+    m_splits = [prepare_split(test_set, m.config, m.vocab, progress=False) for m in matchers]
+    owner = m_splits[0].caption_to_image
     texts = [" ".join(t) for im in test_set.images for t in im.tokens]  # the queries, in caption order
     short = score_all_pairs(dual.model, d_split.features, d_split.captions)
-    exact, exact_seconds = exact_matrix(matcher, m_split, args.exact_scores, short.shape)
-    result = {"shortlist": args.shortlist, "matcher": args.checkpoint, "exact_all_pairs_seconds": exact_seconds,
+    # exact: the ensemble as itm eval scores it (each member's whole matrix z-scored; one member as it is)
+    exacts = [exact_matrix(m, split, args.exact_scores[n] if args.exact_scores else None, short.shape)
+              for n, (m, split) in enumerate(zip(matchers, m_splits, strict=True))]
+    exact = combine_scores([e for e, _ in exacts])
+    exact_seconds = None if args.exact_scores else round(sum(t for _, t in exacts), 1)
+    result = {"shortlist": args.shortlist, "matcher": args.checkpoint[0] if len(matchers) == 1 else args.checkpoint,
+              "exact_all_pairs_seconds": exact_seconds,
               "dual_alone": retrieval_metrics(short, owner), "exact": retrieval_metrics(exact, owner)}
     rng = np.random.default_rng(0)
     picks = rng.choice(len(texts), size=min(args.queries, len(texts)), replace=False)
@@ -74,13 +83,16 @@ def main(argv: list[str] | None = None) -> dict:
         result.update(searched_recall(searcher, test_set, texts, owner))
 
         # time per text query over the 1K test photos: exact = the query against all 1,000 photos
-        result["exact_query_ms_1k"] = exact_query_ms(matcher, m_split.features, m_split.captions, picks[:20])
+        result["exact_query_ms_1k"] = sum(exact_query_ms(m, split.features, split.captions, picks[:20])
+                                          for m, split in zip(matchers, m_splits, strict=True))
         # 8,000 photos: the 1K test features eight times over (the same per-pair work as 8,000 distinct photos)
-        eight = m_split.features.select(torch.arange(len(m_split.features)).repeat(8))
-        result["exact_query_ms_8k"] = exact_query_ms(matcher, eight, m_split.captions, picks[:5])
+        eights = [split.features.select(torch.arange(len(split.features)).repeat(8)) for split in m_splits]
+        result["exact_query_ms_8k"] = sum(exact_query_ms(m, eight, split.captions, picks[:5])
+                                          for m, eight, split in zip(matchers, eights, m_splits, strict=True))
         # the same with every photo's prepared state cached, as a warm searcher has them: only pairs are scored
         every = list(searcher.images)  # every photo (sha1)
-        searcher.prepared(every)
+        for member in range(len(matchers)):
+            searcher.prepared(member, every)
         result["exact_query_ms_1k_cached"] = rerank_ms(searcher, [texts[c] for c in picks[:20]], every)
         result["exact_query_ms_8k_cached"] = rerank_ms(searcher, [texts[c] for c in picks[:10]], every * 8)
         result["two_stage_1k"] = search_ms(searcher, [texts[c] for c in picks])

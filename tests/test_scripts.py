@@ -20,6 +20,7 @@ from itm.data.synthetic import synthetic_karpathy_dir
 from itm.data.vocab import Vocab
 from itm.evaluation.engine import score_all_pairs, score_all_parts
 from itm.evaluation.metrics import retrieval_metrics, summarize_ranks
+from itm.evaluation.evaluate import combine_scores
 from itm.models.base import TOTAL, InputDims
 from itm.pipeline import prepare_split
 from itm.retrieval.search import Searcher
@@ -210,3 +211,11 @@ def test_ensembles_from_saved_matrices_are_the_combined_matrices(tmp_path, capsy
     assert result["rsum_zscore"] == pytest.approx(retrieval_metrics((z[0] + z[1]) / 2, owner)["rsum"], abs=0.01)
     assert result["rsum_none"] == pytest.approx(retrieval_metrics(matrices["b"], owner)["rsum"], abs=0.01)
     assert result["scoring_seconds"] == 5.0 and "a + b: rsum" in capsys.readouterr().out
+    # an ensemble of re-rankers: exact is itm eval's ensemble (each member's matrix z-scored, then averaged)
+    other = synthetic_checkpoint(tmp_path / "caan.pt", "caan", words)
+    loaded = load_checkpoint(other)
+    split = prepare_split(test, loaded.config, loaded.vocab, progress=False)
+    both = combine_scores([splits["exact"], score_all_pairs(loaded.model, split.features, split.captions)])
+    result = bench.main(["--shortlist", str(shortlist), "--checkpoint", str(matcher), str(other), "--data", str(data),
+                         "--queries", "3"])
+    assert result["matcher"] == [str(matcher), str(other)] and result["exact"] == retrieval_metrics(both, owner)
