@@ -11,6 +11,16 @@ are then evaluated on the Flickr8k 1K test split with ``itm eval`` (JSON in
 ``results/flickr8k/shipped_*.json``; the re-ranker's score matrix in ``runs/shipped_bssan_scores.npy``
 for ``benchmarks/search_quality.py --exact-scores``), and ``card.json`` records the runs, the
 commands, the training summaries and those metrics.
+
+    python scripts/ship_models.py --add-rerank runs/flickr8k/caan_open_seed0 runs/flickr8k/mlasm_open_seed0 \
+        --add-command "bash scripts/experiment.sh caan_open_seed0 ..." "bash scripts/experiment.sh mlasm_open_seed0 ..." \
+        --data ../shared/data/flickr8k [--scores bssan=OUT/bssan_s0.npy]
+
+adds re-rankers to what ships, leaving the shipped files as they are (indexes record their
+checkpoints' bytes): each is written and measured as above, and the card's ``rerank_ensemble``
+lists the shipped re-rankers in order, with the ensemble's Flickr8k test metrics computed from the
+members' saved matrices exactly as ``itm eval --checkpoint A B C`` computes them (``--scores``: the
+matrix of a shipped re-ranker, when not at ``runs/shipped_<name>_scores.npy``).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from pathlib import Path
 from itm import __version__
 from itm.checkpoint import read_payload, save_atomic
 from itm.features.cache import content_key
-from itm.shipped import ROLES, shipped_folder
+from itm.shipped import shipped_folder, shipped_role
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,23 +59,83 @@ def training_summary(run: Path) -> dict:
     return {k: summary[k] for k in ("model", "epochs", "train_seconds", "best_val_rsum", "parameters") if k in summary}
 
 
+def card_entry(role: str, path: Path, run: Path, command: str, metrics: dict) -> dict:
+    return {"role": role, "file": path.name, "bytes": path.stat().st_size, "sha1": content_key(path.read_bytes()),
+            "trained_by": command, "run": str(run), "training": training_summary(run),
+            "flickr8k_test": {k: metrics[k] for k in ("i2t", "t2i", "rsum")},
+            "weights": "float16 on disk, float32 when loaded; the test metrics are the shipped file's"}
+
+
+def ensemble_metrics(matrices: list[Path], data: str) -> dict:
+    """The Flickr8k test metrics of the members' saved matrices, combined as itm eval combines them."""
+    import numpy as np
+
+    from itm.data.load import load_dataset
+    from itm.evaluation.evaluate import combine_scores
+    from itm.evaluation.metrics import retrieval_metrics
+
+    _, owner = load_dataset(data, "test").split("test").caption_tokens()
+    metrics = retrieval_metrics(combine_scores([np.load(m) for m in matrices]), np.asarray(owner))
+    return {k: metrics[k] for k in ("i2t", "t2i", "rsum")}
+
+
+def add_rerankers(args) -> None:
+    """``--add-rerank``: ship more re-rankers beside the shipped files, and the ensemble's card entry."""
+    folder = shipped_folder()
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    if len(args.add_command) != len(args.add_rerank):
+        raise SystemExit(f"--add-command: {len(args.add_command)} commands for {len(args.add_rerank)} runs")
+    given = dict(item.split("=", 1) for item in args.scores)
+    members = shipped_role("rerank")
+    matrices = [Path(given.get(name, ROOT / "runs" / f"shipped_{name}_scores.npy")) for name in members]
+    for run, command in zip(args.add_rerank, args.add_command, strict=True):
+        payload = half_payload(run)
+        name = payload["config"]["model"]["name"]
+        if name in card["models"]:
+            raise SystemExit(f"{run}: a shipped model '{name}' exists already")
+        path = folder / f"{name}.pt"
+        save_atomic(payload, path)
+        scores = ROOT / "runs" / f"shipped_{name}_scores.npy"
+        metrics = evaluate(path, args.data, name, scores)
+        card["models"][name] = card_entry("rerank", path, run, command, metrics)
+        members.append(name)
+        matrices.append(scores)
+        print(f"{name}: {path.stat().st_size / 1e6:.1f} MB, Flickr8k test rsum {metrics['rsum']:.1f}")
+    missing = [str(m) for m in matrices if not m.is_file()]
+    if missing:
+        raise SystemExit(f"no saved test matrix {missing[0]}: pass --scores NAME=NPY")
+    card["rerank_ensemble"] = {"members": members, "norm": "zscore",
+                               "flickr8k_test": ensemble_metrics(matrices, args.data),
+                               "search": "each member's scores of a query's K candidates z-scored, then averaged"}
+    print(f"ensemble {' + '.join(members)}: Flickr8k test rsum {card['rerank_ensemble']['flickr8k_test']['rsum']:.1f}")
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rerank", required=True, type=Path, help="run folder of the cross-attention matcher")
-    parser.add_argument("--shortlist", required=True, type=Path, help="run folder of the dual encoder")
+    parser.add_argument("--rerank", type=Path, help="run folder of the cross-attention matcher")
+    parser.add_argument("--shortlist", type=Path, help="run folder of the dual encoder")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--rerank-command", required=True, help="the command that trained --rerank")
-    parser.add_argument("--shortlist-command", required=True, help="the command that trained --shortlist")
+    parser.add_argument("--rerank-command", help="the command that trained --rerank")
+    parser.add_argument("--shortlist-command", help="the command that trained --shortlist")
+    parser.add_argument("--add-rerank", nargs="+", type=Path, default=[],
+                        help="run folders of more re-rankers to ship beside the shipped files (an ensemble)")
+    parser.add_argument("--add-command", nargs="+", default=[], help="the commands that trained --add-rerank")
+    parser.add_argument("--scores", nargs="+", default=[], metavar="NAME=NPY",
+                        help="a shipped re-ranker's saved test matrix (default runs/shipped_NAME_scores.npy)")
     parser.add_argument("--explain-image-size", type=int, default=416,
                         help="the re-ranker's eval.explain_image_size (its pictures' grid; docs/explain.md)")
     args = parser.parse_args(argv)
+    if args.add_rerank:
+        return add_rerankers(args)
+    if not (args.rerank and args.shortlist and args.rerank_command and args.shortlist_command):
+        parser.error("--rerank, --shortlist and their commands (or --add-rerank)")
     folder = shipped_folder()
     folder.mkdir(parents=True, exist_ok=True)
     card = {"itm_version": __version__, "data": "Flickr8k (Karpathy split): trained on train, "
             "best epoch chosen on val, measured on the 1K test split", "models": {}}
-    for role, run, command in (("rerank", args.rerank, args.rerank_command),
-                               ("shortlist", args.shortlist, args.shortlist_command)):
-        name = ROLES[role]
+    for role, run, command, name in (("rerank", args.rerank, args.rerank_command, "bssan"),
+                                     ("shortlist", args.shortlist, args.shortlist_command, "dual")):
         path = folder / f"{name}.pt"
         payload = half_payload(run)
         if role == "rerank":
@@ -73,12 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         save_atomic(payload, path)
         scores = ROOT / "runs" / f"shipped_{name}_scores.npy" if role == "rerank" else None
         metrics = evaluate(path, args.data, name, scores)
-        card["models"][name] = {
-            "role": role, "file": path.name, "bytes": path.stat().st_size, "sha1": content_key(path.read_bytes()),
-            "trained_by": command, "run": str(run), "training": training_summary(run),
-            "flickr8k_test": {k: metrics[k] for k in ("i2t", "t2i", "rsum")},
-            "weights": "float16 on disk, float32 when loaded; the test metrics are the shipped file's",
-        }
+        card["models"][name] = card_entry(role, path, run, command, metrics)
         print(f"{name}: {path.stat().st_size / 1e6:.1f} MB, Flickr8k test rsum {metrics['rsum']:.1f}")
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 

@@ -13,7 +13,9 @@ from itm.data.load import load_dataset
 from itm.demo import BUNDLED_DATA
 from itm.errors import ItmError
 from itm.features.cache import content_key
-from itm.shipped import SHIPPED, search_checkpoints, shipped_card, shipped_checkpoint, shipped_folder
+from itm.shipped import search_checkpoints, shipped_card, shipped_checkpoint, shipped_folder, shipped_names, shipped_role
+
+SHIPPED = shipped_names()
 
 PHOTOS = 20  # the first bundled test photos, with their 5 captions each: 100 captions
 
@@ -53,9 +55,13 @@ def test_shipped_model_ranks_the_right_captions_first(name, bundled_test_pairs):
 
 
 def test_search_defaults_to_the_shipped_models():
-    assert search_checkpoints(None, None) == (str(shipped_checkpoint("dual")), str(shipped_checkpoint("bssan")))
+    rerankers = [str(shipped_checkpoint(name)) for name in shipped_role("rerank")]
+    assert shipped_role("rerank")[0] == "bssan" and shipped_role("shortlist") == ["dual"]
+    assert search_checkpoints(None, None) == (str(shipped_checkpoint("dual")),
+                                              rerankers[0] if len(rerankers) == 1 else rerankers)
     assert search_checkpoints("mine.pt", None, rerank=False) == ("mine.pt", None)
-    assert json.loads((shipped_folder() / "card.json").read_text())["models"]["bssan"]["role"] == "rerank"
+    card = json.loads((shipped_folder() / "card.json").read_text())
+    assert all(card["models"][name]["role"] == "rerank" for name in shipped_role("rerank"))
 
 
 def test_an_unknown_shipped_name_is_one_line():
@@ -87,3 +93,16 @@ def test_the_shipped_reranker_explains_on_the_grid_its_card_names(tmp_path):
     assert load_checkpoint(path, explaining=True).config.features.image_size == size
     copy = shutil.copy(path, tmp_path / "bssan.pt")
     assert load_checkpoint(copy, explaining=True).config.features.image_size == trained
+
+
+def test_a_card_with_an_ensemble_makes_it_searchs_default(monkeypatch):
+    import itm.shipped as shipped
+
+    card = json.loads(json.dumps(shipped_card()))
+    card["models"]["bssan2"] = dict(card["models"]["bssan"], file="bssan.pt")
+    card["rerank_ensemble"] = {"members": ["bssan", "bssan2"]}
+    monkeypatch.setattr(shipped, "shipped_card", lambda: card)
+    monkeypatch.setattr(shipped, "shipped_checkpoint", lambda name: shipped_folder() / f"{name}.pt")
+    assert shipped.shipped_role("rerank") == ["bssan", "bssan2"]
+    assert shipped.search_checkpoints(None, None)[1] == [str(shipped_folder() / "bssan.pt"),
+                                                         str(shipped_folder() / "bssan2.pt")]

@@ -95,9 +95,9 @@ def load_model(checkpoint: str | Path | None = None, device: str | None = None) 
     """A checkpoint file or run folder for inference, on ``device`` (``cpu``, ``cuda``, ``cuda:N``;
     None: cuda when available); the shipped BSSAN when no checkpoint is given."""
     from itm.devices import resolve_device
-    from itm.shipped import ROLES, shipped_checkpoint
+    from itm.shipped import shipped_checkpoint, shipped_role
 
-    path = checkpoint if checkpoint is not None else shipped_checkpoint(ROLES["rerank"])
+    path = checkpoint if checkpoint is not None else shipped_checkpoint(shipped_role("rerank")[0])
     return Model(load_checkpoint(path, device=resolve_device(device)))
 
 

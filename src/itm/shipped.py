@@ -1,11 +1,12 @@
 """The trained models that ship inside the package, used when no checkpoint is given.
 
-``itm/assets/models/`` holds two itm checkpoints written by ``scripts/ship_models.py`` (weights in
-float16 to keep the wheel small; they load into float32 models) and ``card.json`` (how they were
-trained and what they measure on Flickr8k test):
+``itm/assets/models/`` holds itm checkpoints written by ``scripts/ship_models.py`` (weights in
+float16 to keep the wheel small; they load into float32 models) and ``card.json``, which names them,
+their roles, how they were trained and what they measure on Flickr8k test:
 
-- ``bssan.pt``: the recommended BSSAN configuration, the cross-attention re-ranker;
-- ``dual.pt``: the dual encoder on the same features, the search shortlist.
+- role ``rerank``: the cross-attention matchers that re-rank search's shortlist, in order (the card's
+  ``rerank_ensemble`` when there are several; the first also explains and is ``load_model()``'s default);
+- role ``shortlist``: the dual encoder on the same features, the search shortlist.
 """
 
 from __future__ import annotations
@@ -16,18 +17,30 @@ from pathlib import Path
 
 from itm.errors import ItmError
 
-SHIPPED = ("bssan", "dual")
-ROLES = {"rerank": "bssan", "shortlist": "dual"}
 
 
 def shipped_folder() -> Path:
     return Path(str(resources.files("itm") / "assets" / "models"))
 
 
+def shipped_names() -> list[str]:
+    """The shipped models' names, as the card lists them (``bssan``, ``dual``, ...)."""
+    return list(shipped_card()["models"])
+
+
+def shipped_role(role: str) -> list[str]:
+    """The shipped models of a role in their order: ``rerank`` (the card's ensemble when it has one,
+    else its re-ranker) or ``shortlist``."""
+    card = shipped_card()
+    if role == "rerank" and card.get("rerank_ensemble"):
+        return list(card["rerank_ensemble"]["members"])
+    return [name for name, entry in card["models"].items() if entry["role"] == role]
+
+
 def shipped_checkpoint(name: str) -> Path:
-    """The shipped checkpoint file ``name`` (``bssan`` or ``dual``); a one-line error if this install lacks it."""
-    if name not in SHIPPED:
-        raise ItmError(f"shipped model '{name}': none such (shipped: {', '.join(SHIPPED)})")
+    """The shipped checkpoint file ``name`` (``bssan``, ``dual``, ...); a one-line error if this install lacks it."""
+    if name not in shipped_names():
+        raise ItmError(f"shipped model '{name}': none such (shipped: {', '.join(shipped_names())})")
     path = shipped_folder() / f"{name}.pt"
     if not path.is_file():
         raise ItmError(f"shipped model {path}: missing from this install; pass a checkpoint instead "
@@ -66,19 +79,22 @@ def shipped_explain_image_size(path: str | Path) -> int | None:
 
 def search_checkpoints(shortlist: str | None, checkpoint: str | list[str] | None,
                        rerank: bool = True) -> tuple[str, str | list[str] | None]:
-    """(shortlist, re-ranker or re-rankers) paths for an index: the shipped model for each one not
-    given; no re-ranker when ``rerank`` is False."""
-    short = shortlist if shortlist is not None else str(shipped_checkpoint(ROLES["shortlist"]))
+    """(shortlist, re-ranker or re-rankers) paths for an index: the shipped models for each role not
+    given (the shipped re-rankers: one path, or the ensemble's list); no re-ranker when ``rerank`` is False."""
+    short = shortlist if shortlist is not None else str(shipped_checkpoint(shipped_role("shortlist")[0]))
     if not rerank:
         return short, None
-    return short, checkpoint if checkpoint is not None else str(shipped_checkpoint(ROLES["rerank"]))
+    if checkpoint is not None:
+        return short, checkpoint
+    shipped = [str(shipped_checkpoint(name)) for name in shipped_role("rerank")]
+    return short, shipped[0] if len(shipped) == 1 else shipped
 
 
 def portable_path(path: str | Path) -> str:
     """How an index records a checkpoint: ``shipped:<name>`` for a shipped model (so the index still
     opens after itm is reinstalled elsewhere), else the absolute path."""
     resolved = Path(path).resolve()
-    for name in SHIPPED:
+    for name in shipped_names():
         if resolved == (shipped_folder() / f"{name}.pt").resolve():
             return f"shipped:{name}"
     return str(resolved)
