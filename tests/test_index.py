@@ -160,25 +160,30 @@ def test_search_reranks_the_shortlist_exactly(folder, tmp_path, models, capsys):
 
 
 def test_an_ensemble_of_rerankers_averages_their_z_scored_scores(folder, tmp_path, models, capsys):
-    """``--checkpoint A B``: each candidate's score is the mean of the members' exact scores, each
+    """``--checkpoint A B C``: each candidate's score is the mean of the members' exact scores, each
     z-scored over the candidates; the index records both and reopens with them."""
     from itm.evaluation.engine import score_all_pairs
 
     caan = checkpoint(tmp_path / "caan.pt", "caan", seed=3)
+    mlasm = checkpoint(tmp_path / "mlasm.pt", "mlasm", seed=4)  # reads the whole-image vector too
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red square\na green photo\na blue dog\n")
     out = tmp_path / "idx"
     assert main(["index", "--images", str(folder), "--out", str(out), "--shortlist", str(models[0]),
-                 "--checkpoint", str(models[1]), str(caan), "--no-progress"]) == 0
+                 "--checkpoint", str(models[1]), str(caan), str(mlasm), "--captions", str(captions), "--no-progress"]) == 0
     capsys.readouterr()
     searcher = Searcher(out)
-    assert [c.config.model.name for c in searcher.models.rerankers] == ["bssan", "caan"]
+    assert [c.config.model.name for c in searcher.models.rerankers] == ["bssan", "caan", "mlasm"]
     hits = searcher.search("a red square", k=5, rerank=50)
     sha1s = [searcher.store.files()[h.path][2] for h in hits]
     features = searcher.feature_rows(sha1s)
     exact = [score_all_pairs(c.model, features, searcher.models.query_captions("a red square", c))[:, 0]
              for c in searcher.models.rerankers]
     zscored = [(e - e.mean()) / e.std() for e in exact]
-    np.testing.assert_allclose([h.score for h in hits], (zscored[0] + zscored[1]) / 2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([h.score for h in hits], sum(zscored) / 3, rtol=1e-4, atol=1e-4)
     assert not np.allclose(zscored[0], zscored[1], atol=1e-3)  # two different members: the mean is not either
+    by_image = searcher.search_image((folder / "red.jpg").read_bytes(), "red.jpg", k=3)
+    assert len(by_image) == 3 and abs(sum(h.score for h in by_image)) < 1e-4  # z-scored over all 3 captions
     with pytest.raises(ItmError, match="other models"):  # the index is tied to its ensemble
         Searcher(out, SearchModels(models[0], models[1]))
     single = tmp_path / "single"
