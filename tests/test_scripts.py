@@ -219,3 +219,43 @@ def test_ensembles_from_saved_matrices_are_the_combined_matrices(tmp_path, capsy
     result = bench.main(["--shortlist", str(shortlist), "--checkpoint", str(matcher), str(other), "--data", str(data),
                          "--queries", "3"])
     assert result["matcher"] == [str(matcher), str(other)] and result["exact"] == retrieval_metrics(both, owner)
+
+
+def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypatch):
+    """--add-rerank writes the run in float16 as <model>.pt, leaves the shipped files' bytes alone, and
+    the card's ensemble metrics are the members' saved matrices combined as itm eval combines them."""
+    ship = load_script("ship_models")
+    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=1, n_val=1, n_test=4, size=32, captions_per_image=2)
+    _, owner = load_dataset(data, "test").split("test").caption_tokens()
+    rng = np.random.default_rng(0)
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    (shipped / "bssan.pt").write_bytes(b"the shipped file")
+    np.save(tmp_path / "bssan.npy", rng.normal(size=(4, 8)).astype(np.float32))
+    (shipped / "card.json").write_text(json.dumps({"models": {"bssan": {"role": "rerank"}, "dual": {"role": "shortlist"}}}))
+    run = tmp_path / "caan_run"
+    run.mkdir()
+    index_checkpoint(run / "best.pt", "caan")
+    (run / "summary.json").write_text(json.dumps({"model": "caan", "epochs": 1}))
+    caan_scores = rng.normal(size=(4, 8)).astype(np.float32)
+
+    def evaluate(path, data, name, scores):
+        assert load_checkpoint(path).config.model.name == name == "caan"
+        np.save(scores, caan_scores)
+        return retrieval_metrics(caan_scores, owner)
+
+    monkeypatch.setattr(ship, "shipped_folder", lambda: shipped)
+    monkeypatch.setattr(ship, "ROOT", tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(ship, "evaluate", evaluate)
+    monkeypatch.setattr(ship, "shipped_role", lambda role: ["bssan"])
+    ship.main(["--add-rerank", str(run), "--add-command", "bash train caan", "--data", str(data),
+               "--scores", f"bssan={tmp_path / 'bssan.npy'}"])
+    card = json.loads((shipped / "card.json").read_text())
+    assert (shipped / "bssan.pt").read_bytes() == b"the shipped file"
+    assert card["models"]["caan"]["role"] == "rerank" and card["models"]["caan"]["trained_by"] == "bash train caan"
+    assert all(v.dtype == torch.float16 for v in torch.load(shipped / "caan.pt", weights_only=False)["model"].values()
+               if v.is_floating_point())
+    expected = retrieval_metrics(combine_scores([np.load(tmp_path / "bssan.npy"), caan_scores]), owner)
+    assert card["rerank_ensemble"]["members"] == ["bssan", "caan"]
+    assert card["rerank_ensemble"]["flickr8k_test"]["rsum"] == expected["rsum"]
