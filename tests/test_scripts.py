@@ -174,6 +174,14 @@ def test_search_quality_measures_what_the_searcher_returns(tmp_path, monkeypatch
     for k in (2, 3):
         i2t, t2i = two_stage_ranks(splits["short"], splits["exact"], owner, k)
         assert result[f"rerank_k{k}"]["i2t"] == summarize_ranks(i2t) and result[f"rerank_k{k}"]["t2i"] == summarize_ranks(t2i)
+    # an ensemble of re-rankers: exact is itm eval's ensemble (each member's matrix z-scored, then averaged)
+    other = synthetic_checkpoint(tmp_path / "caan.pt", "caan", words)
+    loaded = load_checkpoint(other)
+    split = prepare_split(test, loaded.config, loaded.vocab, progress=False)
+    both = combine_scores([splits["exact"], score_all_pairs(loaded.model, split.features, split.captions)])
+    result = bench.main(["--shortlist", str(shortlist), "--checkpoint", str(matcher), str(other), "--data", str(data),
+                         "--queries", "3"])
+    assert result["matcher"] == [str(matcher), str(other)] and result["exact"] == retrieval_metrics(both, owner)
 
 
 def test_train_step_benchmark_times_the_trainers_steps_through_the_models_training_loss(monkeypatch):
@@ -211,14 +219,6 @@ def test_ensembles_from_saved_matrices_are_the_combined_matrices(tmp_path, capsy
     assert result["rsum_zscore"] == pytest.approx(retrieval_metrics((z[0] + z[1]) / 2, owner)["rsum"], abs=0.01)
     assert result["rsum_none"] == pytest.approx(retrieval_metrics(matrices["b"], owner)["rsum"], abs=0.01)
     assert result["scoring_seconds"] == 5.0 and "a + b: rsum" in capsys.readouterr().out
-    # an ensemble of re-rankers: exact is itm eval's ensemble (each member's matrix z-scored, then averaged)
-    other = synthetic_checkpoint(tmp_path / "caan.pt", "caan", words)
-    loaded = load_checkpoint(other)
-    split = prepare_split(test, loaded.config, loaded.vocab, progress=False)
-    both = combine_scores([splits["exact"], score_all_pairs(loaded.model, split.features, split.captions)])
-    result = bench.main(["--shortlist", str(shortlist), "--checkpoint", str(matcher), str(other), "--data", str(data),
-                         "--queries", "3"])
-    assert result["matcher"] == [str(matcher), str(other)] and result["exact"] == retrieval_metrics(both, owner)
 
 
 def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypatch):
