@@ -36,8 +36,8 @@ import torch
 from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
 from itm.data.types import Dataset
-from itm.evaluation.evaluate import combine_scores
 from itm.evaluation.engine import score_all_pairs
+from itm.evaluation.evaluate import combine_scores
 from itm.evaluation.metrics import retrieval_metrics, summarize_ranks
 from itm.pipeline import prepare_split
 from itm.retrieval.index import IndexStore, index_captions, update_index

@@ -19,8 +19,8 @@ from itm.data.load import load_dataset
 from itm.data.synthetic import synthetic_karpathy_dir
 from itm.data.vocab import Vocab
 from itm.evaluation.engine import score_all_pairs, score_all_parts
-from itm.evaluation.metrics import retrieval_metrics, summarize_ranks
 from itm.evaluation.evaluate import combine_scores
+from itm.evaluation.metrics import retrieval_metrics, summarize_ranks
 from itm.models.base import TOTAL, InputDims
 from itm.pipeline import prepare_split
 from itm.retrieval.search import Searcher

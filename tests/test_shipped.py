@@ -13,7 +13,14 @@ from itm.data.load import load_dataset
 from itm.demo import BUNDLED_DATA
 from itm.errors import ItmError
 from itm.features.cache import content_key
-from itm.shipped import search_checkpoints, shipped_card, shipped_checkpoint, shipped_folder, shipped_names, shipped_role
+from itm.shipped import (
+    search_checkpoints,
+    shipped_card,
+    shipped_checkpoint,
+    shipped_folder,
+    shipped_names,
+    shipped_role,
+)
 
 SHIPPED = shipped_names()
 

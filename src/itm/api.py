@@ -110,9 +110,7 @@ def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | li
     from itm.retrieval.search import SearchModels
     from itm.shipped import search_checkpoints
 
-    wanted = None if checkpoint is None else str(checkpoint) if isinstance(checkpoint, (str, Path)) \
-        else [str(c) for c in checkpoint]
-    short, matcher = search_checkpoints(None if shortlist is None else str(shortlist), wanted, rerank)
+    short, matcher = search_checkpoints(None if shortlist is None else str(shortlist), checkpoint, rerank)
     from itm.devices import resolve_device
 
     models = SearchModels(short, matcher, device=resolve_device(device))

@@ -11,12 +11,12 @@ their roles, how they were trained and what they measure on Flickr8k test:
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from pathlib import Path
 
 from itm.errors import ItmError
-
 
 
 def shipped_folder() -> Path:
@@ -48,8 +48,9 @@ def shipped_checkpoint(name: str) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
 def shipped_card() -> dict:
-    """How the shipped models were trained and their measured Flickr8k test metrics."""
+    """How the shipped models were trained and their measured Flickr8k test metrics (read once per process)."""
     path = shipped_folder() / "card.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))

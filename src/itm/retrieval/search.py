@@ -46,7 +46,7 @@ class SearchModels:
     def __init__(self, shortlist: str | Path, reranker: str | Path | list[str | Path] | None = None,
                  device: torch.device | str | None = None):
         self.device = as_device(device)
-        rerankers = [] if reranker is None else [reranker] if isinstance(reranker, (str, Path)) else list(reranker)
+        rerankers = listed(reranker)
         self.paths = {"shortlist": portable_path(shortlist), "rerank": recorded([portable_path(p) for p in rerankers])}
         self.shortlist = load_checkpoint(shortlist, device=self.device)
         if not self.shortlist.model.indexable:
@@ -124,6 +124,11 @@ def recorded(items: list):
     return None if not items else items[0] if len(items) == 1 else items
 
 
+def listed(value) -> list:
+    """The re-rankers of ``recorded`` form (None, one, or a list) as a list."""
+    return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
+
+
 def _union(lists) -> list[str]:
     return list(dict.fromkeys(word for words in lists for word in words))
 
@@ -196,9 +201,7 @@ class Searcher:
             raise DataError(f"index {index}: empty or not an itm index (build it with itm index)")
         if models is None:
             saved = self.store.meta("checkpoints")
-            rerank = saved["rerank"]  # None, one path, or an ensemble's list
-            models = SearchModels(resolve_path(saved["shortlist"]), None if rerank is None else
-                                  [resolve_path(p) for p in ([rerank] if isinstance(rerank, str) else rerank)],
+            models = SearchModels(resolve_path(saved["shortlist"]), [resolve_path(p) for p in listed(saved["rerank"])],
                                   device=device)
         self.store.check_identity(models.identity())
         self.models = models
