@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "attention+concept: both maps scaled to 0..1, summed")
     parser.add_argument("--fuse-sizes", type=int, nargs="+", default=[], metavar="PX",
                         help="also extract the photos at these sizes and fuse each word's maps over all the grids "
-                             "into one over the finest (attention method), e.g. --fuse-sizes 416 512")
+                             "into one over the finest (any method but objects), e.g. --fuse-sizes 416 512")
     parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
     parser.add_argument("--pictures", metavar="DIR", help="draw misses of the worst categories into DIR")

@@ -151,7 +151,8 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
                    other_sizes: tuple[PreparedSplit, ...] = (), encode=None, concepts=None) -> list[PointingCase]:
     """Every (image, caption, word) whose word names a category boxed in the image, pointed at by
     ``method`` (``POINTING_METHODS``). ``other_sizes``: the same photos extracted at other sizes; a
-    word's maps over all the grids are fused into one over the finest (``fuse_grids``; attention only).
+    word's maps over all the grids are fused into one over the finest (``fuse_grids``; every method
+    with a map over the grid, so not ``objects``).
     ``encode``: token lists -> the model's Captions (the gradient method's queries); ``concepts``: the
     backbone's ``ConceptMaps`` (the concept methods)."""
     if method not in POINTING_METHODS:
