@@ -114,6 +114,11 @@ def test_summary_rates_and_categories_at_zero():
     assert result["per_category"]["sink"]["reachable"] == 100.0 and result["unreachable_at_zero"] == []
     unreachable = summarise([case("kite", False, 0.0) for _ in range(5)])
     assert unreachable["unreachable_at_zero"] == ["kite"] and unreachable["per_category"]["kite"]["reachable"] == 0
+    assert result["reachable_at_zero"] == ["sink"] and unreachable["reachable_at_zero"] == []
+    # six cases, four of them reachable: at 0%, but short of five reachable cases
+    partly = summarise([case("vase", False, 0.2 if k < 4 else 0.0, image=f"{k}.jpg") for k in range(6)])
+    assert partly["categories_at_zero"] == ["vase"] and partly["per_category"]["vase"]["reachable_cases"] == 4
+    assert partly["reachable_at_zero"] == [] and partly["unreachable_at_zero"] == []
     with pytest.raises(DataError, match="no caption word names a category"):
         summarise([])
 

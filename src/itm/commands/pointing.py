@@ -125,4 +125,7 @@ def format_summary(result: dict, title: str) -> str:
     if result["unreachable_at_zero"]:
         lines.append(f"  of those, no box holds a cell centre (no attention on this grid can hit): "
                      f"{', '.join(result['unreachable_at_zero'])}")
+    if result["categories_at_zero"]:
+        lines.append(f"  at 0% with >= {result['min_cases']} reachable cases: "
+                     f"{', '.join(result['reachable_at_zero']) or 'none'}")
     return "\n".join(lines)

@@ -220,7 +220,8 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
                 "random_cell": 100 * sum(c.random_hit for c in group) / n,
                 "centre_cell": 100 * sum(c.centre_hit for c in group) / n,
                 # a box holding no cell centre cannot be hit by any attention on this grid
-                "reachable": 100 * sum(c.random_hit > 0 for c in group) / n}
+                "reachable": 100 * sum(c.random_hit > 0 for c in group) / n,
+                "reachable_cases": sum(c.random_hit > 0 for c in group)}
 
     if not cases:
         raise DataError("pointing game: no caption word names a category boxed in its image (check the boxes "
@@ -231,10 +232,13 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     per_category = {name: rates(group) for name, group in sorted(by_category.items())}
     zero = sorted(name for name, r in per_category.items() if r["cases"] >= min_cases and r["hit"] == 0)
     unreachable = sorted(name for name in zero if per_category[name]["reachable"] == 0)
+    # the explanations target: no category with min_cases cases some cell could hit left at 0%
+    reachable_zero = [name for name in zero if per_category[name]["reachable_cases"] >= min_cases]
     # a category's cases are its photos' captions: five captions of one photo can fill min_cases
     photos_at_zero = len({c.image for c in cases if c.category in zero})
     halves = {name: {**rates(group), "bootstrap": photo_bootstrap(group)}
               for name, group in photo_halves(cases).items() if group}
     return {"overall": rates(cases), "bootstrap": photo_bootstrap(cases), "halves": halves,
             "per_category": per_category, "categories_at_zero": zero,
-            "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable, "min_cases": min_cases}
+            "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable,
+            "reachable_at_zero": reachable_zero, "min_cases": min_cases}
