@@ -216,12 +216,12 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict."""
     def rates(group: list[PointingCase]) -> dict:
         n = len(group)
+        # a box holding no cell centre cannot be hit by any attention on this grid
+        reachable = sum(c.random_hit > 0 for c in group)
         return {"cases": n, "photos": len({c.image for c in group}), "hit": 100 * sum(c.hit for c in group) / n,
                 "random_cell": 100 * sum(c.random_hit for c in group) / n,
                 "centre_cell": 100 * sum(c.centre_hit for c in group) / n,
-                # a box holding no cell centre cannot be hit by any attention on this grid
-                "reachable": 100 * sum(c.random_hit > 0 for c in group) / n,
-                "reachable_cases": sum(c.random_hit > 0 for c in group)}
+                "reachable": 100 * reachable / n, "reachable_cases": reachable}
 
     if not cases:
         raise DataError("pointing game: no caption word names a category boxed in its image (check the boxes "
