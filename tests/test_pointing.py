@@ -15,6 +15,7 @@ from itm.evaluation.pointing import (
     PointingCase,
     cell_centres,
     fuse_grids,
+    peakedness,
     photo_bootstrap,
     photo_halves,
     point,
@@ -272,3 +273,18 @@ def test_the_gradient_map_marks_the_cells_a_word_depends_on():
     assert [r.shape for r in rows] == [(2, 4), (2, 4)]
     for row in rows:
         assert (row[:, 2] > 0).all() and (np.delete(row, 2, axis=1) == 0).all()
+
+
+def test_peakedness_and_the_cases_in_thirds_by_it():
+    assert peakedness(np.array([0.5, 0.25, 0.25, 0.0])) == pytest.approx(2.0)  # max x D for a distribution
+    assert np.isnan(peakedness(np.zeros(4)))
+    # the sharpest third always hits, the flattest never: the bands say so
+    cases = [PointingCase(f"p{k}", 0, 0, "dog", "dog", 0, k >= 4, 0.3, k % 2 == 0, peak=float(k + 1))
+             for k in range(6)]
+    bands = summarise([*cases, case("dog", True)])["by_peak"]  # a case without a peak is left out
+    assert list(bands) == ["low", "middle", "high"]
+    assert [b["cases"] for b in bands.values()] == [2, 2, 2]
+    assert bands["low"]["peak"] == [1.0, 2.0] and bands["high"]["peak"] == [5.0, 6.0]
+    assert [b["hit"] for b in bands.values()] == [0.0, 0.0, 100.0]
+    assert [b["centre_cell"] for b in bands.values()] == [50.0, 50.0, 50.0]
+    assert summarise([case("dog", True)])["by_peak"] == {}

@@ -114,6 +114,10 @@ def format_summary(result: dict, title: str) -> str:
     for name, half in result["halves"].items():
         lines.append(f"  half {name} ({half['photos']} photos, {half['cases']} cases): hit {half['hit']:.1f}%, centre "
                      f"{half['centre_cell']:.1f}%; " + interval_line(half["bootstrap"]))
+    if result.get("by_peak"):
+        lines.append("  by how peaked the map was (max / mean), thirds: " + "; ".join(
+            f"{name} {band['peak'][0]:.1f}-{band['peak'][1]:.1f}: hit {band['hit']:.1f}%, centre "
+            f"{band['centre_cell']:.1f}%" for name, band in result["by_peak"].items()))
     lines.append(f"  {'category':<16}{'cases':>6}{'photos':>7}{'hit %':>8}{'random %':>10}{'centre %':>10}"
                  f"{'reachable %':>13}")
     for name, r in sorted(result["per_category"].items(), key=lambda kv: (kv[1]["hit"], -kv[1]["cases"])):

@@ -30,7 +30,7 @@ from itm.data.types import Captions
 from itm.devices import model_device, on_device
 from itm.errors import DataError, ItmError
 from itm.evaluation.engine import eval_mode
-from itm.evaluation.pointing import ImageBoxes, PointingCase, fuse_grids, point, point_at
+from itm.evaluation.pointing import ImageBoxes, PointingCase, fuse_grids, peakedness, point, point_at
 from itm.models.base import Matcher
 from itm.pipeline import PreparedSplit
 
@@ -196,5 +196,5 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
                 row, grid = fuse_grids(rows, grids) if len(splits) > 1 else (rows[0], grids[0])
                 cell, hit, random_hit, centre_hit = locate(row, grid, size, photo, category, image_boxes)
                 cases.append(PointingCase(record.filename, c, position, word, category, cell, hit,
-                                          random_hit, centre_hit))
+                                          random_hit, centre_hit, peakedness(row)))
     return cases

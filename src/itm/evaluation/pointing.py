@@ -129,6 +129,14 @@ class PointingCase:
     hit: bool
     random_hit: float  # the expected hit of a uniformly drawn cell
     centre_hit: bool
+    peak: float = float("nan")  # how peaked the word's map was (``peakedness``); nan where not measured
+
+
+def peakedness(row: np.ndarray) -> float:
+    """A map's maximum over its mean: for a distribution over D cells, max x D (the pictures' label
+    `peak Nx uniform`); nan for a map with no positive mass."""
+    mean = float(np.mean(row))
+    return float(np.max(row)) / mean if mean > 0 else float("nan")
 
 
 def point(attention_row: np.ndarray, grid: tuple[int, int], photo_size: tuple[int, int], boxes: ImageBoxes,
@@ -212,6 +220,26 @@ def point_at(xy: tuple[float, float], grid: tuple[int, int], photo_size: tuple[i
     return row * gw + col, hit, float(inside.mean()), bool(inside[centre])
 
 
+PEAK_BANDS = ("low", "middle", "high")
+
+
+def by_peak(cases: list[PointingCase]) -> dict:
+    """The cases in thirds by how peaked their maps were, with each third's hit and centre-cell rates
+    (percent): whether a sharper map is more often right, i.e. whether a picture's `peak Nx uniform`
+    is evidence of anything. Empty when fewer than three cases carry a peak."""
+    measured = sorted((c for c in cases if np.isfinite(c.peak)), key=lambda c: c.peak)
+    if len(measured) < len(PEAK_BANDS):
+        return {}
+    bands = np.array_split(np.arange(len(measured)), len(PEAK_BANDS))
+    out = {}
+    for name, band in zip(PEAK_BANDS, bands, strict=True):
+        group = [measured[i] for i in band]
+        out[name] = {"cases": len(group), "peak": [group[0].peak, group[-1].peak],
+                     "hit": 100 * sum(c.hit for c in group) / len(group),
+                     "centre_cell": 100 * sum(c.centre_hit for c in group) / len(group)}
+    return out
+
+
 def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict."""
     def rates(group: list[PointingCase]) -> dict:
@@ -241,4 +269,4 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     return {"overall": rates(cases), "bootstrap": photo_bootstrap(cases), "halves": halves,
             "per_category": per_category, "categories_at_zero": zero,
             "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable,
-            "reachable_at_zero": reachable_zero, "min_cases": min_cases}
+            "reachable_at_zero": reachable_zero, "min_cases": min_cases, "by_peak": by_peak(cases)}
