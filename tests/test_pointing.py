@@ -288,3 +288,15 @@ def test_peakedness_and_the_cases_in_thirds_by_it():
     assert [b["hit"] for b in bands.values()] == [0.0, 0.0, 100.0]
     assert [b["centre_cell"] for b in bands.values()] == [50.0, 50.0, 50.0]
     assert summarise([case("dog", True)])["by_peak"] == {}
+
+
+def test_cases_split_by_whether_the_model_trained_on_their_word():
+    cases = [PointingCase("a.jpg", 0, 0, "dog", "dog", 0, True, 0.3, False),
+             PointingCase("b.jpg", 0, 0, "puppy", "dog", 0, False, 0.3, True),
+             PointingCase("c.jpg", 0, 0, "puppy", "dog", 0, True, 0.3, True)]
+    groups = summarise(cases, seen={"dog", "cat"})["by_vocabulary"]
+    assert groups["seen"]["cases"] == 1 and groups["seen"]["hit"] == 100.0
+    assert groups["unseen"]["cases"] == 2 and groups["unseen"]["hit"] == 50.0
+    assert groups["unseen"]["centre_cell"] == 100.0 and groups["unseen"]["bootstrap"]["photos"] == 2
+    assert "unseen" not in summarise(cases[:1], seen={"dog"})["by_vocabulary"]  # an empty group is left out
+    assert summarise(cases)["by_vocabulary"] == {}  # no training words given: no split

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         concepts = concept_maps_for(config.features)  # the same backbone at every fused size
     cases = pointing_cases(ckpt.model, split, boxes, words, args.method, others, encode=query_encoder(ckpt),
                            concepts=concepts)
-    result = summarise(cases, args.min_cases)
+    result = summarise(cases, args.min_cases, seen=set(ckpt.vocab.to_list()))
     # cells index the finest grid when maps of several sizes were fused
     shown = max((split, *others), key=lambda s: s.features.grid_shape[0] * s.features.grid_shape[1])
     rows, cols = shown.features.grid_shape
@@ -114,6 +114,9 @@ def format_summary(result: dict, title: str) -> str:
     for name, half in result["halves"].items():
         lines.append(f"  half {name} ({half['photos']} photos, {half['cases']} cases): hit {half['hit']:.1f}%, centre "
                      f"{half['centre_cell']:.1f}%; " + interval_line(half["bootstrap"]))
+    for name, group in result.get("by_vocabulary", {}).items():
+        lines.append(f"  {name} words ({group['cases']} cases, {group['photos']} photos): hit {group['hit']:.1f}%, "
+                     f"centre {group['centre_cell']:.1f}%; " + interval_line(group["bootstrap"]))
     if result.get("by_peak"):
         lines.append("  by how peaked the map was (max / mean), thirds: " + "; ".join(
             f"{name} {band['peak'][0]:.1f}-{band['peak'][1]:.1f}: hit {band['hit']:.1f}%, centre "

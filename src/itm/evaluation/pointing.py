@@ -240,8 +240,10 @@ def by_peak(cases: list[PointingCase]) -> dict:
     return out
 
 
-def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
-    """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict."""
+def summarise(cases: list[PointingCase], min_cases: int = 5, seen: set[str] | None = None) -> dict:
+    """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict.
+    ``seen``: the model's training words; the cases are then also split by whether their word is one
+    (``by_vocabulary``: does a word read through the word table point as well as a trained one?)."""
     def rates(group: list[PointingCase]) -> dict:
         n = len(group)
         # a box holding no cell centre cannot be hit by any attention on this grid
@@ -266,7 +268,13 @@ def summarise(cases: list[PointingCase], min_cases: int = 5) -> dict:
     photos_at_zero = len({c.image for c in cases if c.category in zero})
     halves = {name: {**rates(group), "bootstrap": photo_bootstrap(group)}
               for name, group in photo_halves(cases).items() if group}
+    by_vocabulary = {}
+    if seen is not None:
+        groups = {"seen": [c for c in cases if c.word in seen], "unseen": [c for c in cases if c.word not in seen]}
+        by_vocabulary = {name: {**rates(group), "bootstrap": photo_bootstrap(group)}
+                         for name, group in groups.items() if group}
     return {"overall": rates(cases), "bootstrap": photo_bootstrap(cases), "halves": halves,
             "per_category": per_category, "categories_at_zero": zero,
             "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable,
-            "reachable_at_zero": reachable_zero, "min_cases": min_cases, "by_peak": by_peak(cases)}
+            "reachable_at_zero": reachable_zero, "min_cases": min_cases, "by_peak": by_peak(cases),
+            "by_vocabulary": by_vocabulary}
