@@ -296,3 +296,21 @@ def test_eval_by_vocabulary_reports_text_queries_with_concepts(tmp_path, monkeyp
     assert search["plain"]["unseen"]["captions"] == 2 and search["with_concepts"]["seen"] == search["plain"]["seen"]
     assert len(search["unseen_r1_change_interval"]) == 2
     assert "text queries with concepts (2 captions'" in capsys.readouterr().out
+
+
+def test_the_pictures_mark_an_untrained_words_attention_as_a_guess(tmp_path, monkeypatch):
+    import itm
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    photos = photo_folder(tmp_path / "photos")
+    model = itm.load_model(index_checkpoint(tmp_path / "bssan.pt", "bssan", open_vocabulary=True), device="cpu")
+    figures = model.explain(photos / "red.jpg", "a giraffe on a red square")  # giraffe: no ImageNet class
+
+    def labels(name):
+        return [ax.get_xlabel() for ax in figures[name].axes] + [t.get_text() for ax in figures[name].axes
+                                                                 for t in ax.texts]
+
+    assert "giraffe\nno class: attention, untrained word: a guess" in labels("concept")
+    assert "a\nno class: attention" in labels("concept")  # a trained word's attention is not marked
+    assert any(label.startswith("giraffe\nuntrained, peak ") for label in labels("w2r"))
+    assert any(label.startswith("red\npeak ") for label in labels("w2r"))

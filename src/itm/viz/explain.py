@@ -36,6 +36,9 @@ class PairExplanation:
     attention: dict[str, np.ndarray]  # name -> (rows, over), real words only
     specs: dict[str, AttentionSpec]  # what each map is (the model's declaration)
     unread: frozenset[str] = frozenset()  # words the model could not read: no map is drawn for them
+    # words read through the word table or by spelling, never in training: their attention is a guess
+    # (unseen words point no better than the photo's centre, docs/explain.md)
+    untrained: frozenset[str] = frozenset()
 
 
 def check_known_words(tokens: list[str], vocab: Vocab, caption: str) -> WordReport:
@@ -86,7 +89,8 @@ def _word_panels(att: np.ndarray, ctx: FigureContext) -> Figure:
     # each panel is min-max scaled to be visible, so say how peaked the attention really is; a word the
     # model could not read gets an empty panel that says so, not a confident-looking peak
     unread = np.array([w in ctx.explanation.unread for w in ctx.explanation.words])
-    labels = [f"{w}\nnot read: no map" if skip else f"{w}\npeak {row.max() * att.shape[1]:.1f}x uniform"
+    labels = [f"{w}\nnot read: no map" if skip else
+              f"{w}\n{'untrained, ' if w in ctx.explanation.untrained else ''}peak {row.max() * att.shape[1]:.1f}x uniform"
               for w, row, skip in zip(ctx.explanation.words, att, unread, strict=True)]
     att = np.where(unread[:, None], 0.0, att)
     return word_attention_figure(ctx.image, att, labels, score=ctx.explanation.score, parts=ctx.explanation.parts,
@@ -223,7 +227,8 @@ def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: to
             labels.append(f"{word}\nImageNet: {name}")
         elif attention is not None:
             rows[n] = unit_range(attention[n : n + 1])[0]
-            labels.append(f"{word}\n{fallback}: attention")
+            untrained = ", untrained word: a guess" if word in explanation.untrained else ""
+            labels.append(f"{word}\n{fallback}: attention{untrained}")
         else:
             labels.append(f"{word}\n{fallback}, no map")
     return word_attention_figure(ctx.image, rows, labels, score=explanation.score, parts=explanation.parts,
@@ -266,7 +271,8 @@ def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache
     captions = encode_captions([tokens], ckpt.vocab, config.data.max_words,
                                word_vectors([tokens], config, progress=False))
     explanation = dataclasses.replace(explain_pair(ckpt.model, features, 0, captions, 0, tokens),
-                                      unread=frozenset(words.unreadable))
+                                      unread=frozenset(words.unreadable),
+                                      untrained=frozenset([*words.unseen, *words.read_as]))
     photo = image_array(path)
     drawn = pair_figures(explanation, photo, features, 0, title=str(caption))
     if method == "concept":
