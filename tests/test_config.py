@@ -183,6 +183,10 @@ BAD = [
     ("data.max_words=0", "data.max_words"),
     ("features.num_objects=-5", "features.num_objects"),
     ("eval.memory_budget_mb=0", "eval.memory_budget_mb"),
+    ("eval.score_sizes=[0]", "eval.score_sizes"),
+    ("eval.score_sizes=[224]", "eval.score_sizes"),  # bssan_cpu's trained size: that view is scored anyway
+    ("eval.score_sizes=[320, 320]", "eval.score_sizes"),
+    ("eval.score_sizes=big", "eval.score_sizes"),
 ]
 
 

@@ -405,6 +405,30 @@ def test_cli_eval_of_a_checkpoint_twice_is_the_checkpoint(cli_env, reference_run
 
 
 @pytest.mark.slow
+def test_cli_eval_over_two_grids_is_the_mean_of_the_two_views(cli_env, reference_run):
+    """eval.score_sizes: the model's matrix on its trained grid and on a finer one, each z-scored, averaged."""
+    from itm.evaluation.evaluate import combine_scores
+
+    root, data, env = cli_env
+    views = {}
+    for name, sets in (("trained", []), ("finer", ["features.image_size=320"]), ("both", ["eval.score_sizes=[320]"])):
+        out = root / "eval" / f"views_{name}"
+        args = ["eval", "--checkpoint", str(reference_run), "--data", str(data), "--split", "test", "--no-progress",
+                "--json", f"{out}.json", "--scores", f"{out}.npy"]
+        done = itm(args + [item for value in sets for item in ("--set", value)], env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        views[name] = json.loads(Path(f"{out}.json").read_text()), np.load(f"{out}.npy")
+    trained, finer, both = (views[name][1] for name in ("trained", "finer", "both"))
+    assert not np.allclose(trained, finer)  # two views that differ
+    np.testing.assert_allclose(both, combine_scores([trained, finer], "zscore"), rtol=1e-5, atol=1e-5)
+    assert views["both"][0]["score_sizes"] == [[224, 320]] and views["both"][0]["ensemble_norm"] == "zscore"
+    assert "score_sizes" not in views["trained"][0] and "at 224 + 320 px" in done.stdout
+    bad = itm(["eval", "--checkpoint", str(reference_run), "--data", str(data), "--set", "eval.score_sizes=[224]"], env)
+    assert bad.returncode != 0 and "eval.score_sizes: each view's size once, and not the trained size 224" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
 def test_cli_resume_takes_train_overrides_only(cli_env, reference_run, tmp_path):
     _, _, env = cli_env
     run = tmp_path / "continued"

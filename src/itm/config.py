@@ -148,6 +148,10 @@ class EvalConfig:
     # extract features at this size: the same weights over a finer region grid, whose peaks point better
     # (docs/explain.md); scoring and indexing keep the trained size
     explain_image_size: int | None = None
+    # test-time views: `itm eval` also scores the photos extracted at these sizes (the same weights over
+    # other region grids) and ranks by the mean of the views' z-scored matrices; costs one scoring and one
+    # extraction per view (docs/results/ablations.md, "Two grids at test time")
+    score_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -375,7 +379,7 @@ def check_fields(section: str, obj: Any, *, positive: tuple[str, ...] = (), non_
             fail(key, "must be positive or null")
     for key in positive_lists:
         if any(size <= 0 for size in getattr(obj, key)):
-            fail(key, "layer sizes must be positive")
+            fail(key, "sizes must be positive")
 
 
 def validate(config: Config) -> None:
@@ -392,7 +396,12 @@ def validate(config: Config) -> None:
                  choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine"),
                           "precision": PRECISIONS})
     check_fields("eval", config.eval, positive=("image_tile", "caption_tile", "memory_budget_mb"),
-                 optional_positive=("explain_image_size",), choices={"precision": PRECISIONS})
+                 optional_positive=("explain_image_size",), positive_lists=("score_sizes",),
+                 choices={"precision": PRECISIONS})
+    if config.features.image_size in config.eval.score_sizes or len(set(config.eval.score_sizes)) < len(
+            config.eval.score_sizes):
+        raise ConfigError(f"eval.score_sizes: each view's size once, and not the trained size "
+                          f"{config.features.image_size}, got {config.eval.score_sizes!r}")
     config.model.validate()
     from itm.losses import LOSSES  # late: keeps this module free of torch at import
 

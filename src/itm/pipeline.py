@@ -55,6 +55,13 @@ def explanation_features(config: Config) -> FeatureConfig:
     return config.features if not size else dataclasses.replace(config.features, image_size=size)
 
 
+def scoring_views(config: Config) -> list[Config]:
+    """The configs a model is scored under by ``itm eval``: its own, then one per ``eval.score_sizes``
+    (the same weights over the photos extracted at that size)."""
+    return [config, *(dataclasses.replace(config, features=dataclasses.replace(config.features, image_size=size))
+                      for size in config.eval.score_sizes)]
+
+
 def feature_config(settings: dict) -> FeatureConfig:
     """The FeatureConfig stored in a checkpoint's feature settings (unknown keys ignored)."""
     known = {f for f in FeatureConfig.__dataclass_fields__}

@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "those with another word (R@K of each), and probe each unseen word that names two or "
                              "more photos with the query 'a WORD' (recall@5 beside chance); flickr protocol")
     parser.add_argument("--ensemble-norm", choices=ENSEMBLE_NORMS, default="zscore",
-                        help="several checkpoints: put each model's score matrix on a common scale before the mean "
-                             "(zscore: its own mean and standard deviation; none: raw scores)")
+                        help="several checkpoints, or one scored over several grids (eval.score_sizes): put each "
+                             "score matrix on a common scale before the mean (zscore: its own mean and standard "
+                             "deviation; none: raw scores)")
     parser.add_argument("--no-progress", action="store_true")
     add_device_argument(parser)
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.evaluation.evaluate import Member, evaluate_ensemble
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
-    from itm.pipeline import prepare_split
+    from itm.pipeline import prepare_split, scoring_views
     from itm.training.run import code_commit
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
@@ -63,14 +64,15 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split).split(args.split)
     if not len(dataset):
         raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")
-    members, owners, splits = [], [], []
+    members, owners, splits, member_checkpoints = [], [], [], []
     for ckpt in checkpoints:
-        config = ckpt.config
-        split = prepare_split(dataset, config, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress,
-                              device=device)
-        members.append(Member(ckpt.model, split.features, split.captions))
-        owners.append(split.caption_to_image)
-        splits.append(split)
+        for view in scoring_views(ckpt.config):  # the trained grid, then any eval.score_sizes
+            split = prepare_split(dataset, view, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress,
+                                  device=device)
+            members.append(Member(ckpt.model, split.features, split.captions))
+            owners.append(split.caption_to_image)
+            splits.append(split)
+            member_checkpoints.append(ckpt)
     if any(not np.array_equal(owner, owners[0]) for owner in owners):
         raise ItmError(f"dataset {args.data}: the checkpoints read different captions of split '{args.split}'")
     config = checkpoints[0].config
@@ -81,14 +83,15 @@ def run(args: argparse.Namespace) -> int:
                                max_image_chunk=config.eval.image_tile, precision=precision,
                                normalise=args.ensemble_norm)
     if args.by_vocabulary:
-        result.update(vocabulary_report(checkpoints, splits, members, result["scores"], config, args.ensemble_norm))
+        result.update(vocabulary_report(member_checkpoints, splits, members, result["scores"], config,
+                                        args.ensemble_norm))
     if not is_main():
         return 0  # rank 0 prints and writes
     scores = result.pop("scores", None)
     if args.scores:
         Path(args.scores).parent.mkdir(parents=True, exist_ok=True)
         np.save(args.scores, scores)
-    model_name = " + ".join(ckpt.config.model.name for ckpt in checkpoints)
+    model_name = " + ".join(ckpt.config.model.name + views_label(ckpt.config) for ckpt in checkpoints)
     title = (f"{model_name} on {args.data} [{args.split}, {args.protocol}]: "
              f"{result['n_images']} images, {result['n_captions']} captions, {result['seconds']:.1f} s")
     print(format_table(result, title))
@@ -106,7 +109,11 @@ def run(args: argparse.Namespace) -> int:
         out["device"], out["precision"] = str(device), precision
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
+        if len(members) > 1:
             out["ensemble_norm"] = args.ensemble_norm
+        if any(ckpt.config.eval.score_sizes for ckpt in checkpoints):  # test-time views: one entry per checkpoint
+            out["score_sizes"] = [[ckpt.config.features.image_size, *ckpt.config.eval.score_sizes]
+                                  for ckpt in checkpoints]
         if args.overrides:  # e.g. a test-time features.image_size: the figures are not the saved config's
             out["overrides"] = list(args.overrides)
         out["provenance"] = [run_provenance(path) for path in args.checkpoint]  # what trained each model
@@ -116,9 +123,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def views_label(config) -> str:
+    """" at 260 + 416 px" for a model scored over several grids (``eval.score_sizes``), else ""."""
+    sizes = [config.features.image_size, *config.eval.score_sizes]
+    return f" at {' + '.join(str(s) for s in sizes)} px" if len(sizes) > 1 else ""
+
+
 def vocabulary_report(checkpoints, splits, members, scores, config, normalise: str) -> dict:
-    """``--by-vocabulary``: the split's captions by vocabulary group, and the concept probe. "Seen"
-    words are the first checkpoint's training words (an ensemble's members share a training set)."""
+    """``--by-vocabulary``: the split's captions by vocabulary group, and the concept probe; ``checkpoints``:
+    each member's (a model scored over several grids is several members). "Seen" words are the first
+    checkpoint's training words (an ensemble's members share a training set)."""
     from itm.data.encode import encode_captions
     from itm.evaluation.evaluate import evaluate_vocabulary
     from itm.evaluation.vocabulary import has_unseen_word, probe_words
