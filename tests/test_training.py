@@ -424,7 +424,7 @@ def test_cli_eval_over_two_grids_is_the_mean_of_the_two_views(cli_env, reference
     assert views["both"][0]["score_sizes"] == [[224, 320]] and views["both"][0]["ensemble_norm"] == "zscore"
     assert "score_sizes" not in views["trained"][0] and "at 224 + 320 px" in done.stdout
     bad = itm(["eval", "--checkpoint", str(reference_run), "--data", str(data), "--set", "eval.score_sizes=[224]"], env)
-    assert bad.returncode != 0 and "eval.score_sizes: each view's size once, and not the trained size 224" in bad.stderr
+    assert bad.returncode != 0 and "none equal to features.image_size 224" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 

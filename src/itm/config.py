@@ -400,8 +400,8 @@ def validate(config: Config) -> None:
                  choices={"precision": PRECISIONS})
     if config.features.image_size in config.eval.score_sizes or len(set(config.eval.score_sizes)) < len(
             config.eval.score_sizes):
-        raise ConfigError(f"eval.score_sizes: each view's size once, and not the trained size "
-                          f"{config.features.image_size}, got {config.eval.score_sizes!r}")
+        raise ConfigError(f"eval.score_sizes: each extra view's size once, none equal to features.image_size "
+                          f"{config.features.image_size} (always scored), got {config.eval.score_sizes!r}")
     config.model.validate()
     from itm.losses import LOSSES  # late: keeps this module free of torch at import
 
