@@ -55,11 +55,14 @@ def explanation_features(config: Config) -> FeatureConfig:
     return config.features if not size else dataclasses.replace(config.features, image_size=size)
 
 
+def at_image_size(config: Config, size: int) -> Config:
+    """The config with its photos extracted at ``size``: the same weights over another region grid."""
+    return dataclasses.replace(config, features=dataclasses.replace(config.features, image_size=size))
+
+
 def scoring_views(config: Config) -> list[Config]:
-    """The configs a model is scored under by ``itm eval``: its own, then one per ``eval.score_sizes``
-    (the same weights over the photos extracted at that size)."""
-    return [config, *(dataclasses.replace(config, features=dataclasses.replace(config.features, image_size=size))
-                      for size in config.eval.score_sizes)]
+    """The configs a model is scored under by ``itm eval``: its own, then one per ``eval.score_sizes``."""
+    return [config, *(at_image_size(config, size) for size in config.eval.score_sizes)]
 
 
 def feature_config(settings: dict) -> FeatureConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.devices import resolve_device
     from itm.evaluation.grounding import pointing_cases
     from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
-    from itm.pipeline import prepare_split
+    from itm.pipeline import at_image_size, prepare_split
 
     device = resolve_device(args.device)
     boxes, categories = read_coco_boxes(args.boxes)
@@ -53,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     config = ckpt.config
     dataset = load_dataset(args.data, args.split)
     split = prepare_split(dataset, config, ckpt.vocab, progress=False, device=device)
-    others = tuple(prepare_split(dataset, dataclasses.replace(config, features=dataclasses.replace(
-        config.features, image_size=size)), ckpt.vocab, progress=False, device=device) for size in args.fuse_sizes)
+    others = tuple(prepare_split(dataset, at_image_size(config, size), ckpt.vocab, progress=False, device=device)
+                   for size in args.fuse_sizes)
     concepts = None
     if "concept" in args.method:
         from itm.features.concepts import concept_maps_for

@@ -266,13 +266,12 @@ def summarise(cases: list[PointingCase], min_cases: int = 5, seen: set[str] | No
     reachable_zero = [name for name in zero if per_category[name]["reachable_cases"] >= min_cases]
     # a category's cases are its photos' captions: five captions of one photo can fill min_cases
     photos_at_zero = len({c.image for c in cases if c.category in zero})
-    halves = {name: {**rates(group), "bootstrap": photo_bootstrap(group)}
-              for name, group in photo_halves(cases).items() if group}
-    by_vocabulary = {}
-    if seen is not None:
-        groups = {"seen": [c for c in cases if c.word in seen], "unseen": [c for c in cases if c.word not in seen]}
-        by_vocabulary = {name: {**rates(group), "bootstrap": photo_bootstrap(group)}
-                         for name, group in groups.items() if group}
+    def with_intervals(groups: dict[str, list[PointingCase]]) -> dict:
+        return {name: {**rates(group), "bootstrap": photo_bootstrap(group)} for name, group in groups.items() if group}
+
+    halves = with_intervals(photo_halves(cases))
+    by_vocabulary = {} if seen is None else with_intervals(
+        {"seen": [c for c in cases if c.word in seen], "unseen": [c for c in cases if c.word not in seen]})
     return {"overall": rates(cases), "bootstrap": photo_bootstrap(cases), "halves": halves,
             "per_category": per_category, "categories_at_zero": zero,
             "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable,
