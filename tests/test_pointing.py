@@ -143,6 +143,16 @@ def test_miss_pictures_for_the_worst_or_the_named_categories(tmp_path):
     assert [p.name for p in named] == ["misses_sink.png"] and named[0].stat().st_size > 0  # cat has no miss
     with pytest.raises(DataError, match="--categories: no cases for zebra"):
         draw_worst_misses(cases, result, split, tmp_path / "none", names=["zebra"])
+    unreachable = draw_worst_misses([case("kite", False, 0.0)], summarise([case("kite", False, 0.0)], min_cases=1),
+                                    split, tmp_path / "kite", categories=1)
+    assert [p.name for p in unreachable] == ["misses_kite.png"]
+
+
+def test_a_miss_no_cell_could_hit_says_so_under_its_panel():
+    from itm.viz.pointing import miss_label
+
+    assert miss_label(case("kite", False, 0.0), (13, 13)).endswith("\nno 13 x 13 cell can hit it")
+    assert "cell can hit" not in miss_label(case("sink", False, 0.1), (13, 13))
 
 
 def cases_of(outcomes: dict[str, list[tuple[bool, bool]]]) -> list[PointingCase]:

@@ -41,10 +41,19 @@ def draw_worst_misses(cases, result: dict, split, out_dir: Path, categories: int
                 ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.5))
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_xlabel(f"'{case.word}' ({case.image[-10:]})", fontsize=9)
+            ax.set_xlabel(miss_label(case, (gh, gw)), fontsize=9)
         fig.suptitle(f"{name}: misses (red: peak cell, green: boxes)", fontsize=11)
         written.append(save_figure(fig, out_dir / f"misses_{name.replace(' ', '_')}.png"))
     return written
+
+
+def miss_label(case, grid_shape: tuple[int, int]) -> str:
+    """A miss panel's caption; a case no cell of the grid could hit (no cell centre inside any of its
+    boxes) says so, so that its red cell is not read as the map's fault alone."""
+    label = f"'{case.word}' ({case.image[-10:]})"
+    if case.random_hit == 0:
+        label += f"\nno {grid_shape[0]} x {grid_shape[1]} cell can hit it"
+    return label
 
 
 def worst_categories(result: dict, count: int) -> list[str]:
