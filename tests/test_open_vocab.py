@@ -311,6 +311,6 @@ def test_the_pictures_mark_an_untrained_words_attention_as_a_guess(tmp_path, mon
                                                                  for t in ax.texts]
 
     assert "giraffe\nno class: attention, untrained word: a guess" in labels("concept")
-    assert "a\nno class: attention" in labels("concept")  # a trained word's attention is not marked
+    assert "a\nno class: attention, a guess" in labels("concept")  # a trained word's: a guess too, not untrained
     assert any(label.startswith("giraffe\nuntrained, peak ") for label in labels("w2r"))
     assert any(label.startswith("red\npeak ") for label in labels("w2r"))

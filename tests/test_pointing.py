@@ -207,6 +207,10 @@ def test_pointing_methods_end_to_end(tmp_path, monkeypatch, method):
                  "--json", str(tmp_path / "out.json"), "--min-cases", "1", "--method", method]) == 0
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["method"] == method and result["overall"]["cases"] == 1 and result["overall"]["hit"] == 100.0
+    # the concept methods say which map each point came from; the others have no such split
+    sources = set(result["by_map"])
+    assert (sources <= {"concept", "attention"} and sum(g["cases"] for g in result["by_map"].values()) == 1) \
+        if "concept" in method else sources == set()
 
 
 def test_a_method_the_model_cannot_serve_is_one_line(tmp_path, monkeypatch, capsys):
@@ -310,3 +314,15 @@ def test_cases_split_by_whether_the_model_trained_on_their_word():
     assert groups["unseen"]["centre_cell"] == 100.0 and groups["unseen"]["bootstrap"]["photos"] == 2
     assert "unseen" not in summarise(cases[:1], seen={"dog"})["by_vocabulary"]  # an empty group is left out
     assert summarise(cases)["by_vocabulary"] == {}  # no training words given: no split
+
+
+def test_cases_split_by_the_map_their_point_came_from():
+    cases = [PointingCase("a.jpg", 0, 0, "bus", "bus", 0, True, 0.3, False, source="concept"),
+             PointingCase("b.jpg", 0, 0, "man", "person", 0, False, 0.3, True, source="attention"),
+             PointingCase("c.jpg", 0, 0, "bus", "bus", 0, True, 0.3, True, source="concept")]
+    groups = summarise(cases)["by_map"]
+    assert list(groups) == ["attention", "concept"]
+    assert groups["concept"]["cases"] == 2 and groups["concept"]["hit"] == 100.0
+    assert groups["attention"]["hit"] == 0.0 and groups["attention"]["centre_cell"] == 100.0
+    assert groups["concept"]["bootstrap"]["photos"] == 2
+    assert summarise([case("dog", True)])["by_map"] == {}  # the attention method: one kind of map, no split

@@ -116,6 +116,9 @@ def format_summary(result: dict, title: str) -> str:
     for name, group in result.get("by_vocabulary", {}).items():
         lines.append(f"  {name} words ({group['cases']} cases, {group['photos']} photos): hit {group['hit']:.1f}%, "
                      f"centre {group['centre_cell']:.1f}%; " + interval_line(group["bootstrap"]))
+    for name, group in result.get("by_map", {}).items():
+        lines.append(f"  pointed by its {name} map ({group['cases']} cases, {group['photos']} photos): hit "
+                     f"{group['hit']:.1f}%, centre {group['centre_cell']:.1f}%; " + interval_line(group["bootstrap"]))
     if result.get("by_peak"):
         lines.append("  by how peaked the map was (max / mean), thirds: " + "; ".join(
             f"{name} {band['peak'][0]:.1f}-{band['peak'][1]:.1f}: hit {band['hit']:.1f}%, centre "

@@ -173,6 +173,13 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
                     zip(attention_rows(model, s, i, key), concept_rows(s, i, concepts), strict=True)]
         return attention_rows(model, s, i, key) if key else gradient_rows(model, s, i, encode)
 
+    def sources_of(i: int) -> list[list[str]]:
+        """Per caption, per word: the map its point comes from (the trained grid's concept gate decides)."""
+        if not combine:
+            return [[""] * len(tokens) for tokens in read_tokens(split, i)]
+        return [["concept" if named else "attention" for named in np.abs(con).max(1) > 0]
+                for con in concept_rows(split, i, concepts)]
+
     splits = (split, *other_sizes)
     grids = [s.features.grid_shape for s in splits]
     if None in grids:
@@ -187,6 +194,7 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
         size = photo_size(record.path)
         image_boxes = None if split.features.boxes is None else split.features.boxes[i].float().numpy()  # (P, 4)
         maps = [rows_of(s, i) for s in splits]  # per size: per caption (n_words, over)
+        sources = sources_of(i)  # per caption: per word
         for c, tokens in enumerate(record.tokens):
             for position, word in enumerate(tokens[: len(maps[0][c])]):
                 category = words.get(word)
@@ -196,5 +204,5 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
                 row, grid = fuse_grids(rows, grids) if len(splits) > 1 else (rows[0], grids[0])
                 cell, hit, random_hit, centre_hit = locate(row, grid, size, photo, category, image_boxes)
                 cases.append(PointingCase(record.filename, c, position, word, category, cell, hit,
-                                          random_hit, centre_hit, peakedness(row)))
+                                          random_hit, centre_hit, peakedness(row), sources[c][position]))
     return cases

@@ -130,6 +130,7 @@ class PointingCase:
     random_hit: float  # the expected hit of a uniformly drawn cell
     centre_hit: bool
     peak: float = float("nan")  # how peaked the word's map was (``peakedness``); nan where not measured
+    source: str = ""  # the concept methods: the map the point came from ("concept" or "attention")
 
 
 def peakedness(row: np.ndarray) -> float:
@@ -243,7 +244,8 @@ def by_peak(cases: list[PointingCase]) -> dict:
 def summarise(cases: list[PointingCase], min_cases: int = 5, seen: set[str] | None = None) -> dict:
     """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict.
     ``seen``: the model's training words; the cases are then also split by whether their word is one
-    (``by_vocabulary``: does a word read through the word table point as well as a trained one?)."""
+    (``by_vocabulary``: does a word read through the word table point as well as a trained one?).
+    Cases that record their map's ``source`` are split by it too (``by_map``)."""
     def rates(group: list[PointingCase]) -> dict:
         n = len(group)
         # a box holding no cell centre cannot be hit by any attention on this grid
@@ -272,8 +274,11 @@ def summarise(cases: list[PointingCase], min_cases: int = 5, seen: set[str] | No
     halves = with_intervals(photo_halves(cases))
     by_vocabulary = {} if seen is None else with_intervals(
         {"seen": [c for c in cases if c.word in seen], "unseen": [c for c in cases if c.word not in seen]})
+    # which map each point came from: how far each kind of panel of the concept sheet can be trusted
+    by_map = with_intervals({name: [c for c in cases if c.source == name]
+                             for name in sorted({c.source for c in cases if c.source})})
     return {"overall": rates(cases), "bootstrap": photo_bootstrap(cases), "halves": halves,
             "per_category": per_category, "categories_at_zero": zero,
             "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable,
             "reachable_at_zero": reachable_zero, "min_cases": min_cases, "by_peak": by_peak(cases),
-            "by_vocabulary": by_vocabulary}
+            "by_vocabulary": by_vocabulary, "by_map": by_map}

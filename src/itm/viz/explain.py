@@ -227,7 +227,9 @@ def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: to
             labels.append(f"{word}\nImageNet: {name}")
         elif attention is not None:
             rows[n] = unit_range(attention[n : n + 1])[0]
-            untrained = ", untrained word: a guess" if word in explanation.untrained else ""
+            # measured: where the sheet falls back to attention, it points no better than the photo's centre
+            # (docs/explain.md, "by_map"), so the panel says it is a guess
+            untrained = ", untrained word: a guess" if word in explanation.untrained else ", a guess"
             labels.append(f"{word}\n{fallback}: attention{untrained}")
         else:
             labels.append(f"{word}\n{fallback}, no map")
