@@ -65,6 +65,23 @@ def test_maps_are_the_named_classes_logits_in_each_cell():
     np.testing.assert_allclose(rows[2], logits[:, 0].numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_zero_shot_maps_a_word_by_the_photos_classes_related_to_it():
+    weight = 0.1 * torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    bias = torch.tensor([5.0, 5.0, 5.0, -5.0, -5.0])
+    maps = ConceptMaps(weight, bias, CLASSES, TABLE)
+    regions = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    logits = regions @ weight.T + bias  # (D, K)
+    rows, sources = maps.maps_and_sources(regions, ["dog", "lamp", "qqqz"], zero_shot=True)
+    assert sources == ["concept", "zero-shot", ""]
+    # "lamp" names no class; of the photo's classes only the school bus is similar to it (the others'
+    # cosines are <= 0 and weigh nothing): its map is the bus's logits
+    np.testing.assert_allclose(rows[1], logits[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+    assert not rows[2].any()  # no vector: no map
+    plain, plain_sources = maps.maps_and_sources(regions, ["dog", "lamp"])
+    assert plain_sources == ["concept", ""] and not plain[1].any()  # off by default
+    np.testing.assert_array_equal(maps.maps(regions, ["dog", "lamp"], zero_shot=True), rows[:2])
+
+
 def test_a_classifier_and_names_that_disagree_are_refused():
     with pytest.raises(ConfigError, match="6 classes, the names 5"):
         ConceptMaps(torch.zeros(6, 4), torch.zeros(6), CLASSES, TABLE)

@@ -193,7 +193,7 @@ def test_a_spot_is_a_hit_inside_the_box_and_its_cell_is_the_one_holding_it():
     assert point_at((99.9, 59.9), GRID, (100, 60), photo, "dog")[:2] == (11, False)  # the last cell
 
 
-@pytest.mark.parametrize("method", ["attention", "objects", "gradient", "concept", "attention+concept"])
+@pytest.mark.parametrize("method", ["attention", "objects", "gradient", "concept", "attention+concept", "zero-shot"])
 def test_pointing_methods_end_to_end(tmp_path, monkeypatch, method):
     """BSSAN declares both maps; the box covers the whole photo, so every word case is a hit."""
     from helpers import boxed_photos, index_checkpoint
@@ -209,8 +209,8 @@ def test_pointing_methods_end_to_end(tmp_path, monkeypatch, method):
     assert result["method"] == method and result["overall"]["cases"] == 1 and result["overall"]["hit"] == 100.0
     # the concept methods say which map each point came from; the others have no such split
     sources = set(result["by_map"])
-    assert (sources <= {"concept", "attention"} and sum(g["cases"] for g in result["by_map"].values()) == 1) \
-        if "concept" in method else sources == set()
+    assert (sources <= {"concept", "zero-shot", "attention"} and sum(g["cases"] for g in result["by_map"].values()) == 1) \
+        if method in ("concept", "attention+concept", "zero-shot") else sources == set()
 
 
 def test_a_method_the_model_cannot_serve_is_one_line(tmp_path, monkeypatch, capsys):

@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "query 'a WORD' (any model reading the region grid); concept: the peak cell of the "
                              "backbone's ImageNet classifier for the classes the word names, of the attention map "
                              "for a word naming none (evidence of where the thing is, not of the model's reasons); "
+                             "zero-shot: concept, and for a word whose own classes the photo does not show, the map "
+                             "of the photo's likeliest classes related to it (ConSE); "
                              "attention+concept: both maps scaled to 0..1, summed")
     parser.add_argument("--fuse-sizes", type=int, nargs="+", default=[], metavar="PX",
                         help="also extract the photos at these sizes and fuse each word's maps over all the grids "
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.checkpoint import load_checkpoint
     from itm.data.load import load_dataset
     from itm.devices import resolve_device
-    from itm.evaluation.grounding import pointing_cases
+    from itm.evaluation.grounding import COMBINE_CONCEPT, pointing_cases
     from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
     from itm.pipeline import at_image_size, prepare_split
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     others = tuple(prepare_split(dataset, at_image_size(config, size), ckpt.vocab, progress=False, device=device)
                    for size in args.fuse_sizes)
     concepts = None
-    if "concept" in args.method:
+    if args.method in COMBINE_CONCEPT:
         from itm.features.concepts import concept_maps_for
 
         concepts = concept_maps_for(config.features)  # the same backbone at every fused size

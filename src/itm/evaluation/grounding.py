@@ -14,6 +14,9 @@ Methods (``POINTING_METHODS``), each reading only what the model declares:
   ImageNet classifier applied to each cell, for the classes the word names) where the word names
   one, of its words-over-regions attention otherwise. A concept map is evidence of where the photo
   shows the thing, not of why the matcher scored the pair.
+- ``zero-shot``: as ``concept``, but a word whose own classes the photo does not show (or that names
+  none) gets the map of the photo's likeliest classes related to it (``ConceptMaps.zero_shot_row``,
+  after ConSE) before falling back to attention.
 - ``attention+concept``: the word's attention map and its concept map, each scaled to 0..1, summed
   (the attention map alone where the word names no class).
 
@@ -109,10 +112,12 @@ def gradient_rows(model: Matcher, split: PreparedSplit, image: int, encode) -> l
     return [cam[[row_of[w] for w in tokens]] for tokens in captions_read]
 
 
-def concept_rows(split: PreparedSplit, image: int, concepts) -> list[np.ndarray]:
-    """Per caption of the image, (n_words, D): each word's concept map over the image's cells."""
+def concept_rows(split: PreparedSplit, image: int, concepts, zero_shot: bool = False
+                 ) -> list[tuple[np.ndarray, list[str]]]:
+    """Per caption of the image: (n_words, D) each word's concept map over the image's cells, and each
+    word's map source ("concept", "zero-shot" or "": none; ``ConceptMaps.maps_and_sources``)."""
     regions = split.features.regions[image]  # (D, C)
-    return [concepts.maps(regions, tokens) for tokens in read_tokens(split, image)]
+    return [concepts.maps_and_sources(regions, tokens, zero_shot) for tokens in read_tokens(split, image)]
 
 
 def unit_range(rows: np.ndarray) -> np.ndarray:
@@ -141,9 +146,10 @@ POINTING_METHODS = {
     "gradient": ((), _peak_cell),
     "concept": ((("words", "regions"),), _peak_cell),
     "attention+concept": ((("words", "regions"),), _peak_cell),
+    "zero-shot": ((("words", "regions"),), _peak_cell),
 }
 # the concept methods: how a word's attention and concept maps combine
-COMBINE_CONCEPT = {"concept": concept_first, "attention+concept": concept_sum}
+COMBINE_CONCEPT = {"concept": concept_first, "attention+concept": concept_sum, "zero-shot": concept_first}
 
 
 def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageBoxes],
@@ -167,18 +173,19 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
     if combine and concepts is None:
         raise ItmError(f"pointing method '{method}' needs the backbone's concept maps")
 
+    zero_shot = method == "zero-shot"
+
     def rows_of(s: PreparedSplit, i: int) -> list[np.ndarray]:
         if combine:
-            return [combine(att, con) for att, con in
-                    zip(attention_rows(model, s, i, key), concept_rows(s, i, concepts), strict=True)]
+            return [combine(att, con) for att, (con, _) in
+                    zip(attention_rows(model, s, i, key), concept_rows(s, i, concepts, zero_shot), strict=True)]
         return attention_rows(model, s, i, key) if key else gradient_rows(model, s, i, encode)
 
     def sources_of(i: int) -> list[list[str]]:
         """Per caption, per word: the map its point comes from (the trained grid's concept gate decides)."""
         if not combine:
             return [[""] * len(tokens) for tokens in read_tokens(split, i)]
-        return [["concept" if named else "attention" for named in np.abs(con).max(1) > 0]
-                for con in concept_rows(split, i, concepts)]
+        return [[source or "attention" for source in sources] for _, sources in concept_rows(split, i, concepts, zero_shot)]
 
     splits = (split, *other_sizes)
     grids = [s.features.grid_shape for s in splits]

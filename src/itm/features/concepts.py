@@ -35,6 +35,10 @@ from itm.errors import ConfigError
 # "potpie", "suitcase" -> "backpack") and words no class names ("giraffe", "man") get no map
 MIN_SIMILARITY = 0.8
 TOP_CLASSES = 5
+# a word whose own classes the photo does not show reads the photo's most likely classes instead, each
+# weighted by its probability and its GloVe similarity to the word: ConSE's convex combination of the
+# top T classes (Norouzi et al., ICLR 2014), T = 10 as there, applied to the classes' maps
+ZERO_SHOT_CLASSES = 10
 # the head noun of a description's first phrase: "A very small toy dog with ..." -> dog
 _PHRASE_END = re.compile(r"\s(?:with|that|of|in|is|are|which|whose|having|used|from|on|for)\s|,")
 
@@ -151,12 +155,8 @@ class ConceptMaps:
                 return WordConcepts(word, named, [1 / len(named)] * len(named), [self.classes[k].synonyms[0] for k in named])
         if word not in self.table or not len(self._phrase_vectors):
             return WordConcepts(word, [], [], [])
-        v = self.table.vectors([word])[0]
-        cosine = self._phrase_vectors @ (v / max(np.linalg.norm(v), 1e-8))  # (P,)
         # only one-word names: a phrase's mean vector drifts to its modifiers ("red" -> "red wolf")
-        cosine[self._multiword] = -1.0
-        best = np.full(len(self.classes), -1.0, np.float32)
-        np.maximum.at(best, self._owners, cosine)  # a class's similarity: its closest synonym's
+        best = self.similarity(word, one_word_names=True)
         order = np.argsort(-best, kind="stable")[: self.top_classes]
         order = [int(k) for k in order if best[k] >= self.min_similarity]
         if not order:
@@ -164,6 +164,19 @@ class ConceptMaps:
         sims = best[order]
         weights = (sims / sims.sum()).tolist()
         return WordConcepts(word, order, weights, [self.classes[k].synonyms[0] for k in order])
+
+    def similarity(self, word: str, one_word_names: bool = False) -> np.ndarray:
+        """(K,) each class's GloVe cosine with the word (its closest synonym's; -1 where none is in the
+        table, or every class when the word is not)."""
+        best = np.full(len(self.classes), -1.0, np.float32)
+        if word not in self.table or not len(self._phrase_vectors):
+            return best
+        v = self.table.vectors([word])[0]
+        cosine = self._phrase_vectors @ (v / max(np.linalg.norm(v), 1e-8))  # (P,)
+        if one_word_names:
+            cosine[self._multiword] = -1.0
+        np.maximum.at(best, self._owners, cosine)
+        return best
 
     def probabilities(self, regions: torch.Tensor) -> torch.Tensor:
         """(N, D, C) photos' region features -> (N, K) the classifier's own prediction for each photo
@@ -199,18 +212,40 @@ class ConceptMaps:
             return 0.0
         return float(self._over_chance(self.probabilities(regions[None])[0], found))
 
-    def maps(self, regions: torch.Tensor, words: list[str]) -> np.ndarray:
+    def maps(self, regions: torch.Tensor, words: list[str], zero_shot: bool = False) -> np.ndarray:
         """(D, C) one photo's region features -> (n_words, D): per word, the similarity-weighted class
         logits of its classes in each cell. A word naming no class, or whose classes the photo likely
-        does not show (``seen`` below 1), gets a row of zeros: no map, so no confident-looking peak."""
+        does not show (``seen`` below 1), gets a row of zeros: no map, so no confident-looking peak;
+        with ``zero_shot``, such a word gets ``zero_shot_row`` where it has one."""
+        return self.maps_and_sources(regions, words, zero_shot)[0]
+
+    def maps_and_sources(self, regions: torch.Tensor, words: list[str], zero_shot: bool = False
+                         ) -> tuple[np.ndarray, list[str]]:
+        """``maps``, and per word where its row came from: "concept" (its own classes), "zero-shot"
+        (the photo's classes related to it) or "" (no map)."""
         logits = regions.float() @ self.weight.T + self.bias  # (D, K)
         probs = torch.softmax(logits.mean(0), dim=0)  # (K,): the classifier is linear, so pooled logits = mean
         rows = np.zeros((len(words), regions.shape[0]), np.float32)
+        sources = [""] * len(words)
         for n, word in enumerate(words):
             found = self.concepts(word)
             if found.found and self._over_chance(probs, found) >= 1:  # ``seen``, computed once per photo
                 rows[n] = (logits[:, found.classes] @ torch.tensor(found.weights)).numpy()
-        return rows
+                sources[n] = "concept"
+            elif zero_shot and (row := self.zero_shot_row(logits, probs, word)) is not None:
+                rows[n], sources[n] = row, "zero-shot"
+        return rows, sources
+
+    def zero_shot_row(self, logits: torch.Tensor, probs: torch.Tensor, word: str) -> np.ndarray | None:
+        """(D, K) a photo's per-cell logits, (K,) its class probabilities -> (D,) the map of the photo's
+        ``ZERO_SHOT_CLASSES`` likeliest classes, each weighted by its probability times its (positive)
+        GloVe similarity to the word; None when the word has no vector or no such class relates to it."""
+        top = torch.topk(probs, min(ZERO_SHOT_CLASSES, len(probs))).indices  # (T,)
+        related = np.maximum(self.similarity(word)[top.numpy()], 0.0)  # (T,)
+        weights = probs[top].numpy() * related
+        if weights.sum() <= 0:
+            return None
+        return (logits[:, top] @ torch.from_numpy(weights / weights.sum()).float()).numpy()
 
 
 def with_evidence(scores: np.ndarray, evidence: np.ndarray) -> np.ndarray:
