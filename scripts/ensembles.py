@@ -26,6 +26,9 @@ from itm.evaluation.metrics import retrieval_metrics
 
 def measure(names: list[str], folder: Path, owner: np.ndarray) -> dict:
     """One ensemble's rsum under each normalisation, beside its members' own rsum and scoring time."""
+    missing = [str(folder / f"{n}{ext}") for n in names for ext in (".json", ".npy") if not (folder / f"{n}{ext}").is_file()]
+    if missing:  # each member needs both files (the module docstring says how to make them)
+        raise SystemExit(f"ensembles.py: missing {', '.join(missing)}")
     runs = {name: json.loads((folder / f"{name}.json").read_text(encoding="utf-8")) for name in names}
     matrices = [np.load(folder / f"{name}.npy") for name in names]
     result = {"members": names, "member_rsum": {n: round(runs[n]["rsum"], 2) for n in names},

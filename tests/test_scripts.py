@@ -219,6 +219,9 @@ def test_ensembles_from_saved_matrices_are_the_combined_matrices(tmp_path, capsy
     assert result["rsum_zscore"] == pytest.approx(retrieval_metrics((z[0] + z[1]) / 2, owner)["rsum"], abs=0.01)
     assert result["rsum_none"] == pytest.approx(retrieval_metrics(matrices["b"], owner)["rsum"], abs=0.01)
     assert result["scoring_seconds"] == 5.0 and "a + b: rsum" in capsys.readouterr().out
+    (tmp_path / "b.json").unlink()
+    with pytest.raises(SystemExit, match=r"ensembles.py: missing .*b\.json$"):
+        load_script("ensembles").main(["--data", str(data), "--dir", str(tmp_path), "--ensemble", "a,b"])
 
 
 def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypatch):
