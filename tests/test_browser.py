@@ -90,6 +90,7 @@ def test_search_renders_thumbnails_and_opens_the_explanation(server, browser):
                                             explanation))
     assert "Where each word looks" in browser.find_element(By.ID, "explain").text
     assert "method=concept" in explanation.get_attribute("src")  # the default explanation
+    assert "'a guess'" in browser.find_element(By.ID, "legend").text  # how to read the sheet's panels
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element(By.ID, "method")).select_by_value("attention")
@@ -98,6 +99,7 @@ def test_search_renders_thumbnails_and_opens_the_explanation(server, browser):
                                     if "method=attention" in e.get_attribute("src")])[0]
     wait_for(lambda: browser.execute_script("const i = arguments[0]; return i.complete && i.naturalWidth > 100",
                                             explanation))
+    assert "where the model looked" in browser.find_element(By.ID, "legend").text
 
 
 def test_words_the_models_cannot_read_are_shown_under_the_query_box(server, browser):
