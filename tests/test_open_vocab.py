@@ -310,7 +310,7 @@ def test_the_pictures_mark_an_untrained_words_attention_as_a_guess(tmp_path, mon
         return [ax.get_xlabel() for ax in figures[name].axes] + [t.get_text() for ax in figures[name].axes
                                                                  for t in ax.texts]
 
-    assert "giraffe\nno class: attention, untrained word: a guess" in labels("concept")
-    assert "a\nno class: attention, a guess" in labels("concept")  # a trained word's: a guess too, not untrained
+    assert "giraffe\nno class, untrained\nattention: a guess" in labels("concept")
+    assert "a\nno class\nattention: a guess" in labels("concept")  # a trained word's: a guess too, not untrained
     assert any(label.startswith("giraffe\nuntrained, peak ") for label in labels("w2r"))
     assert any(label.startswith("red\npeak ") for label in labels("w2r"))

@@ -151,7 +151,9 @@ def word_attention_figure(image, attention, words: Sequence[str], score: float |
     rows = math.ceil(n_panels / cols)
     aspect = height / width
     heading = score_title(score, parts, title)
-    fig = new_figure(cols * PANEL_INCHES, rows * (PANEL_INCHES * aspect + 0.35) + (0.4 if heading else 0.1))
+    label_lines = max(label.count("\n") + 1 for label in ["(image)", *words])  # room under each panel
+    fig = new_figure(cols * PANEL_INCHES, rows * (PANEL_INCHES * aspect + 0.35 + 0.25 * max(label_lines - 2, 0))
+                     + (0.4 if heading else 0.1))
     grid = fig.add_gridspec(rows, cols)
     _image_panel(fig.add_subplot(grid[0, 0]), rgb, "(image)")
     for i, (word, att) in enumerate(zip(words, grids, strict=True), start=1):

@@ -229,8 +229,8 @@ def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: to
             rows[n] = unit_range(attention[n : n + 1])[0]
             # measured: where the sheet falls back to attention, it points no better than the photo's centre
             # (docs/explain.md, "by_map"), so the panel says it is a guess
-            untrained = ", untrained word: a guess" if word in explanation.untrained else ", a guess"
-            labels.append(f"{word}\n{fallback}: attention{untrained}")
+            untrained = ", untrained" if word in explanation.untrained else ""
+            labels.append(f"{word}\n{fallback}{untrained}\nattention: a guess")
         else:
             labels.append(f"{word}\n{fallback}, no map")
     return word_attention_figure(ctx.image, rows, labels, score=explanation.score, parts=explanation.parts,
