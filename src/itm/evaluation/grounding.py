@@ -175,17 +175,15 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
 
     zero_shot = method == "zero-shot"
 
-    def rows_of(s: PreparedSplit, i: int) -> list[np.ndarray]:
-        if combine:
-            return [combine(att, con) for att, (con, _) in
-                    zip(attention_rows(model, s, i, key), concept_rows(s, i, concepts, zero_shot), strict=True)]
-        return attention_rows(model, s, i, key) if key else gradient_rows(model, s, i, encode)
-
-    def sources_of(i: int) -> list[list[str]]:
-        """Per caption, per word: the map its point comes from (the trained grid's concept gate decides)."""
+    def maps_of(s: PreparedSplit, i: int) -> tuple[list[np.ndarray], list[list[str]]]:
+        """Per caption: the words' rows the method points with, and each word's map source (the
+        concept methods: "concept", "zero-shot" or "attention"; "" for the others)."""
         if not combine:
-            return [[""] * len(tokens) for tokens in read_tokens(split, i)]
-        return [[source or "attention" for source in sources] for _, sources in concept_rows(split, i, concepts, zero_shot)]
+            rows = attention_rows(model, s, i, key) if key else gradient_rows(model, s, i, encode)
+            return rows, [[""] * len(r) for r in rows]
+        concept = concept_rows(s, i, concepts, zero_shot)
+        rows = [combine(att, con) for att, (con, _) in zip(attention_rows(model, s, i, key), concept, strict=True)]
+        return rows, [[source or "attention" for source in sources] for _, sources in concept]
 
     splits = (split, *other_sizes)
     grids = [s.features.grid_shape for s in splits]
@@ -200,8 +198,9 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
         photo = boxes[record.filename]
         size = photo_size(record.path)
         image_boxes = None if split.features.boxes is None else split.features.boxes[i].float().numpy()  # (P, 4)
-        maps = [rows_of(s, i) for s in splits]  # per size: per caption (n_words, over)
-        sources = sources_of(i)  # per caption: per word
+        per_size = [maps_of(s, i) for s in splits]
+        maps = [rows for rows, _ in per_size]  # per size: per caption (n_words, over)
+        sources = per_size[0][1]  # per caption, per word: the trained grid's concept gate decides
         for c, tokens in enumerate(record.tokens):
             for position, word in enumerate(tokens[: len(maps[0][c])]):
                 category = words.get(word)

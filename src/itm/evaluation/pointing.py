@@ -130,7 +130,7 @@ class PointingCase:
     random_hit: float  # the expected hit of a uniformly drawn cell
     centre_hit: bool
     peak: float = float("nan")  # how peaked the word's map was (``peakedness``); nan where not measured
-    source: str = ""  # the concept methods: the map the point came from ("concept" or "attention")
+    source: str = ""  # the concept methods: the map the point came from ("concept", "zero-shot", "attention")
 
 
 def peakedness(row: np.ndarray) -> float:

@@ -153,8 +153,7 @@ class ConceptMaps:
             if form in self._named_by:
                 named = self._named_by[form]
                 return WordConcepts(word, named, [1 / len(named)] * len(named), [self.classes[k].synonyms[0] for k in named])
-        if word not in self.table or not len(self._phrase_vectors):
-            return WordConcepts(word, [], [], [])
+        # a word without a vector has similarity -1 everywhere, so no class passes below
         # only one-word names: a phrase's mean vector drifts to its modifiers ("red" -> "red wolf")
         best = self.similarity(word, one_word_names=True)
         order = np.argsort(-best, kind="stable")[: self.top_classes]
