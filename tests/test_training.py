@@ -23,7 +23,7 @@ import torch
 from helpers import fit_quietly, kill_switch, setup_run
 
 from itm.checkpoint import load_checkpoint, read_payload, save_atomic
-from itm.config import load_config
+from itm.config import RECOMMENDED_CONFIG, apply_overrides, load_config
 from itm.data.synthetic import synthetic_karpathy_dir, synthetic_split
 from itm.evaluation import chance_metrics
 from itm.evaluation.engine import score_all_pairs
@@ -314,8 +314,10 @@ def itm(args: list[str], env: dict, **kwargs) -> subprocess.CompletedProcess:
                           timeout=120, **kwargs)
 
 
-def train_args(data: Path, out: Path) -> list[str]:
+def train_args(data: Path, out: Path, config: str | None = "bssan_cpu") -> list[str]:
+    """``itm train`` with CLI_TINY on ``config`` (None: the command's default)."""
     args = ["train", "--data", str(data), "--out", str(out), "--no-progress"]
+    args += ["--config", config] if config else []
     for item in CLI_TINY:
         args += ["--set", item]
     return args
@@ -362,6 +364,20 @@ def test_cli_kill_9_then_resume_matches_an_uninterrupted_run(cli_env, reference_
         assert torch.equal(final["model"][key], value), key  # resume is exact, bit for bit
     assert not list(run.glob(".*.tmp"))  # a temp file left by the kill is overwritten and renamed away
     assert (run / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_cli_train_without_config_trains_the_recommended_config(cli_env):
+    """No --config: the demo's recommended config, not the paper objective that stays at chance."""
+    root, data, env = cli_env
+    run = root / "default_config"
+    done = itm(train_args(data, run, config=None), env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    trained = load_config(run / "config.yaml")
+    recommended = apply_overrides(load_config(RECOMMENDED_CONFIG), CLI_TINY)
+    assert trained == recommended
+    assert (trained.model.name, trained.train.loss) != (load_config("bssan_cpu").model.name, "pairwise_hinge")
+    assert RECOMMENDED_CONFIG in itm(["train", "--help"], env).stdout
 
 
 @pytest.mark.slow

@@ -13,13 +13,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
+from itm.config_base import DEFAULT_MODEL, ModelConfig, check_fields  # noqa: F401  (check_fields re-exported)
 from itm.errors import ConfigError, shown
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
+# what `itm train` and `itm demo` use without --config: BSSAN with the sharp in-batch objective
+# (docs/bssan.md: the paper-faithful objective of bssan_cpu stays at chance on Flickr8k)
+RECOMMENDED_CONFIG = "bssan_cpu_sharp"
 PRECISIONS = ("fp32", "bf16")  # itm.devices.precision_context
 # how an ensemble puts each member's score matrix on a common scale before the mean
 # (itm.evaluation.evaluate.combine_scores): zscore (its own mean and standard deviation over the scored
@@ -64,27 +68,6 @@ class TextConfig:
     # with trainable: the mean squared distance of fine-tuned rows from their GloVe vectors, weighted:
     # keeps the trained words in the table's space, where words outside the training captions are read
     anchor_weight: float = 0.0
-
-
-DEFAULT_MODEL = "bssan"
-
-
-@dataclass
-class ModelConfig:
-    """The base of every model's config. ``name`` is a key of the model registry (``itm models``);
-    each model registers its own subclass with its fields (``itm.models.registry.register_model``)
-    and checks them in ``validate``."""
-
-    name: str = DEFAULT_MODEL
-
-    # test presets: the shared tests never name a model, each model says how to make it small
-    TINY: ClassVar[dict[str, Any]] = {}  # model field values of a tiny instance: contract checks, smoke runs
-    # dotted overrides (model.* and train.*) under which a few epochs on synthetic data learn well
-    # above chance (the short training run every registered model gets in tests/test_models.py)
-    SHORT_RUN: ClassVar[dict[str, Any]] = {}
-
-    def validate(self) -> None:
-        """Range and choice checks of the model's own fields: ConfigError naming ``model.<key>``."""
 
 
 def model_entry(name: Any):
@@ -352,34 +335,6 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     config = Config.from_dict(raw, "override")
     validate(config)
     return config
-
-
-def check_fields(section: str, obj: Any, *, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-                 fraction: tuple[str, ...] = (), optional_positive: tuple[str, ...] = (),
-                 positive_lists: tuple[str, ...] = (), choices: dict[str, tuple[str, ...]] | None = None) -> None:
-    """Range and choice checks of one section's fields; a one-line ConfigError naming the key.
-    ``fraction``: in [0, 1); ``optional_positive``: positive or null."""
-    def fail(key: str, what: str) -> None:
-        raise ConfigError(f"{section}.{key}: {what}, got {getattr(obj, key)!r}")
-
-    for key, allowed in (choices or {}).items():
-        if getattr(obj, key) not in allowed:
-            fail(key, f"must be one of {', '.join(allowed)}")
-    for key in positive:
-        if getattr(obj, key) <= 0:
-            fail(key, "must be positive")
-    for key in non_negative:
-        if getattr(obj, key) < 0:
-            fail(key, "must not be negative")
-    for key in fraction:
-        if not 0 <= getattr(obj, key) < 1:
-            fail(key, "must be in [0, 1)")
-    for key in optional_positive:
-        if getattr(obj, key) is not None and getattr(obj, key) <= 0:
-            fail(key, "must be positive or null")
-    for key in positive_lists:
-        if any(size <= 0 for size in getattr(obj, key)):
-            fail(key, "sizes must be positive")
 
 
 def validate(config: Config) -> None:

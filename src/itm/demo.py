@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from itm.checkpoint import load_checkpoint
-from itm.config import apply_overrides, load_config
+from itm.config import RECOMMENDED_CONFIG, apply_overrides, load_config
 from itm.data.load import load_dataset
 from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
@@ -32,7 +32,6 @@ from itm.viz.explain import (
 )
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "assets" / "flickr8k_mini"
-RECOMMENDED_CONFIG = "bssan_cpu_sharp"  # docs/bssan.md: the paper-faithful objective stays at chance here
 # the bundled subset has 1,000 training images: a shorter budget keeps the demo within 15 minutes
 DEMO_DEFAULTS = ["train.max_minutes=7", "train.val_images=100"]
 

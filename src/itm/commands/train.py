@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 
 from itm.commands import add_device_argument
+from itm.config import RECOMMENDED_CONFIG
 
-HELP = "train a model (BSSAN by default); --resume continues a run (--set train.* may extend it)"
+HELP = f"train a model (default: the recommended config, {RECOMMENDED_CONFIG}); --resume continues a run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="bssan_cpu", help="YAML file or name in configs/ (default: bssan_cpu)")
+    parser.add_argument("--config", default=RECOMMENDED_CONFIG,
+                        help=f"YAML file or name in configs/ (default: {RECOMMENDED_CONFIG}, the recommended config, "
+                        "as itm demo; bssan_cpu is the paper's objective)")
     parser.add_argument("--data", help="dataset folder (Karpathy JSON + images, or SCAN precomp)")
     parser.add_argument("--out", help="run folder to create")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")

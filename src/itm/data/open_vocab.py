@@ -23,43 +23,17 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from itm.data.types import Captions
 from itm.data.vocab import SPECIALS, Vocab
+from itm.data.word_report import WordReport
 
 SPELLING_CUTOFF = 0.8
 SPELLING_TABLE_WORDS = 100_000  # the table's most frequent words are spelling candidates too (0.2 s a word)
 RIDGE = 1.0  # pull of the map towards the identity (the fit has thousands of words; this only steadies it)
-
-
-@dataclass
-class WordReport:
-    """How a text's words were read by a model."""
-
-    unseen: list[str] = field(default_factory=list)  # not in the training captions, read through the table
-    read_as: dict[str, str] = field(default_factory=dict)  # in no table: read as the training word of closest spelling
-    unreadable: list[str] = field(default_factory=list)  # no vector at all
-
-    def notice(self) -> str | None:
-        """One line for the user, or None when every word was read."""
-        parts = []
-        if self.unreadable:
-            parts.append(f"the model could not read: {', '.join(self.unreadable)}")
-        if self.read_as:
-            parts.append("read by spelling: " + ", ".join(f"{w} as {k}" for w, k in self.read_as.items()))
-        return "; ".join(parts) or None
-
-    def to_dict(self) -> dict:
-        return {"unseen": list(self.unseen), "read_as": dict(self.read_as), "unreadable": list(self.unreadable)}
-
-
-def closed_report(vocab: Vocab, token_lists: Sequence[list[str]]) -> WordReport:
-    """A closed vocabulary reads only its own words: every other word is ``<unk>``."""
-    return WordReport(unreadable=_distinct(t for tokens in token_lists for t in tokens if t not in vocab))
 
 
 def _distinct(words) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from itm.data.word_report import WordReport
 from itm.errors import DataError
 
 PAD = "<pad>"
@@ -54,12 +55,11 @@ class Vocab:
         get = self._ids.get
         return [get(t, self.UNK_ID) for t in tokens]
 
-    def report(self, token_lists):
-        """``itm.data.open_vocab.WordReport`` of how the model reads these words: a closed vocabulary
-        reads only its own words, every other one is ``<unk>`` (unreadable)."""
-        from itm.data.open_vocab import closed_report
-
-        return closed_report(self, token_lists)
+    def report(self, token_lists) -> WordReport:
+        """How the model reads these words: a closed vocabulary reads only its own words, every other
+        one is ``<unk>`` (unreadable)."""
+        unknown = (t for tokens in token_lists for t in tokens if t not in self)
+        return WordReport(unreadable=list(dict.fromkeys(unknown)))
 
     def __len__(self) -> int:
         return len(self._words)

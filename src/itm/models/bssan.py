@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from itm.config import ConfigError, ModelConfig, check_fields
+from itm.config_base import ModelConfig, check_fields
 from itm.data.types import Captions
+from itm.errors import ConfigError
 from itm.models.base import (
     TOTAL,
     AttentionSpec,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from itm.config import ModelConfig, check_fields
+from itm.config_base import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.models.base import (
     EPS,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from itm.config import ModelConfig, check_fields
+from itm.config_base import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.models.base import ImageStreams, InputDims, Matcher, PairScores, State, WordEmbedder, with_total
 from itm.models.registry import register_model

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from itm.config import ModelConfig
+from itm.config_base import ModelConfig
 from itm.models.base import InputDims, Matcher, WordEmbedder
 from itm.registry import Registry
 

@@ -22,9 +22,9 @@ import torch
 
 from itm.checkpoint import LoadedCheckpoint, load_checkpoint
 from itm.data.encode import encode_captions
-from itm.data.open_vocab import WordReport
 from itm.data.tokenize import caption_tokens, tokenize
 from itm.data.types import Captions, ImageFeatures
+from itm.data.word_report import WordReport
 from itm.devices import as_device, on_device
 from itm.errors import DataError, ItmError
 from itm.evaluation.evaluate import combine_scores

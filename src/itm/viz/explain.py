@@ -15,9 +15,9 @@ import torch
 from matplotlib.figure import Figure
 
 from itm.checkpoint import LoadedCheckpoint
-from itm.data.open_vocab import WordReport
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
+from itm.data.word_report import WordReport
 from itm.devices import model_device, on_device
 from itm.errors import DataError, ItmError
 from itm.features.images import load_image
