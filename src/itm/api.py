@@ -107,7 +107,7 @@ def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | li
     """Index (or update the index of) a photo folder; returns the update's report. The shipped models
     are used for any model not given; ``captions`` (one a line) makes the index searchable by image."""
     from itm.retrieval.index import IndexStore, index_captions, update_index
-    from itm.retrieval.search import SearchModels
+    from itm.retrieval.search_models import SearchModels
     from itm.shipped import search_checkpoints
 
     short, matcher = search_checkpoints(None if shortlist is None else str(shortlist), checkpoint, rerank)

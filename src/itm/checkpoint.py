@@ -23,7 +23,6 @@ from itm.errors import ItmError
 from itm.models.base import InputDims, Matcher, WordEmbedder
 from itm.models.registry import build_model
 from itm.pipeline import explanation_features, feature_config
-from itm.shipped import shipped_explain_image_size, shipped_word_table
 
 FORMAT_VERSION = 1
 
@@ -167,14 +166,12 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
     saved = dataclasses.asdict(config.features)
     config.features = feature_config({**saved, **payload["feature_settings"], "cache_dir": saved["cache_dir"],
                                       **feature_overrides})
-    if config.eval.explain_image_size is None:  # a shipped file's card may set it (the file predates it)
-        config.eval.explain_image_size = shipped_explain_image_size(path)
     if explaining:
         if "image_size" not in feature_overrides:
             config.features = explanation_features(config)
         config.eval.explain_image_size = config.features.image_size  # the grid chosen: explanation_features keeps it
     opened = any(parse_override(text)[0] == ["text", "vocabulary"] for text in overrides or [])
-    word_table = payload.get("word_table") or shipped_word_table(path)
+    word_table = payload.get("word_table")
     vocab = reading_vocabulary(Vocab.from_list(payload["vocab"]), model, config, word_table, opened, path)
     return LoadedCheckpoint(model, config, vocab, dims, payload["feature_settings"], payload)
 

@@ -1,7 +1,8 @@
 """The trained models that ship inside the package, used when no checkpoint is given.
 
 ``itm/assets/models/`` holds itm checkpoints written by ``scripts/ship_models.py`` (weights in
-float16 to keep the wheel small; they load into float32 models) and ``card.json``, which names them,
+float16 to keep the wheel small; they load into float32 models; like any checkpoint, each carries
+what loading it needs: its word table, its explanation grid) and ``card.json``, which names them,
 their roles, how they were trained and what they measure on Flickr8k test:
 
 - role ``rerank``: the cross-attention matchers that re-rank search's shortlist, in order (the card's
@@ -58,26 +59,6 @@ def shipped_card() -> dict:
         raise ItmError(f"shipped model card {path}: unreadable ({exc.__class__.__name__})") from None
 
 
-def _card_entry(path: str | Path) -> dict:
-    """The card's entry of a shipped model file; {} for any other file."""
-    name = portable_path(path)
-    if not name.startswith("shipped:"):
-        return {}
-    return shipped_card()["models"][name.split(":", 1)[1]]
-
-
-def shipped_word_table(path: str | Path) -> dict | None:
-    """The word-vector table a shipped model was trained from (its card says; the files predate the
-    checkpoints' own record), or None for any other file."""
-    return _card_entry(path).get("word_table")
-
-
-def shipped_explain_image_size(path: str | Path) -> int | None:
-    """The image size a shipped model's explanations are drawn at (its card's ``explain_image_size``,
-    chosen by the pointing game: docs/explain.md), or None for any other file."""
-    return _card_entry(path).get("explain_image_size")
-
-
 def search_checkpoints(shortlist: str | None, checkpoint: str | list[str] | None,
                        rerank: bool = True) -> tuple[str, str | list[str] | None]:
     """(shortlist, re-ranker or re-rankers) paths for an index: the shipped models for each role not
@@ -92,17 +73,20 @@ def search_checkpoints(shortlist: str | None, checkpoint: str | list[str] | None
 
 
 def portable_path(path: str | Path) -> str:
-    """How an index records a checkpoint: ``shipped:<name>`` for a shipped model (so the index still
-    opens after itm is reinstalled elsewhere), else the absolute path."""
+    """How an index records a checkpoint: ``shipped:<name>`` for a file of the package's shipped folder
+    (so the index still opens after itm is reinstalled elsewhere), else the absolute path."""
     resolved = Path(path).resolve()
-    for name in shipped_names():
-        if resolved == (shipped_folder() / f"{name}.pt").resolve():
-            return f"shipped:{name}"
+    if resolved.suffix == ".pt" and resolved.parent == shipped_folder().resolve():
+        return f"shipped:{resolved.stem}"
     return str(resolved)
 
 
 def resolve_path(recorded: str) -> str:
     """The checkpoint file an index's record names (the inverse of ``portable_path``)."""
-    if recorded.startswith("shipped:"):
-        return str(shipped_checkpoint(recorded.split(":", 1)[1]))
-    return recorded
+    if not recorded.startswith("shipped:"):
+        return recorded
+    path = shipped_folder() / f"{recorded.split(':', 1)[1]}.pt"
+    if not path.is_file():
+        raise ItmError(f"shipped model {path}: missing from this install; pass a checkpoint instead "
+                       "(or reinstall itm)")
+    return str(path)

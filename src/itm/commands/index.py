@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from itm.devices import resolve_device
-    from itm.retrieval.index import IndexStore, index_captions, update_index
-    from itm.retrieval.search import SearchModels, shortlist_index
+    from itm.retrieval.index import IndexStore, index_captions, shortlist_index, update_index
+    from itm.retrieval.search_models import SearchModels
     from itm.shipped import search_checkpoints
 
     device = resolve_device(args.device)  # a bad --device is named before anything else

@@ -21,13 +21,14 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import torch
 
-from itm.errors import ConfigError
+from itm.errors import ConfigError, ItmError
 
 # a word with no class naming it outright reads its nearest class names, down to this cosine similarity
 # in GloVe (50-d). Set from word lists, before any pointing-game figure: at 0.7 "woman" reached
@@ -254,6 +255,23 @@ def with_evidence(scores: np.ndarray, evidence: np.ndarray) -> np.ndarray:
     if spread == 0.0:
         return scores
     return scores + evidence * (float(scores.std()) / spread)
+
+
+def add_concept_evidence(scores: np.ndarray, settings, words: list[str], regions: Callable[[], torch.Tensor]
+                         ) -> tuple[np.ndarray, list[str]]:
+    """(N,) one query's scores over N photos with the backbone's evidence that the photos show what
+    ``words`` name (``with_evidence``), and the words that named a class; ``regions()`` gives the
+    photos' (N, D, C) regions, read only when a word names one. Unchanged when none does or the
+    backbone ``settings`` (a FeatureConfig) names has no classifier over its map."""
+    try:
+        concepts = cached_concept_maps(settings.backbone, settings.weights)
+    except ItmError:  # no classifier over the map (a user's VGG), or ImageNet's names not installed
+        return scores, []
+    named = [w for w in words if concepts.concepts(w).found]
+    evidence = concepts.evidence(regions(), named) if named else None
+    if evidence is None:
+        return scores, []
+    return with_evidence(scores, evidence), named
 
 
 @functools.lru_cache(maxsize=4)

@@ -31,6 +31,8 @@ from itm.errors import DataError, ItmError
 from itm.features.cache import content_key
 
 INDEX_FORMAT = 1
+APPROXIMATE_ABOVE = 100_000  # photos; an exact inner-product search up to here, HNSW above
+HNSW_EF_SEARCH = 128
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,10 +103,11 @@ class IndexStore:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
-    def check_identity(self, identity: dict) -> None:
-        """One index, one set of models: another model's vectors and features do not mix."""
+    def check_identity(self, identity: dict, earlier_sha1s: dict[str, str] | None = None) -> None:
+        """One index, one set of models: another model's vectors and features do not mix. ``earlier_sha1s``
+        ({old: now}): model files re-saved with their weights untouched, which the index may name by their old sha1."""
         stored = self.meta("identity")
-        if stored is not None and stored != identity:
+        if stored is not None and as_now(stored, earlier_sha1s or {}) != identity:
             raise ItmError(f"index {self.folder} was built with other models ({describe(stored)}); "
                            f"re-index into a new folder with these ({describe(identity)})")
 
@@ -189,6 +192,14 @@ class IndexStore:
                 path.unlink(missing_ok=True)
 
 
+def as_now(identity: dict, earlier_sha1s: dict[str, str]) -> dict:
+    """``identity`` with each model file's earlier sha1 replaced by its sha1 now."""
+    def now(value):
+        return [now(v) for v in value] if isinstance(value, list) else earlier_sha1s.get(value, value)
+
+    return {key: now(value) if key.endswith("model") else value for key, value in identity.items()}
+
+
 def describe(identity: dict) -> str:
     return ", ".join(f"{k} {str(v)[:12]}" for k, v in identity.items() if k.endswith("model"))
 
@@ -238,7 +249,7 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"photo folder {root}: no such folder")
-    store.check_identity(models.identity())
+    store.check_identity(models.identity(), models.earlier_sha1s())
     indexed_root = store.meta("root")
     if indexed_root is not None and indexed_root != str(root):
         raise ItmError(f"index {store.folder} follows {indexed_root}, not {root}: use another --out")
@@ -334,7 +345,49 @@ def read_captions_file(path: str | Path) -> list[str]:
 
 def index_captions(store: IndexStore, path: str | Path, models) -> int:
     """Embed a caption collection with the shortlist model and store it beside the photos."""
-    store.check_identity(models.identity())
+    store.check_identity(models.identity(), models.earlier_sha1s())
     texts = read_captions_file(path)
     store.commit_captions(texts, models.caption_vectors(texts))
     return len(texts)
+
+
+def shortlist_index(store: IndexStore, vectors: np.ndarray, approximate_above: int = APPROXIMATE_ABOVE):
+    """The FAISS index of the index's photo vectors. An approximate (HNSW) one is built once and kept
+    beside its vectors file (``<vectors file>.faiss``, dropped with it on the next update), so a
+    large index opens in seconds instead of rebuilding its graph at every start."""
+    if len(vectors) <= approximate_above:
+        return build_faiss(vectors, approximate_above)
+    import faiss
+
+    path = store.folder / f"{store.meta('vectors_file')}.faiss"
+    if path.is_file():
+        try:
+            index = faiss.read_index(str(path))
+            if index.ntotal == len(vectors):
+                index.hnsw.efSearch = HNSW_EF_SEARCH
+                return index
+        except (RuntimeError, AttributeError):  # damaged or not ours: build it again
+            pass
+    index = build_faiss(vectors, approximate_above)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+    except (OSError, RuntimeError):  # a read-only index folder: build it at every start instead
+        tmp.unlink(missing_ok=True)
+    return index
+
+
+def build_faiss(vectors: np.ndarray, approximate_above: int):
+    """Exact inner product for small collections; HNSW (inner product) above ``approximate_above``."""
+    import faiss
+
+    dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
+    if len(vectors) > approximate_above:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index

@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from itm.errors import ItmError
-from itm.retrieval.search import MAX_QUERY_CHARS, Searcher
+from itm.retrieval.search import Searcher
+from itm.retrieval.search_models import MAX_QUERY_CHARS
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_K = 100

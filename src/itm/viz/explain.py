@@ -287,6 +287,25 @@ def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache
     return ExplainedPhoto(explanation, drawn, features.grid_shape, settings.image_size, words)
 
 
+def explanation_png(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache_root: str | Path,
+                    features: ImageFeatures | None = None, method: str = DEFAULT_EXPLAIN_METHOD) -> bytes:
+    """One PNG of ``explain_photo``'s pictures (the search page's): with ``method`` "concept" the sheet
+    of where each word's thing is, with "attention" (or when that cannot be drawn) the model's
+    words-over-regions map if it declares one, else its first drawable map."""
+    import io
+
+    explained = explain_photo(ckpt, image, caption, cache_root, features, method=method)
+    figures, specs = explained.drawn.figures, explained.explanation.specs
+    if not figures:
+        raise ItmError(f"model '{ckpt.config.model.name}' declares no attention that can be drawn"
+                       + "".join(f"; {note}" for note in explained.drawn.not_drawn))
+    preferred = ["concept"] + [name for name, spec in specs.items() if (spec.rows, spec.over) == ("words", "regions")]
+    figure = next((figures[name] for name in preferred if name in figures), next(iter(figures.values())))
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=100)
+    return out.getvalue()
+
+
 def top_captions_figure(row: np.ndarray, image: np.ndarray, caption_texts: list[str], correct: np.ndarray,
                         k: int = 5, title: str | None = None) -> Figure:
     """Paper Fig. 5: an image and its top-k captions; ``row`` (n_captions,) its scores, ``correct``
