@@ -22,3 +22,7 @@ def flickr8k_dir() -> Path:
     if not (SHARED_FLICKR8K / "dataset_flickr8k.json").is_file():
         pytest.skip("needs ../shared/data/flickr8k (the real Flickr8k), absent in a plain clone")
     return SHARED_FLICKR8K
+
+# -- the fourth model --------------------------------------------------------------------------------
+# registered before collection, so the every-model suites (test_models.py, test_engine.py) run over it
+import fourth_model  # noqa: E402, F401

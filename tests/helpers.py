@@ -91,6 +91,42 @@ def randomise_non_weights(model: torch.nn.Module, seed: int = 0) -> None:
                 param.fill_(0.3)
 
 
+def engine_model(name: str, *overrides: str):
+    """(tiny model in eval mode with ``randomise_non_weights``, its config): the engine's exactness tests'."""
+    model, config = tiny_model(name, *overrides)
+    randomise_non_weights(model)
+    return model.eval(), config
+
+
+ENGINE_LENGTHS = [4, 1, 7, 3, 7, 2, 5, 3, 6]  # unsorted, ties, a single word; 9 captions
+
+
+def engine_data(lengths=ENGINE_LENGTHS, n_images: int = 5, seed: int = 0, vectors: bool = False):
+    """(ImageFeatures in float16 as cached, Captions with extra padding columns the engine must trim or
+    ignore; with ``vectors``, precomputed float16 word vectors too)."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 2
+    ids = torch.randint(1, V, (len(lengths), width), generator=gen)
+    lengths_t = torch.tensor(lengths)
+    pad = torch.arange(width)[None, :] >= lengths_t[:, None]
+    ids[pad] = 0
+    vecs = None
+    if vectors:
+        vecs = torch.randn(len(lengths), width, E, generator=gen).half()
+        vecs[pad] = 0
+    features = ImageFeatures(torch.randn(n_images, D, M, generator=gen).half(),
+                             torch.randn(n_images, P, Q, generator=gen).half())
+    return features, Captions(ids, lengths_t, vecs)
+
+
+def set_mixed_modes(model: torch.nn.Module) -> None:
+    """Training, except the batch norms (a caller freezing their statistics)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.eval()
+
+
 def tiny_batch(model, n_images: int = 4, per_image: int = 2, loss: str = "infonce") -> TrainingBatch:
     """A training step over random data: captions 2k, 2k+1 belong to image k."""
     regions, objects = make_images(n_images)

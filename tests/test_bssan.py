@@ -7,17 +7,41 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import D, E, M, P, Q, make_captions, make_images, streams, tiny_model
+from helpers import (
+    ENGINE_LENGTHS,
+    D,
+    E,
+    M,
+    P,
+    Q,
+    engine_data,
+    engine_model,
+    make_captions,
+    make_images,
+    set_mixed_modes,
+    streams,
+    tiny_model,
+)
 
 from itm import cli
 from itm.config import ConfigError, load_config
 from itm.data.types import Captions
+from itm.evaluation import engine
 from itm.models import MODELS
+from itm.models.base import TOTAL
 
 BSSAN_VARIANTS = [n for n in MODELS.names() if n.startswith("bssan")]
 VARIANTS = BSSAN_VARIANTS
 EXPECTED = {"bssan", "bssan_w2r", "bssan_o2w", "bssan_no_reg"}
 LENGTHS = [3, 5, 1, 4, 2]  # varied, one single-word caption
+
+
+def tiny_inputs(name: str, training: bool, width: int):
+    """(tiny model in the mode asked, its config, captions of LENGTHS padded to ``width``, regions, objects)."""
+    model, config = tiny_model(name)
+    model.train(training)
+    regions, objects = make_images(len(LENGTHS))
+    return model, config, make_captions(LENGTHS, width=width), regions, objects
 
 
 def branches_of(name: str) -> list[str]:
@@ -108,10 +132,7 @@ def test_w2r_attention_is_a_distribution_over_regions_for_real_words(name):
 
 @pytest.mark.parametrize("name", O2W_VARIANTS)
 def test_o2w_attention_is_a_distribution_over_real_words(name):
-    model, _ = tiny_model(name)
-    model.eval()
-    captions = make_captions(LENGTHS, width=7)
-    regions, objects = make_images(len(LENGTHS))
+    model, _, captions, regions, objects = tiny_inputs(name, training=False, width=7)
     beta = model(streams(regions, objects), captions, return_attention=True).attention["o2w"]
     assert beta.shape == (len(LENGTHS), P, 7)
     real = real_mask(captions)[:, None, :].expand_as(beta)
@@ -130,10 +151,7 @@ def test_o2w_attention_is_a_distribution_over_real_words(name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_eq8_uniform_attention_on_marked_pairs_in_training(name):
-    model, config = tiny_model(name)
-    model.train()
-    captions = make_captions(LENGTHS, width=6)
-    regions, objects = make_images(len(LENGTHS))
+    model, config, captions, regions, objects = tiny_inputs(name, training=True, width=6)
     uniform = torch.tensor([True, False, True, False, True])
     with torch.no_grad():
         att = model(streams(regions, objects), captions, uniform=uniform, return_attention=True).attention
@@ -405,3 +423,32 @@ def test_w2r_space_aligns_by_cosine_in_a_shared_space():
             k = torch.nn.functional.normalize(inputs[b] @ w2r.region_proj.weight.t(), dim=-1)
             expected = torch.softmax(w2r.scale * (q @ k.t()), dim=-1)  # (L, D)
             torch.testing.assert_close(attention[b, :steps], expected, atol=1e-5, rtol=1e-4)
+
+
+# -- the engine on BSSAN's own parts (moved from test_engine.py: the shared tests never name a model) --
+@pytest.mark.parametrize("name", BSSAN_VARIANTS)
+def test_bssan_parts_combine_with_lambda(name):
+    model, config = engine_model(name, "model.o2w_weight=0.37")
+    features, captions = engine_data()
+    parts = engine.score_all_parts(model, features, captions)
+    assert set(parts) == {TOTAL, *config.model.branches}
+    torch.testing.assert_close(parts[TOTAL], parts.get("w2r", 0) + 0.37 * parts.get("o2w", 0))
+
+
+@pytest.mark.parametrize("name", BSSAN_VARIANTS)
+def test_score_block_eq8_uniform_matches_forward(name):
+    """The in-batch losses' path (score_block with a uniform mask, training mode) applies eq. 8 to
+    exactly the pairs the forward path does (batch norms frozen so both see the same statistics)."""
+    model, _ = engine_model(name)
+    set_mixed_modes(model)
+    features, captions = engine_data()
+    uniform = torch.rand(5, len(ENGINE_LENGTHS), generator=torch.Generator().manual_seed(3)) < 0.5
+    with torch.no_grad():
+        images = model.prepare_images(features.streams(model.image_streams))
+        block = model.combine(model.branch_blocks(images, model.prepare_captions(captions), uniform=uniform))
+        ii, cc = torch.meshgrid(torch.arange(5), torch.arange(len(ENGINE_LENGTHS)), indexing="ij")
+        ii, cc = ii.reshape(-1), cc.reshape(-1)
+        picked = captions.select(cc)
+        pair = model(features.streams(model.image_streams, ii), picked, uniform=uniform.reshape(-1)).score
+    torch.testing.assert_close(block.reshape(-1), pair, rtol=1e-4, atol=1e-4)
+    assert uniform.any() and (~uniform).any()

@@ -13,10 +13,10 @@ import functools
 import numpy as np
 import pytest
 import torch
-from helpers import D, E, M, P, Q, V, randomise_non_weights
-from helpers import tiny_model as new_tiny_model
+from helpers import ENGINE_LENGTHS, engine_data, set_mixed_modes
+from helpers import engine_model as tiny_model
 
-from itm.data.types import Captions, ImageFeatures
+from itm.data.types import Captions
 from itm.evaluation import engine
 from itm.evaluation.engine import TilePlan, plan_tiles, score_all_pairs, score_pairs_naive
 from itm.evaluation.evaluate import JSON_KEYS, Member, combine_scores, evaluate_ensemble, evaluate_model
@@ -25,9 +25,10 @@ from itm.models import MODELS
 from itm.models.base import TOTAL
 
 VARIANTS = MODELS.names()
-BSSAN_VARIANTS = [n for n in VARIANTS if n.startswith("bssan")]
+# tests that need one model (any would do) take the first registered; an ensemble test, two different ones
+EXAMPLE, OTHER = VARIANTS[0], VARIANTS[-1]
 N_IMAGES = 5
-LENGTHS = [4, 1, 7, 3, 7, 2, 5, 3, 6]  # unsorted, ties, a single word; 9 captions
+LENGTHS = ENGINE_LENGTHS
 OWNER = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3])  # images 0-3 own two captions, image 4 one
 # (memory budget MB, caption tile): 0 MB forces one image per chunk and per tile; the fractional
 # budgets give chunks smaller than the 5 images and image tiles smaller than a chunk (ragged ends)
@@ -36,26 +37,8 @@ TILINGS = [(0, 1), (0, 4), (0.005, 2), (0.02, 1), (0.05, 2), (0.05, 4), (1, 3), 
 PLANS = [(1, 1, 1), (2, 3, 1), (3, 2, 2), (5, 4, 3), (4, 9, 4), (5, 9, 5), (5, 2, 2)]
 
 
-def tiny_model(name: str, *overrides: str):
-    model, config = new_tiny_model(name, *overrides)
-    randomise_non_weights(model)
-    return model.eval(), config
-
-
 def make_data(lengths=LENGTHS, n_images=N_IMAGES, seed=0, vectors=False):
-    gen = torch.Generator().manual_seed(seed)
-    width = max(lengths) + 2  # extra padding columns: the engine must trim or ignore them
-    ids = torch.randint(1, V, (len(lengths), width), generator=gen)
-    lengths_t = torch.tensor(lengths)
-    pad = torch.arange(width)[None, :] >= lengths_t[:, None]
-    ids[pad] = 0
-    vecs = None
-    if vectors:
-        vecs = torch.randn(len(lengths), width, E, generator=gen).half()
-        vecs[pad] = 0
-    features = ImageFeatures(torch.randn(n_images, D, M, generator=gen).half(),  # float16, as cached
-                             torch.randn(n_images, P, Q, generator=gen).half())
-    return features, Captions(ids, lengths_t, vecs)
+    return engine_data(lengths, n_images, seed, vectors)
 
 
 @functools.cache
@@ -110,7 +93,7 @@ def test_bf16_matrix_stays_near_the_fp32_matrix(name):
 
 def test_tilings_cover_partial_chunks_and_tiles():
     """Guard for the tests above: the budgets really produce ragged chunks and sub-chunk tiles."""
-    model, features, captions, _ = reference("bssan")
+    model, features, captions, _ = reference(EXAMPLE)
     plans = [plan_tiles(model, features, captions, b, t) for b, t in TILINGS]
     assert any(1 < p.image_chunk < N_IMAGES for p in plans)
     assert any(1 < p.image_tile < p.image_chunk for p in plans)
@@ -118,8 +101,9 @@ def test_tilings_cover_partial_chunks_and_tiles():
     assert any(N_IMAGES % p.image_tile and p.image_chunk == N_IMAGES for p in plans)
 
 
-def test_precomputed_word_vectors_path_is_exact():
-    model, features, captions, naive = reference("bssan", "minilm")
+@pytest.mark.parametrize("name", VARIANTS)
+def test_precomputed_word_vectors_path_is_exact(name):
+    model, features, captions, naive = reference(name, "minilm")
     assert model.words.precomputed
     for budget, tile in [(0, 1), (1024, 512)]:
         scores = score_all_pairs(model, features, captions, memory_budget_mb=budget, caption_tile=tile)
@@ -127,7 +111,7 @@ def test_precomputed_word_vectors_path_is_exact():
 
 
 def test_tiny_budget_gives_one_image_tiles():
-    model, features, captions, _ = reference("bssan")
+    model, features, captions, _ = reference(EXAMPLE)
     plan = plan_tiles(model, features, captions, memory_budget_mb=0, caption_tile=1)
     assert (plan.image_chunk, plan.image_tile, plan.caption_tile) == (1, 1, 1)
     roomy = plan_tiles(model, features, captions, memory_budget_mb=1024, caption_tile=512)
@@ -147,18 +131,10 @@ def _modes(model: torch.nn.Module) -> list[bool]:
     return [m.training for m in model.modules()]
 
 
-def _set_mixed_modes(model: torch.nn.Module) -> None:
-    """Training, except the batch norms (a caller freezing their statistics)."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.eval()
-
-
 @pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
 def test_engine_never_changes_train_eval_modes(mode):
-    model, config = tiny_model("bssan")
-    {"train": model.train, "eval": model.eval, "mixed": lambda: _set_mixed_modes(model)}[mode]()
+    model, config = tiny_model(EXAMPLE)
+    {"train": model.train, "eval": model.eval, "mixed": lambda: set_mixed_modes(model)}[mode]()
     before = _modes(model)
     stats = {k: v.clone() for k, v in model.state_dict().items()}
     features, captions = make_data()
@@ -175,8 +151,8 @@ def test_engine_never_changes_train_eval_modes(mode):
 
 
 def test_engine_restores_modes_when_scoring_fails(monkeypatch):
-    model, _ = tiny_model("bssan")
-    _set_mixed_modes(model)
+    model, _ = tiny_model(EXAMPLE)
+    set_mixed_modes(model)
     before = _modes(model)
 
     def broken(*args, **kwargs):
@@ -213,35 +189,7 @@ def pair_inputs(model, features, captions, i, c):
     return features.streams(model.image_streams, slice(i, i + 1)), Captions(one.ids[:, :n], one.lengths)
 
 
-@pytest.mark.parametrize("name", BSSAN_VARIANTS)
-def test_bssan_parts_combine_with_lambda(name):
-    model, config = tiny_model(name, "model.o2w_weight=0.37")
-    features, captions = make_data()
-    parts = engine.score_all_parts(model, features, captions)
-    assert set(parts) == {TOTAL, *config.model.branches}
-    torch.testing.assert_close(parts[TOTAL], parts.get("w2r", 0) + 0.37 * parts.get("o2w", 0))
-
-
-@pytest.mark.parametrize("name", BSSAN_VARIANTS)
-def test_score_block_eq8_uniform_matches_forward(name):
-    """The in-batch losses' path (score_block with a uniform mask, training mode) applies eq. 8 to
-    exactly the pairs the forward path does (batch norms frozen so both see the same statistics)."""
-    model, _ = tiny_model(name)
-    _set_mixed_modes(model)
-    features, captions = make_data()
-    uniform = torch.rand(N_IMAGES, len(LENGTHS), generator=torch.Generator().manual_seed(3)) < 0.5
-    with torch.no_grad():
-        images = model.prepare_images(features.streams(model.image_streams))
-        block = model.combine(model.branch_blocks(images, model.prepare_captions(captions), uniform=uniform))
-        ii, cc = torch.meshgrid(torch.arange(N_IMAGES), torch.arange(len(LENGTHS)), indexing="ij")
-        ii, cc = ii.reshape(-1), cc.reshape(-1)
-        picked = captions.select(cc)
-        pair = model(features.streams(model.image_streams, ii), picked, uniform=uniform.reshape(-1)).score
-    torch.testing.assert_close(block.reshape(-1), pair, rtol=1e-4, atol=1e-4)
-    assert uniform.any() and (~uniform).any()
-
-
-@pytest.mark.parametrize("name", ["bssan", "bssan_w2r"])
+@pytest.mark.parametrize("name", VARIANTS)
 def test_evaluate_model_flickr_is_retrieval_metrics_of_the_full_matrix(name):
     model, features, captions, naive = reference(name)
     result = evaluate_model(model, features, captions, OWNER, "flickr", memory_budget_mb=1, caption_tile=2)
@@ -264,8 +212,8 @@ def zscored(matrix: np.ndarray) -> np.ndarray:
 def test_ensemble_ranks_by_the_mean_of_the_members_matrices(normalise, norm):
     """Two different models: the ensemble's metrics are those of the mean of their naive matrices,
     each z-scored first by default."""
-    first, features, captions, naive_first = reference("bssan")
-    second, _, _, naive_second = reference("bssan_o2w")
+    first, features, captions, naive_first = reference(EXAMPLE)
+    second, _, _, naive_second = reference(OTHER)
     members = [Member(first, features, captions), Member(second, features, captions)]
     result = evaluate_ensemble(members, OWNER, "flickr", memory_budget_mb=1, caption_tile=3, normalise=normalise)
     expected = retrieval_metrics((norm(naive_first) + norm(naive_second)) / 2, OWNER)
@@ -292,7 +240,7 @@ def test_zscored_ensemble_ignores_each_members_scale():
 
 
 def test_ensemble_refuses_members_of_different_data():
-    model, features, captions, _ = reference("bssan")
+    model, features, captions, _ = reference(EXAMPLE)
     fewer = features.select(torch.arange(N_IMAGES - 1))
     with pytest.raises(ValueError, match="different"):
         evaluate_ensemble([Member(model, features, captions), Member(model, fewer, captions)], OWNER)

@@ -1,129 +1,47 @@
-"""The contract is enough: a fourth matcher defined and registered here, in a few dozen lines, trains,
-is scored all-pairs, explained, pointed with, and indexed for search by the shared code unchanged.
-
-``PooledCosine`` scores a pair by the cosine of the mean region and the mean word vector (so it
-declares itself indexable), and returns each word's softmax attention over the region grid as the map
-pictures and the pointing game read.
+"""The contract is enough: a fourth matcher defined outside the package (``tests/fourth_model.py``,
+registered before collection, so the every-model suites run over it too) trains, is scored all-pairs,
+explained, pointed with, and indexed for search by the shared code unchanged.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from fourth_model import NAME, PooledCosineConfig
 from helpers import (
     DIMS,
     WORDS,
-    boxed_photos,
     fit_quietly,
     index_checkpoint,
     make_captions,
     make_features,
+    photo,
     photo_folder,
     setup_run,
     short_run_overrides,
 )
-from torch import nn
 
 from itm import cli
-from itm.checkpoint import new_model
-from itm.config import ModelConfig, check_fields, load_config
-from itm.data.types import Captions
+from itm.checkpoint import load_checkpoint, new_model
+from itm.config import ConfigError, load_config
+from itm.data.encode import encode_captions
 from itm.evaluation.engine import score_all_pairs, score_pairs_naive
+from itm.evaluation.pointing import cell_centres, inside_any
+from itm.features.extract import file_features
 from itm.models import MODELS
-from itm.models.base import (
-    AttentionSpec,
-    ImageStreams,
-    InputDims,
-    Matcher,
-    PairScores,
-    State,
-    WordEmbedder,
-    with_total,
-)
-from itm.models.registry import register_model
-
-NAME = "pooled_cosine"
+from itm.pipeline import cache_root
 
 
-@dataclass
-class PooledCosineConfig(ModelConfig):
-    name: str = NAME
-    embed_dim: int = 64
-
-    TINY: ClassVar[dict] = {"embed_dim": 8}
-    SHORT_RUN: ClassVar[dict] = {"model.embed_dim": 32, "train.lr": 0.02}
-
-    def validate(self) -> None:
-        check_fields("model", self, positive=("embed_dim",))
-
-
-class PooledCosine(Matcher):
-    image_streams = ("regions",)
-    indexable = True
-
-    def __init__(self, config: PooledCosineConfig, dims: InputDims, words: WordEmbedder):
-        super().__init__()
-        self.words, self.dim = words, config.embed_dim
-        self.region_fc = nn.Linear(dims.region_dim, config.embed_dim)
-        self.word_fc = nn.Linear(dims.word_dim, config.embed_dim)
-
-    @property
-    def vector_dim(self) -> int:
-        return self.dim
-
-    def attention_specs(self):
-        return {"words_over_regions": AttentionSpec("words", "regions", "each word's softmax over the grid")}
-
-    def regions(self, images: ImageStreams) -> torch.Tensor:
-        return self.region_fc(images["regions"].float())  # (N, D, d)
-
-    def word_vectors(self, captions: Captions) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = (torch.arange(captions.ids.shape[1], device=captions.ids.device)[None] < captions.lengths[:, None])
-        return self.word_fc(self.words(captions)) * mask[..., None], mask  # (N, L, d), (N, L)
-
-    def encode_images(self, images: ImageStreams) -> torch.Tensor:
-        return F.normalize(self.regions(images).mean(1), dim=-1)  # (N, d)
-
-    def encode_captions(self, captions: Captions) -> torch.Tensor:
-        words, mask = self.word_vectors(captions)
-        return F.normalize(words.sum(1) / mask.sum(1, keepdim=True), dim=-1)  # (N, d)
-
-    def prepare_images(self, images: ImageStreams) -> State:
-        return {"v": self.encode_images(images)}
-
-    def prepare_captions(self, captions: Captions) -> State:
-        return {"u": self.encode_captions(captions)}
-
-    def score_block(self, images: State, captions: State, parts: bool = False):
-        return with_total(images["v"] @ captions["u"].t(), parts)  # (Ni, Nc)
-
-    def forward(self, images: ImageStreams, captions: Captions, return_attention: bool = False) -> PairScores:
-        score = (self.encode_images(images) * self.encode_captions(captions)).sum(-1)  # (B,)
-        attention = {}
-        if return_attention:
-            words, mask = self.word_vectors(captions)
-            att = torch.softmax(words @ self.regions(images).transpose(1, 2), dim=-1)  # (B, L, D)
-            attention["words_over_regions"] = att * mask[..., None]
-        return PairScores(score, {}, attention)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def registered():
-    register_model(NAME, lambda config, dims, words: PooledCosine(config, dims, words), PooledCosineConfig,
-                   "a fourth matcher defined in a test")
-    yield
-    MODELS.remove(NAME)
+def test_it_is_registered_before_collection():
+    assert NAME in MODELS  # so test_models.py and test_engine.py parametrise over it
 
 
 def test_its_config_resolves_and_validates_through_the_one_registry():
     assert load_config(None, [f"model.name={NAME}"]).model == PooledCosineConfig()
-    with pytest.raises(Exception, match="model.embed_dim: must be positive"):
+    with pytest.raises(ConfigError, match="model.embed_dim: must be positive"):
         load_config(None, [f"model.name={NAME}", "model.embed_dim=0"])
 
 
@@ -160,18 +78,52 @@ def test_explain_draws_its_declared_map(photos_and_checkpoint, tmp_path, capsys)
     assert "not drawn" not in capsys.readouterr().out
 
 
+CAPTION = ["a", "red", "square"]
+HALVES = [[0, 0, 40, 60], [40, 0, 40, 60]]  # left and right half of an 80 x 60 photo (COCO x, y, w, h)
+
+
+def boxed_halves(root):
+    """Two 80 x 60 photos of different content captioned "a red square", the first with one "square" box
+    over its left half, the second over its right half: some cells' centres inside, some outside, and
+    a map that peaks on the same side in both hits exactly one. Returns (data folder, boxes file, photos)."""
+    data, names = root / "data", ["a.jpg", "b.jpg"]
+    photo(data / "images" / names[0], "red", size=(80, 60))
+    photo(data / "images" / names[1], "green", size=(80, 60))
+    sentences = [{"raw": " ".join(CAPTION), "tokens": CAPTION}]
+    (data / "dataset_boxes.json").write_text(json.dumps(
+        {"images": [{"filename": n, "split": "test", "sentences": sentences} for n in names]}))
+    boxes = {"images": [{"id": i, "file_name": n, "width": 80, "height": 60} for i, n in enumerate(names)],
+             "categories": [{"id": 1, "name": "square"}],
+             "annotations": [{"image_id": i, "category_id": 1, "bbox": HALVES[i], "iscrowd": 0} for i in range(2)]}
+    (root / "boxes.json").write_text(json.dumps(boxes))
+    return data, root / "boxes.json", [data / "images" / n for n in names]
+
+
 def test_the_pointing_game_reads_its_map(photos_and_checkpoint, tmp_path):
-    """A box over the whole photo: every peak is a hit, whatever the untrained weights."""
+    """A box over part of each photo: the game's hits are those of the model's own map of "square",
+    peaked by hand here (its argmax cell's centre inside the box or not)."""
     _, checkpoint = photos_and_checkpoint
-    data, boxes = boxed_photos(tmp_path)
+    data, boxes, paths = boxed_halves(tmp_path)
     assert cli.main(["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data),
                      "--boxes", str(boxes), "--json", str(tmp_path / "out.json"),
                      "--min-cases", "1", "--device", "cpu"]) == 0
     overall = json.loads((tmp_path / "out.json").read_text())["overall"]
-    assert overall["cases"] == 1 and overall["hit"] == 100.0
+    ckpt = load_checkpoint(checkpoint, explaining=True)
+    features = file_features([(p.name, p) for p in paths], ckpt.config.features, cache_root(ckpt.config) / "features")
+    captions = encode_captions([CAPTION, CAPTION], ckpt.vocab, ckpt.config.data.max_words)
+    with torch.no_grad():
+        maps = ckpt.model(features.streams(ckpt.model.image_streams), captions, return_attention=True).attention
+    rows = maps["words_over_regions"][:, CAPTION.index("square")].numpy()  # (2 photos, D cells)
+    centres = cell_centres(features.grid_shape, 80, 60)  # (D, 2)
+    inside = [inside_any(centres, [(x, y, x + bw, y + bh)]) for x, y, bw, bh in HALVES]  # (D,) per photo
+    expected = [bool(inside[i][int(np.argmax(rows[i]))]) for i in range(2)]
+    assert all(0 < box.mean() < 1 for box in inside)  # each box leaves cells outside: a wrong map could miss
+    assert overall["cases"] == 2 and overall["hit"] == pytest.approx(100 * np.mean(expected))
+    assert overall["random_cell"] == pytest.approx(100 * np.mean([box.mean() for box in inside]))
 
 
 def test_it_indexes_a_folder_and_searches_it(photos_and_checkpoint, tmp_path):
+    """Search's scores and order are the model's own scores of the query against every photo (brute force)."""
     from itm.retrieval.index import IndexStore, update_index
     from itm.retrieval.search import Searcher, SearchModels
 
@@ -180,7 +132,14 @@ def test_it_indexes_a_folder_and_searches_it(photos_and_checkpoint, tmp_path):
     report = update_index(IndexStore(tmp_path / "idx"), photos, models, progress=False)
     assert report.added == 5
     searcher = Searcher(tmp_path / "idx")
-    hits = searcher.search(" ".join(WORDS[:3]), k=5)
-    assert len({h.image_id for h in hits}) == 5 and all(np.isfinite(h.score) for h in hits)
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    query = " ".join(WORDS[:3])
+    hits = searcher.search(query, k=5)
     assert searcher.vectors.shape == (5, 8)  # vector_dim: the model's TINY embed_dim
+    ckpt = models.reranker
+    sha1s = [searcher.sha1_of_id[h.image_id] for h in hits]
+    features = searcher.feature_rows(sorted(searcher.images))
+    brute = score_all_pairs(ckpt.model, features, models.query_captions(query, ckpt))[:, 0]  # (5,) every photo
+    by_sha1 = dict(zip(sorted(searcher.images), brute, strict=True))
+    assert sorted(sha1s) == sorted(searcher.images)  # every photo once
+    np.testing.assert_allclose([h.score for h in hits], [by_sha1[s] for s in sha1s], rtol=1e-5, atol=1e-6)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)

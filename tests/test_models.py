@@ -90,6 +90,27 @@ def test_training_hook_gives_a_finite_loss_and_gradients(name, loss):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+def test_the_training_loss_is_the_objective_plus_the_models_penalty(name):
+    """The trainer adds nothing: a model owns its penalties, the word table's anchor among them."""
+    model, _ = tiny_model(name, "text.trainable=true")
+    model.train()
+    words = model.words  # as text.anchor_weight=2 sets it up over a GloVe-initialised table
+    words.anchor_weight, words.anchor = 2.0, words.table.weight.detach().clone()
+    with torch.no_grad():
+        words.table.weight.add_(0.5)  # rows away from their initial vectors: the anchor pulls
+    batch = tiny_batch(model)
+    torch.manual_seed(0)
+    total = model.training_loss(batch)
+    torch.manual_seed(0)
+    objective = model.objective(batch)
+    penalty = model.penalty()
+    anchor = float(words.penalty().detach())
+    assert anchor == pytest.approx(2.0 * 0.25 * words.dim)  # 0.5 on every coordinate
+    assert float(penalty.detach()) >= anchor > 0
+    torch.testing.assert_close(total, objective + penalty)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_frozen_word_table_gets_no_gradient(name):
     model, _ = tiny_model(name)  # text.trainable defaults to false
     assert not model.words.table.weight.requires_grad

@@ -14,7 +14,8 @@ three parts that the all-pairs engine (``itm.evaluation.engine``) reuses:
 ``forward`` scores aligned pairs (image i with caption i): the reference the engine is tested
 against. It returns the total, its named parts and, on request, the attention maps the model
 declares in ``attention_specs`` (what attends over what), so pictures never switch on a model.
-Training calls one hook, ``training_loss``; a model's training-only behaviour lives behind it.
+Training calls one hook, ``training_loss``: the model's ``objective`` on the batch plus its
+``penalty`` (terms of the weights alone); a model's training-only behaviour lives behind those two.
 
 Search needs more of a model that declares itself ``indexable`` (its score is an inner product of
 per-item vectors, so a FAISS index can hold one side): ``encode_images``, ``encode_captions`` and
@@ -193,11 +194,45 @@ class Matcher(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is not indexable: it has no per-item vectors")
 
     def training_loss(self, batch) -> torch.Tensor:
-        """The loss of one training step (``itm.models.objectives.TrainingBatch``): the configured
-        objective on the total score. Models with training-only behaviour override this."""
+        """The loss of one training step (``itm.models.objectives.TrainingBatch``): ``objective`` plus
+        ``penalty``. The trainer's only call into a model; models override the two parts, not this."""
+        return self.objective(batch) + self.penalty()
+
+    def objective(self, batch) -> torch.Tensor:
+        """The batch's loss: the configured objective on the total score. Models with training-only
+        behaviour (masks, per-branch weights) override this."""
         from itm.models.objectives import objective_loss
 
         return objective_loss(self, batch)
 
+    def penalty(self) -> torch.Tensor:
+        """Terms of the weights alone: the word table's pull to its initial vectors (0 unless
+        ``text.anchor_weight``). A model with regularisers of its own adds them here."""
+        return self.words.penalty()
+
     def check_evaluable(self) -> None:
         """Raise ItmError when this model must not be evaluated as configured (e.g. a leak)."""
+
+
+class IndexableMatcher(Matcher):
+    """A matcher whose score is the inner product of per-item vectors (a shortlist index can hold one
+    side): a subclass gives ``encode_images``, ``encode_captions`` and ``vector_dim``; the scoring
+    parts and the aligned forward follow from them."""
+
+    indexable = True
+
+    def prepare_images(self, images: ImageStreams) -> State:
+        return {"vectors": self.encode_images(images)}  # (N, vector_dim)
+
+    def prepare_captions(self, captions: Captions) -> State:
+        return {"vectors": self.encode_captions(captions)}  # (N, vector_dim)
+
+    def score_block(self, images: State, captions: State, parts: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        return with_total(images["vectors"] @ captions["vectors"].t(), parts)  # (Ni, Nc)
+
+    def pair_bytes(self, images: State, steps: int) -> int:
+        return 4  # one float a pair: the block itself
+
+    def forward(self, images: ImageStreams, captions: Captions, return_attention: bool = False) -> PairScores:
+        """Aligned pairs' inner products; a subclass that declares attention maps adds them."""
+        return PairScores((self.encode_images(images) * self.encode_captions(captions)).sum(-1))  # (B,)

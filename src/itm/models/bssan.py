@@ -464,9 +464,9 @@ class BSSAN(Matcher):
         """(Ni, Nc) mean attended word-region alignment of prepared blocks (the ``align_weight`` term)."""
         return self.branches["w2r"].alignment(captions["w2r_queries"], images["w2r_keys"], lengths)
 
-    def training_loss(self, batch) -> torch.Tensor:
+    def objective(self, batch) -> torch.Tensor:
         """Eq. 18: each branch's loss weighted like its score, eq. 8's uniform attention on the
-        negatives (when configured), plus the weight regulariser."""
+        negatives (when configured); the weight regulariser is in ``penalty``."""
         def aligned(images, captions, negative):
             parts = dict(self(images, captions, uniform=negative).parts)
             if self.align_weight:  # the block's diagonal: B x B alignments are cheap next to the LSTMs
@@ -482,7 +482,11 @@ class BSSAN(Matcher):
             return parts
 
         weights = self.branch_weights() | ({"align": self.align_weight} if self.align_weight else {})
-        return objective_loss(self, batch, aligned, block, weights) + self.regularization()
+        return objective_loss(self, batch, aligned, block, weights)
+
+    def penalty(self) -> torch.Tensor:
+        """The word table's anchor plus eq. 18's weight regulariser."""
+        return super().penalty() + self.regularization()
 
 
 def build_bssan(config: BSSANConfig, dims: InputDims, words: WordEmbedder) -> BSSAN:

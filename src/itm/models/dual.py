@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from itm.config_base import ModelConfig, check_fields
 from itm.data.types import Captions
-from itm.models.base import ImageStreams, InputDims, Matcher, PairScores, State, WordEmbedder, with_total
+from itm.models.base import ImageStreams, IndexableMatcher, InputDims, WordEmbedder
 from itm.models.registry import register_model
 
 
@@ -39,11 +39,10 @@ class DualConfig(ModelConfig):
         check_fields("model", self, positive=("embed_dim",), fraction=("dropout",))
 
 
-class DualEncoder(Matcher):
+class DualEncoder(IndexableMatcher):
     """Independent image and caption embeddings; indexable (``encode_images`` / ``encode_captions``)."""
 
     image_streams = ("whole",)
-    indexable = True
 
     def __init__(self, config: DualConfig, dims: InputDims, words: WordEmbedder):
         super().__init__()
@@ -65,21 +64,6 @@ class DualEncoder(Matcher):
         packed = pack_padded_sequence(words, captions.lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, last = self.gru(packed)  # (1, N, d): the state after each caption's last real word
         return F.normalize(last[0], dim=-1)
-
-    def forward(self, images: ImageStreams, captions: Captions, return_attention: bool = False) -> PairScores:
-        return PairScores((self.encode_images(images) * self.encode_captions(captions)).sum(-1))
-
-    def prepare_images(self, images: ImageStreams) -> State:
-        return {"vectors": self.encode_images(images)}
-
-    def prepare_captions(self, captions: Captions) -> State:
-        return {"vectors": self.encode_captions(captions)}
-
-    def score_block(self, images: State, captions: State, parts: bool = False):
-        return with_total(images["vectors"] @ captions["vectors"].t(), parts)  # (Ni, Nc)
-
-    def pair_bytes(self, images: State, steps: int) -> int:
-        return 4
 
 
 def build_dual(config: DualConfig, dims: InputDims, words: WordEmbedder) -> DualEncoder:

@@ -286,7 +286,7 @@ class MLASM(Matcher):
         return 4 * (6 * r * steps + 5 * d)
 
     # -- training ----------------------------------------------------------------------------------------
-    def training_loss(self, batch) -> torch.Tensor:
+    def objective(self, batch) -> torch.Tensor:
         """The configured objective on the fused score; ``diagonal`` scores the in-batch global branch
         the code's way: each image's vector from its own caption, each caption's from its own image."""
         if self.config.global_context != "diagonal":

@@ -114,15 +114,14 @@ class LossModule(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: TrainingBatch) -> torch.Tensor:
-        return self.model.training_loss(batch) + self.model.words.penalty()
+        return self.model.training_loss(batch)
 
 
 def loss_function(model: Matcher) -> Callable[[TrainingBatch], torch.Tensor]:
     """The model's loss, wrapped in DistributedDataParallel (gradients averaged across processes)
     under torchrun; every process holds the whole global batch and scores its share of it."""
     if world_size() == 1:
-        # looked up per call (tests replace it); plus the word table's anchor (0 unless text.anchor_weight)
-        return lambda batch: model.training_loss(batch) + model.words.penalty()
+        return lambda batch: model.training_loss(batch)  # looked up per call: tests replace it
     from torch.nn.parallel import DistributedDataParallel
 
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
