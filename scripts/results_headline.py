@@ -41,6 +41,11 @@ class Row:
     bold: bool = True
 
 
+def three_seeds(stem: str) -> tuple[str, ...]:
+    """The JSONs of runs ``<stem>0`` to ``<stem>2``."""
+    return tuple(f"flickr8k/{stem}{seed}.json" for seed in range(3))
+
+
 def views(name: str, *members: str) -> tuple[str, tuple[str, ...]]:
     return (f"flickr8k/views/{name}.json", members)
 
@@ -65,13 +70,13 @@ ROWS = (
         "three seeds", ABL_GRIDS),
     Row("BSSAN trained on the 13 x 13 grid (`bssan_cpu_lite2`, `features.image_size=416`, `eval.score_sizes=[]`, "
         "runs `bssan_416_seed0-2`; about twice the training)",
-        tuple(f"flickr8k/bssan_416_seed{s}.json" for s in range(3)),
+        three_seeds("bssan_416_seed"),
         "three seeds", "[ablations.md](results/ablations.md#bssan-trained-on-the-finer-grid-issue-35)"),
     Row("CAAN distilled from BSSAN x 2 + MLASM (`caan_cpu`, `train.distill_from`, 8 epochs)",
-        tuple(f"flickr8k/caan_distill_seed{s}.json" for s in range(3)),
+        three_seeds("caan_distill_seed"),
         "three seeds", "[ensembles.md](results/ensembles.md#distillation-caan-taught-by-bssan-x-2--mlasm-issue-35)"),
     Row("CAAN (`caan_cpu` before issue 35's `eval.score_sizes`: its trained grid alone)",
-        tuple(f"flickr8k/caan_seed{s}.json" for s in range(3)), "three seeds", MODELS_19),
+        three_seeds("caan_seed"), "three seeds", MODELS_19),
     Row("BSSAN (`bssan_cpu_lite2`, with the alignment term `align_weight` 0.5)",
         ("flickr8k/bssan_align05.json", "flickr8k/bssan_align05_seed1.json", "flickr8k/bssan_align05_seed2.json"),
         "three seeds", "[grounding.md](results/grounding.md#the-weak-word-region-alignment-term-issue-22)"),
@@ -82,12 +87,12 @@ ROWS = (
     Row("CAAN on the open text side (`caan_cpu`, run `caan_open_seed0`)",
         ("flickr8k/caan_open_seed0.json",), "one run", VOCAB_OPEN, bold=False),
     Row("MLASM `unconditioned` (`mlasm_cpu` since issue 35, runs `mlasm_unconditioned_seed0-2`, open text side)",
-        tuple(f"flickr8k/mlasm_unconditioned_seed{s}.json" for s in range(3)),
+        three_seeds("mlasm_unconditioned_seed"),
         "three seeds", "[ablations.md](results/ablations.md#mlasm-unconditioned-three-seeds-issue-35)"),
     Row("MLASM `pairwise` (`mlasm_cpu` before issue 35)",
-        tuple(f"flickr8k/mlasm_seed{s}.json" for s in range(3)), "three seeds", MODELS_19),
+        three_seeds("mlasm_seed"), "three seeds", MODELS_19),
     Row("dual encoder (`dual_cpu`, runs `dual_open_seed0-2`, all 16 epochs, read with the open vocabulary)",
-        tuple(f"flickr8k/dual_open_seed{s}.json" for s in range(3)),
+        three_seeds("dual_open_seed"),
         "three seeds", "[vocabulary.md](results/vocabulary.md#the-dual-encoder-trained-again-three-seeds-the-open-text-side)"),
     Row("dual encoder (`dual_cpu`, run `dual_seed0`)", ("flickr8k/dual_seed0.json",),
         "**one run** (seed 0), not a three-seed mean; its 20-minute budget stopped it during epoch 16", MODELS_19),
