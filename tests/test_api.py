@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import index_checkpoint, photo, photo_folder
+from PIL import Image
 
 import itm
 from itm.errors import DataError, ItmError
@@ -58,9 +59,24 @@ def test_score_bad_inputs_name_the_input(tiny, tmp_path):
 def test_explain_returns_the_declared_pictures(tiny, tmp_path):
     model = itm.load_model(tiny)
     red = photo(tmp_path / "red.jpg", "red")
+    words = ["a", "red", "square"]
     figures = model.explain(red, "a red square", method="attention")
-    assert figures and set(figures) <= set(model.model.attention_specs())
-    assert all(hasattr(f, "savefig") for f in figures.values())
+    assert set(figures) == set(model.model.attention_specs()) == {"w2r", "o2w"}  # photos carry grid and boxes
+    # the pair's score heads every sheet: the model's own score of the pair (printed to 3 decimals)
+    score = float(model.score([red], ["a red square"])[0, 0])
+    for figure in figures.values():
+        heading = figure.get_suptitle()
+        assert heading.startswith("a red square — score ")
+        assert abs(float(heading.removeprefix("a red square — score ").split()[0]) - score) <= 0.0005 + 1e-6
+    height, width = np.asarray(Image.open(red)).shape[:2]
+    # W2R: the photo, then one panel per word, titled by the word; each panel draws the whole photo
+    panels = figures["w2r"].axes
+    assert [ax.get_xlabel().split("\n")[0] for ax in panels] == ["(image)", *words]
+    assert all([im.get_array().shape[:2] for im in ax.get_images()] == [(height, width)] for ax in panels)
+    # O2W: the photo with the objects' boxes, and their attention over the words (one tick a word)
+    photo_panel, chart = figures["o2w"].axes
+    assert [im.get_array().shape[:2] for im in photo_panel.get_images()] == [(height, width)]
+    assert [t.get_text() for t in chart.get_xticklabels()] == words
     # the default: first where each word's thing is ("dog" names ImageNet's dog classes), then the same maps
     by_default = model.explain(red, "a red dog")
     assert list(by_default)[0] == "concept" and set(by_default) - {"concept"} == set(figures)
@@ -78,8 +94,17 @@ def test_build_then_open_an_index_and_search_it(tmp_path, monkeypatch):
     report = itm.build_index(photo_folder(tmp_path / "photos"), tmp_path / "idx", checkpoint=bssan, shortlist=dual)
     assert report.images == 5 and len(report.skipped) == 3
     searcher = itm.open_index(tmp_path / "idx")
-    hits = searcher.search("a red square", k=3)
-    assert len(hits) == 3 and hits[0].score >= hits[-1].score
+    hits = searcher.search("a red square", k=5)  # every indexed photo
+    assert len({hit.image_id for hit in hits}) == report.images == 5
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    # each score is the re-ranking model's own score of that photo and the query (same process; the
+    # index scores its photos in one stacked block: last-bit differences only)
+    paths = [searcher.path_of(hit.image_id) for hit in hits]
+    np.testing.assert_allclose(scores, itm.load_model(bssan).score(paths, ["a red square"])[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([hit.shortlist_score for hit in hits],
+                               itm.load_model(dual).score(paths, ["a red square"])[:, 0], rtol=1e-5, atol=1e-6)
+    assert searcher.search("a red square", k=3) == hits[:3]
     assert searcher.path_of(hits[0].image_id).is_file()
     assert searcher.explain_png(hits[0].image_id, "a red square")[:4] == b"\x89PNG"
 

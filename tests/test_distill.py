@@ -9,6 +9,7 @@ from helpers import DIM, fit_quietly, setup_run, short_run_overrides
 from itm.data.synthetic import synthetic_split
 from itm.data.vocab import Vocab
 from itm.errors import ConfigError
+from itm.evaluation.metrics import chance_metrics
 from itm.losses import distillation
 from itm.training.distill import load_teachers, zscored_mean
 
@@ -39,8 +40,8 @@ def test_a_student_trains_against_a_teacher_and_bad_teachers_are_one_line(tmp_pa
     _, vocab = synthetic_split(64, seed=0, region_dim=DIM)
     settings = {"backbone": "synthetic"}
     teachers = load_teachers([str(tmp_path / "teacher")], vocab, settings, 0.25)
-    student, train, val = setup_run(tmp_path / "student", "train.loss=infonce", "train.epochs=1", n_train=64,
-                                    n_val=8, seed=0)
+    student, train, val = setup_run(tmp_path / "student", "train.loss=infonce", "train.epochs=3", n_train=64,
+                                    n_val=32, seed=0)
     student.teacher = teachers
     from itm.training.loop import training_batch
 
@@ -54,7 +55,9 @@ def test_a_student_trains_against_a_teacher_and_bad_teachers_are_one_line(tmp_pa
 
     assert loss(teachers) > loss(None)  # the KL term is added (it is positive for an untrained student)
     result = fit_quietly(student, train, val)
-    assert result["epochs"] == 1 and result["best_rsum"] > 0
+    # random scores on these 32 images x 5 captions expect rsum 95.9; three epochs lifted the student to
+    # 186-308 over seeds 0-9 (205 here, seed 0), so 50 above chance leaves room for another CPU's arithmetic
+    assert result["epochs"] == 3 and result["best_rsum"] > chance_metrics(32, 5)["rsum"] + 50
     with pytest.raises(ConfigError, match="no such checkpoint"):
         load_teachers([str(tmp_path / "none.pt")], vocab, settings, 0.25)
     with pytest.raises(ConfigError, match="other image features"):

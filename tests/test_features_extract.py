@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -59,11 +60,20 @@ def test_shapes_boxes_and_settings(tmp_path):
     assert feats.settings["backbone"] == "efficientnet_lite0" and feats.settings["num_objects"] == 10
     known = {k: v for k, v in feats.settings.items() if k in FeatureConfig.__dataclass_fields__}
     assert FeatureConfig(**known) == SMALL  # checkpoints can rebuild the settings
-    assert report.cache_bytes > 0 and report.seconds_per_image > 0
+    # the cache's size is the bytes on disk of its settings folder, which holds the five photos
+    assert report.cache_images == 5 and report.cache_dir == str(next((tmp_path / "cache").iterdir()))
+    assert report.cache_bytes == sum(f.stat().st_size for f in Path(report.cache_dir).rglob("*") if f.is_file())
+    # the time per image is the call's recorded wall seconds over the photos it extracted, whatever
+    # they took; the wall time holds its timed parts (one clock, disjoint intervals)
+    assert isinstance(report.seconds, float) and math.isfinite(report.seconds)
+    assert report.seconds_per_image == report.seconds / 5
+    assert report.seconds >= report.decode_seconds + report.grid_seconds + report.object_seconds
     assert "5 images: 5 extracted now" in report.summary()
     # a later call over two of the photos still reports the size per photo of the whole folder
     _, _, again = extract_features(dataset_of(paths[:2], tmp_path), SMALL, tmp_path / "cache", progress=False)
-    assert again.cache_images == 5 and f"({report.cache_bytes / 5 / 1024:.0f} KiB/image)" in again.summary()
+    assert (again.images, again.extracted, again.cached) == (2, 0, 2) and again.seconds_per_image == 0.0
+    assert again.cache_images == 5 and again.cache_bytes == report.cache_bytes
+    assert f"({report.cache_bytes / 5 / 1024:.0f} KiB/image)" in again.summary()
 
 
 def test_object_vector_is_roi_average_of_the_map(tmp_path):

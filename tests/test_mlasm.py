@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import D, make_captions, make_features, make_images, streams, tiny_batch, tiny_model
+from helpers import make_captions, make_features, make_images, streams, tiny_batch, tiny_model
 
 from itm.config import load_config
 from itm.errors import ItmError
@@ -150,7 +150,17 @@ def test_diagonal_training_scores_the_code_way():
 
 def test_global_branch_off_builds_no_global_layers():
     model, _ = tiny_model("mlasm_local")
+    model.eval()
     assert model.image_streams == ("regions",) and not hasattr(model, "gate")
-    out = model(streams(*make_images(2)), make_captions([3, 2]))
+    regions, objects = make_images(2)
+    captions = make_captions([3, 2])
+    with torch.no_grad():
+        out = model(streams(regions, objects), captions)
+        block = model.score_block(model.prepare_images(streams(regions, objects)), model.prepare_captions(captions))
+        other_objects = model(streams(regions, objects + 1), captions).score
+        other_regions = model(streams(regions + 1, objects), captions).score
     assert set(out.parts) == {"local"} and torch.equal(out.score, out.parts["local"])
-    assert D > 0
+    # the pair-by-pair score is the all-pairs block's diagonal (same process: float32 defaults), and
+    # only the regions reach it
+    torch.testing.assert_close(out.score, torch.diagonal(block))
+    assert torch.equal(other_objects, out.score) and not torch.allclose(other_regions, out.score)

@@ -5,8 +5,10 @@ benchmark times the trainer's own steps; the search benchmark measures the searc
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -196,11 +198,20 @@ def test_train_step_benchmark_times_the_trainers_steps_through_the_models_traini
         return real(self, batch)
 
     monkeypatch.setattr(DualEncoder, "training_loss", counted)
-    median, record = bench.step_seconds("dual_cpu", steps=2, overrides=["model.embed_dim=16"])
+    # the benchmark's clock, read once per optimiser update: update k comes k * k "seconds" after
+    # update k - 1, whatever this machine's speed
+    stamps = itertools.accumulate(k * k for k in itertools.count(1))
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: float(next(stamps))))
+    median, record = bench.step_seconds("dual_cpu", steps=3, overrides=["model.embed_dim=16"])
+    train = load_config("dual_cpu", ["model.embed_dim=16"]).train
     batch = record["batch"]
-    assert calls == [batch] * (2 + bench.WARM_UP + 1)  # every timed step is the model's own training hook
-    assert median > 0 and record["overrides"] == ["model.embed_dim=16"]
-    assert record["projected_run_min"] == round(median * (bench.FLICKR8K_TRAIN_CAPTIONS // batch) * record["epochs"] / 60, 1)
+    assert batch == train.batch_size and record["epochs"] == train.epochs and record["budget_min"] == train.max_minutes
+    assert calls == [batch] * (3 + bench.WARM_UP + 1)  # every timed step is the model's own training hook
+    # 6 updates, 5 steps between them (4, 9, 16, 25, 36 s); the 2 warm-up steps dropped: the median of
+    # 16, 25 and 36 (their mean would be 25.7)
+    assert bench.WARM_UP == 2 and median == 25.0 and record["step_s"] == 25.0
+    assert record["overrides"] == ["model.embed_dim=16"]
+    assert record["projected_run_min"] == round(25.0 * (bench.FLICKR8K_TRAIN_CAPTIONS // batch) * train.epochs / 60, 1)
 
 
 def test_ensembles_from_saved_matrices_are_the_combined_matrices(tmp_path, capsys):

@@ -395,13 +395,21 @@ def test_cli_eval_json_has_the_documented_keys(cli_env, reference_run):
     assert (result["n_images"], result["n_captions"]) == (8, 40)
     recalls = [result[d][f"r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
     assert result["rsum"] == pytest.approx(sum(recalls))
-    assert isinstance(result["seconds"], float)
+    # the scoring's wall time, recorded to the hundredth and the same figure the table's title printed
+    assert isinstance(result["seconds"], float) and math.isfinite(result["seconds"])
+    assert round(result["seconds"], 2) == result["seconds"]
+    assert f"8 images, 40 captions, {result['seconds']:.1f} s" in done.stdout
     assert "overrides" not in result  # only a run scored with --set records them
     (trained,) = result["provenance"]  # what trained the model, from its run folder
     assert {k: trained[k] for k in ("config", "overrides", "seed", "epochs_planned", "epochs", "time_limit_hit")} \
         == {"config": "bssan_cpu", "overrides": CLI_TINY, "seed": 0, "epochs_planned": 3, "epochs": 3,
             "time_limit_hit": False}
-    assert isinstance(trained["train_seconds"], float) and "not_recorded" not in trained
+    assert "not_recorded" not in trained
+    # the training seconds are the run's own record, the clock its last epoch's line stopped at: that
+    # line keeps it to 0.01 s and the summary to 0.1 s, so they differ by at most 0.055 s
+    summary = json.loads((reference_run / "summary.json").read_text())
+    assert isinstance(trained["train_seconds"], float) and trained["train_seconds"] == summary["train_seconds"]
+    assert trained["train_seconds"] == pytest.approx(metrics_lines(reference_run)[-1]["elapsed"], abs=0.06)
     assert "commit" in trained and "eval_commit" in result
 
 
