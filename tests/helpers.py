@@ -1,5 +1,5 @@
 """Shared test helpers (a plain module, not a test module): tiny models of any registered name,
-random captions and image streams at tiny sizes."""
+random captions and image streams at tiny sizes, a word-vector table of hand-set vectors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -285,3 +286,20 @@ def kill_switch(folder: Path, target: str, when: str = "True", env: dict[str, st
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+# -- a word-vector table of hand-set vectors --------------------------------------------------------
+
+class WordTable:
+    """A word-vector table of a few hand-set vectors with the GloVe table's interface (``word in
+    table``, ``table.vectors(words)``): GloVe's stand-in where a test needs known neighbours."""
+
+    def __init__(self, rows: dict[str, list[float]]):
+        self.rows = {w: np.asarray(v, np.float32) for w, v in rows.items()}
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.rows
+
+    def vectors(self, words: list[str]) -> np.ndarray:
+        """(len(words), dim) float32, in the order asked."""
+        return np.stack([self.rows[w] for w in words]).reshape(len(words), -1)

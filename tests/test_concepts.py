@@ -5,33 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import WordTable
 
 from itm.errors import ConfigError
 from itm.evaluation.grounding import concept_first, concept_sum, unit_range
 from itm.features.concepts import ConceptMaps, ImageNetClass, head_noun, singular
-
-
-class Table:
-    """A word-vector table of a few hand-set 3-d vectors."""
-
-    def __init__(self, vectors: dict[str, list[float]]):
-        self.rows = {w: np.asarray(v, np.float32) for w, v in vectors.items()}
-
-    def __contains__(self, word):
-        return word in self.rows
-
-    def vectors(self, words):
-        return np.stack([self.rows[w] for w in words])
-
 
 CLASSES = [ImageNetClass(["school bus"], {"bus"}),
            ImageNetClass(["beagle"], {"beagle", "dog"}),
            ImageNetClass(["pug"], {"pug", "dog"}),
            ImageNetClass(["zebra"], {"zebra", "mammal"}),
            ImageNetClass(["red wolf"], {"wolf"})]
-TABLE = Table({"school": [1, 0, 0], "bus": [1, 0.1, 0], "beagle": [0, 1, 0], "pug": [0, 1, 0.1],
-               "zebra": [0, 0, 1], "giraffe": [0, 0.3, 1], "red": [1, 1, 1], "wolf": [1, 1, 0.9],
-               "lamp": [1, -1, 0]})
+TABLE = WordTable({"school": [1, 0, 0], "bus": [1, 0.1, 0], "beagle": [0, 1, 0], "pug": [0, 1, 0.1],
+                   "zebra": [0, 0, 1], "giraffe": [0, 0.3, 1], "red": [1, 1, 1], "wolf": [1, 1, 0.9],
+                   "lamp": [1, -1, 0]})
 
 
 def concept_maps(weight=None):

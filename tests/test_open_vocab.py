@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import WORDS, index_checkpoint, photo, photo_folder
+from helpers import WORDS, WordTable, index_checkpoint, photo, photo_folder
 
 from itm.checkpoint import load_checkpoint
 from itm.cli import main
@@ -21,20 +21,6 @@ from itm.data.vocab import Vocab
 from itm.errors import ItmError
 from itm.models.base import WordEmbedder
 
-
-class FakeTable:
-    """A word-vector table of a few 3-d words (the GloVe table's interface)."""
-
-    def __init__(self, rows: dict[str, list[float]]):
-        self.rows = {w: np.asarray(v, np.float32) for w, v in rows.items()}
-
-    def __contains__(self, word):
-        return word in self.rows
-
-    def vectors(self, words):
-        return np.stack([self.rows[w] for w in words]).reshape(len(words), -1)
-
-
 TABLE = {"dog": [1, 0, 0], "cat": [0, 1, 0], "red": [0, 0, 1], "giraffe": [1, 1, 0], "zebra": [0, 1, 1]}
 
 
@@ -44,7 +30,7 @@ def open_vocab(trained: dict[str, list[float]], table: dict | None = None) -> tu
     for i, word in enumerate(trained, start=2):
         init[i] = torch.tensor(trained[word])
     embedder = WordEmbedder(len(vocab), 3, init=init)
-    return OpenVocabulary(vocab, embedder, FakeTable(table or TABLE)), embedder
+    return OpenVocabulary(vocab, embedder, WordTable(table or TABLE)), embedder
 
 
 def vectors_of(vocab, embedder, words):
