@@ -12,10 +12,10 @@ both matrices. The tiny-model bound the tests hold is in tests/test_engine.py (B
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
+from _report import report
 
 from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
@@ -57,13 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
               "matrix": list(matrices["fp32"].shape), "seconds": seconds,
               **compare(matrices["fp32"], matrices["bf16"]),
               "rsum": {p: round(retrieval_metrics(m, split.caption_to_image)["rsum"], 2) for p, m in matrices.items()}}
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as out:
-            json.dump(result, out, indent=2)
-    return result
+    return report(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ The GPU figures are an estimate, not a measurement: no GPU was lent to this mach
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
+from _report import measure_each, save_json
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -130,13 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = {"threads": args.threads, "pairs": COCO5K_PAIRS, "gpu_peak_flops": H200_BF16_DENSE,
-              "gpu_bytes_per_s": H200_BYTES_PER_S, "utilisation": UTILISATION, "models": {}}
-    for name in args.configs:
-        result["models"][name] = estimate(name, args.budget)
-        print(f"{name:<16}{json.dumps(result['models'][name])}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+              "gpu_bytes_per_s": H200_BYTES_PER_S, "utilisation": UTILISATION}
+    result["models"] = measure_each(args.configs, lambda name: estimate(name, args.budget), width=16)
+    return save_json(result, args.json)
 
 
 if __name__ == "__main__":

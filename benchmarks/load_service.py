@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from _report import report
+
 QUERIES = ["a dog runs on the grass", "two children play in the water", "a man rides a bike", "a red car",
            "people walk down a city street", "a black and white dog jumps", "a girl in a pink dress",
            "a surfer rides a wave", "a group of people sit at a table", "a brown horse in a field"]
@@ -95,12 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
               "p50_ms": round(statistics.median(ms), 1) if ms else None,
               "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 1) if ms else None,
               "max_ms": round(ms[-1], 1) if ms else None, "k": args.k, "rerank": args.rerank}
-    for key, value in result.items():
-        print(f"{key:<16}{value}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

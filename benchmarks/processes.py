@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import line, save_json
+
 BUNDLED = Path(__file__).resolve().parent.parent / "src" / "itm" / "assets" / "flickr8k_mini"
 WAYS = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 processes x 1 thread": (2, 1)}
 
@@ -98,10 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                           work, env))
     for part in ("evaluation", "extraction"):
         for name, entry in result.get(part, {}).items():
-            print(f"{part:<11} {name:<24} {json.dumps(entry)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+            line(f"{part:<11} {name}", entry, width=37)  # the name in a 24-wide column, then a space
+    return save_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ depends on shapes, not values.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
 
 import numpy as np
 import torch
+from _report import report
 
 from itm.checkpoint import new_model
 from itm.config import load_config
@@ -98,13 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     if args.device.startswith("cuda"):
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    width = max(len(k) for k in result)
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as out:
-            json.dump(result, out, indent=2)
-    return result
+    return report(result, args.json_out)
 
 
 if __name__ == "__main__":

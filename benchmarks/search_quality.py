@@ -25,13 +25,13 @@ depth K, states cached), with its stages ``Searcher.shortlist`` and ``Searcher.r
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _report import report
 
 from itm.checkpoint import load_checkpoint
 from itm.data.load import load_dataset
@@ -108,11 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             entry = result["index"][f"k{k}"]
             entry["fraction_of_exact"] = round(entry["median_ms"] / result["exact_query_ms_8k"], 4)
             entry["fraction_of_exact_cached"] = round(entry["median_ms"] / result["exact_query_ms_8k_cached"], 4)
-    for key, value in result.items():
-        print(f"{key:<26}{json.dumps(value) if isinstance(value, dict) else value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    return report(result, args.json)
 
 
 def exact_matrix(matcher, split, saved: str | None, shape: tuple[int, int]) -> tuple[np.ndarray, float | None]:

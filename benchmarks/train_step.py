@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import json
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import measure_each, save_json
 
 import itm.models  # noqa: F401  (registers every model)
 from itm.checkpoint import new_model
@@ -94,13 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"threads": args.threads, "models": {}}
-    for name in args.configs:
-        _, result["models"][name] = step_seconds(name, args.steps, args.overrides)
-        print(f"{name:<18}{json.dumps(result['models'][name])}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+    models = measure_each(args.configs, lambda name: step_seconds(name, args.steps, args.overrides)[1], width=18)
+    return save_json({"threads": args.threads, "models": models}, args.json)
 
 
 if __name__ == "__main__":

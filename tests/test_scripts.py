@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,9 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str, folder: str = "scripts"):
+    """``folder/name.py`` as a module, with its folder first on ``sys.path`` while it loads, as
+    ``python folder/name.py`` has it (the benchmarks import their shared ``_report``)."""
     spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / folder))
     return module
 
 
