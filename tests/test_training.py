@@ -414,6 +414,37 @@ def test_cli_eval_json_has_the_documented_keys(cli_env, reference_run):
 
 
 @pytest.mark.slow
+def test_cli_eval_reports_hubness_and_a_normalised_row_beside_the_raw_one(cli_env, reference_run):
+    """--normalise: text -> photo figures with each photo's caption-bank statistics, recomputed here from
+    the saved matrix and the bank scored through the library; the raw figures stay as they were."""
+    from itm.data.load import load_dataset
+    from itm.evaluation.evaluate import evaluate_normalised
+    from itm.evaluation.hubness import DEFAULTS, hubness
+    from itm.pipeline import encoded_bank, prepare_split
+
+    root, data, env = cli_env
+    out, matrix = root / "eval" / "normalised.json", root / "eval" / "normalised.npy"
+    done = itm(["eval", "--checkpoint", str(reference_run), "--data", str(data), "--split", "test", "--normalise",
+                "csls", "--json", str(out), "--scores", str(matrix), "--no-progress"], env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "with csls" in done.stdout and "skewness" in done.stdout
+    result, scores = json.loads(out.read_text()), np.load(matrix)
+    assert result["hubness"] == hubness(scores)
+    ckpt = load_checkpoint(reference_run)
+    split = prepare_split(load_dataset(data, "test").split("test"), ckpt.config, ckpt.vocab, progress=False)
+    bank = score_all_pairs(ckpt.model, split.features, encoded_bank(ckpt.config, ckpt.vocab, DEFAULTS["csls"].bank_size))
+    expected = evaluate_normalised([scores], [bank], split.caption_to_image, DEFAULTS["csls"])
+    assert result["normalised"]["normalisation"] == DEFAULTS["csls"].to_dict()
+    for key in ("r1", "r5", "r10"):
+        assert result["normalised"]["t2i"][key] == pytest.approx(expected["t2i"][key])
+        assert result["normalised"]["i2t"][key] == pytest.approx(result["i2t"][key])  # image -> text stays raw
+    assert result["normalised"]["hubness"] == expected["hubness"]
+    refused = itm(["eval", "--checkpoint", str(reference_run), "--data", str(data), "--protocol", "coco1k",
+                   "--normalise", "dis"], env)
+    assert refused.returncode == 2 and "--normalise" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
 def test_cli_eval_of_a_checkpoint_twice_is_the_checkpoint(cli_env, reference_run):
     """An ensemble of one model with itself has the same scores, so the same metrics."""
     root, data, env = cli_env

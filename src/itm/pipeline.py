@@ -81,6 +81,15 @@ def word_vectors(token_lists: list[list[str]], config: Config, progress: bool) -
     return vectors
 
 
+def encoded_bank(config: Config, vocab: Vocab, size: int | None = None) -> Captions:
+    """The caption bank's first ``size`` captions (``itm.data.caption_bank``) encoded for a model: the
+    captions the hubness corrections score every photo against."""
+    from itm.data.caption_bank import caption_bank
+
+    tokens = caption_bank(size)
+    return encode_captions(tokens, vocab, config.data.max_words, word_vectors(tokens, config, progress=False))
+
+
 def prepare_split(dataset: Dataset, config: Config, vocab: Vocab, skip_bad: bool = False,
                   progress: bool = True, device: torch.device | str | None = None) -> PreparedSplit:
     """Extract (or read cached) features for the dataset's images, the backbone on ``device`` (None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from itm.commands import add_device_argument, add_scoring_set_argument
 from itm.config import ENSEMBLE_NORMS, PRECISIONS
+from itm.evaluation.hubness import METHODS
 
 HELP = "evaluate a checkpoint: R@1/5/10, median and mean rank, rsum (both directions)"
 
@@ -37,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="several checkpoints, or one scored over several grids (eval.score_sizes): put each "
                              "score matrix on a common scale before the mean (zscore: its own mean and standard "
                              "deviation; none: raw scores)")
+    parser.add_argument("--normalise", choices=METHODS, default="none",
+                        help="also report text -> photo figures with a hubness correction over the caption bank "
+                             "(csls, is: inverted softmax, dis: QB-Norm's dynamic inverted softmax; parameters "
+                             "chosen on dev sets, docs/results/search.md): a separate row beside the raw one")
     parser.add_argument("--no-progress", action="store_true")
     add_device_argument(parser)
 
@@ -48,15 +53,16 @@ def run(args: argparse.Namespace) -> int:
     from itm.distributed import is_main, setup, world_size
     from itm.errors import ItmError
     from itm.evaluation.evaluate import Member, evaluate_ensemble
+    from itm.evaluation.hubness import DEFAULTS, hubness
     from itm.evaluation.metrics import format_table
     from itm.evaluation.protocols import PROTOCOLS
     from itm.pipeline import prepare_split, scoring_views
     from itm.training.run import code_commit
 
     PROTOCOLS.get(args.protocol)  # fail fast on a typo, before any work
-    if (args.scores or args.by_vocabulary) and args.protocol != "flickr":
-        raise ItmError("--scores and --by-vocabulary need the one matrix of the flickr protocol; drop them for "
-                       "coco1k / coco5k")
+    if (args.scores or args.by_vocabulary or args.normalise != "none") and args.protocol != "flickr":
+        raise ItmError("--scores, --by-vocabulary and --normalise need the one matrix of the flickr protocol; drop "
+                       "them for coco1k / coco5k")
     device = resolve_device(args.device)
     setup(device)  # under torchrun: each process scores its share of the images (itm.evaluation.engine)
     # all load before any long work
@@ -79,12 +85,18 @@ def run(args: argparse.Namespace) -> int:
     precision = args.precision or config.eval.precision
     result = evaluate_ensemble(members, owners[0], args.protocol, args.memory_mb or config.eval.memory_budget_mb,
                                config.eval.caption_tile, progress=not args.no_progress and is_main(),
-                               keep_scores=bool(args.scores or args.by_vocabulary),
+                               keep_scores=args.protocol == "flickr",
                                max_image_chunk=config.eval.image_tile, precision=precision,
                                normalise=args.ensemble_norm)
     if args.by_vocabulary:
         result.update(vocabulary_report(member_checkpoints, splits, members, result["scores"], config,
                                         args.ensemble_norm))
+    member_scores = result.pop("member_scores", None)
+    if member_scores is not None:
+        result["hubness"] = hubness(result["scores"])
+    if args.normalise != "none":
+        result["normalised"] = normalised_report(members, member_checkpoints, member_scores, owners[0],
+                                                 DEFAULTS[args.normalise], args.ensemble_norm, precision)
     if not is_main():
         return 0  # rank 0 prints and writes
     scores = result.pop("scores", None)
@@ -95,11 +107,17 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{model_name} on {args.data} [{args.split}, {args.protocol}]: "
              f"{result['n_images']} images, {result['n_captions']} captions, {result['seconds']:.1f} s")
     print(format_table(result, title))
+    if "hubness" in result:
+        print(hubness_line("raw", result["hubness"]))
+    if "normalised" in result:
+        print(format_table(result["normalised"], f"with {args.normalise} ({DEFAULTS[args.normalise].label()}): "
+                                                 "t2i normalised, i2t raw"))
+        print(hubness_line(args.normalise, result["normalised"]["hubness"]))
     if args.by_vocabulary:
         print(vocabulary_lines(result))
     if args.json_out:
         out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
-        for key in ("by_vocabulary", "concept_probe", "concept_search"):
+        for key in ("hubness", "normalised", "by_vocabulary", "concept_probe", "concept_search"):
             if key in result:
                 out[key] = result[key]
         out["checkpoint"] = " + ".join(args.checkpoint)
@@ -121,6 +139,24 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
+
+
+def normalised_report(members, checkpoints, member_scores, owner, norm, ensemble_norm: str, precision: str) -> dict:
+    """``evaluate_normalised`` with each member's photos scored against the caption bank."""
+    from itm.evaluation.engine import score_all_pairs
+    from itm.evaluation.evaluate import evaluate_normalised
+    from itm.pipeline import encoded_bank
+
+    banks = [score_all_pairs(m.model, m.features, encoded_bank(ckpt.config, ckpt.vocab, norm.bank_size),
+                             ckpt.config.eval.memory_budget_mb, ckpt.config.eval.caption_tile, precision=precision)
+             for m, ckpt in zip(members, checkpoints, strict=True)]
+    return evaluate_normalised(member_scores, banks, owner, norm, ensemble_norm)
+
+
+def hubness_line(label: str, figures: dict) -> str:
+    return (f"hubness ({label}, text -> photo top {figures['k']}): N{figures['k']} skewness "
+            f"{figures['n_k_skewness']:.2f}, the most frequent top photo {100 * figures['top1_share']:.1f}% of "
+            f"queries, {100 * figures['never_in_top_k']:.1f}% of photos in no top {figures['k']}")
 
 
 def views_label(config) -> str:

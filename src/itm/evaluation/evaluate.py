@@ -41,7 +41,8 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
                       precision: str = "fp32", normalise: str = "zscore") -> dict[str, Any]:
     """Like ``evaluate_model`` with the mean of the members' score matrices as the score, each
     normalised first (``combine_scores``). Every member must cover the same images and captions.
-    ``keep_scores``: the last block scored is returned under "scores" (flickr: the whole matrix).
+    ``keep_scores``: the last block scored is returned under "scores" (flickr: the whole matrix), and
+    each member's under "member_scores".
     ``precision``: fp32 | bf16 autocast of the scoring (``score_all_pairs``)."""
     if not members:
         raise ValueError("evaluate_ensemble: no members")
@@ -58,14 +59,14 @@ def evaluate_ensemble(members: list[Member], caption_to_image: np.ndarray, proto
         blocks = [score_all_pairs(m.model, m.features.select(images), m.captions.select(caps), memory_budget_mb,
                                   caption_tile, progress=progress, max_image_chunk=max_image_chunk, precision=precision)
                   for m in members]
-        kept["scores"] = combine_scores(blocks, normalise)
+        kept["scores"], kept["members"] = combine_scores(blocks, normalise), blocks
         return kept["scores"]
 
     kept: dict[str, np.ndarray] = {}
     started = time.time()
     result = evaluate_protocol(protocol, score_block, caption_to_image, n_images=len(members[0].features))
     if keep_scores:
-        result["scores"] = kept["scores"]
+        result["scores"], result["member_scores"] = kept["scores"], kept["members"]
     result["seconds"] = round(time.time() - started, 2)
     result["protocol"] = protocol
     return result
@@ -80,6 +81,25 @@ def combine_scores(blocks: list[np.ndarray], normalise: str = "zscore") -> np.nd
     if normalise == "zscore":
         blocks = [(b - b.mean()) / max(float(b.std()), 1e-12) for b in blocks]
     return (sum(blocks) / len(blocks)).astype(np.float32)
+
+
+def evaluate_normalised(member_scores: list[np.ndarray], member_banks: list[np.ndarray],
+                        caption_to_image: np.ndarray, norm, ensemble_norm: str = "zscore") -> dict[str, Any]:
+    """Text -> photo figures with a hubness correction (``itm.evaluation.hubness``): each member's
+    (n_images, n_captions) matrix normalised by its photos' (n_images, n_bank) bank scores, then the
+    members combined as ``evaluate_ensemble`` combines them. Image -> text keeps the raw ranking (the
+    bank is of captions: it corrects photos as the targets of text queries), so ``rsum`` here is the raw
+    i2t plus the normalised t2i."""
+    from itm.evaluation.hubness import hubness, normalise, photo_stats
+    from itm.evaluation.metrics import retrieval_metrics
+
+    blocks = [normalise(scores, photo_stats(bank, norm), norm) for scores, bank in zip(member_scores, member_banks,
+                                                                                      strict=True)]
+    normalised = retrieval_metrics(combine_scores(blocks, ensemble_norm), caption_to_image)
+    raw_i2t = retrieval_metrics(combine_scores(member_scores, ensemble_norm), caption_to_image)["i2t"]
+    rsum = sum(raw_i2t[f"r{k}"] + normalised["t2i"][f"r{k}"] for k in (1, 5, 10))
+    return {"normalisation": norm.to_dict(), "i2t": raw_i2t, "t2i": normalised["t2i"], "rsum": rsum,
+            "hubness": hubness(combine_scores(blocks, ensemble_norm))}
 
 
 def evaluate_vocabulary(members: list[Member], scores: np.ndarray, caption_to_image: np.ndarray,

@@ -1,0 +1,111 @@
+"""Choose the hubness correction on the dev sets: Flickr8k val and coco_boxes_dev, never test.
+
+    python scripts/hubness_dev.py --flickr8k ../shared/data/flickr8k --coco ../shared/data/coco_boxes_dev \\
+        [--checkpoint A B C] [--cache runs/hubness] [--json results/hubness/dev_grid.json]
+
+For the re-rankers search ships (or ``--checkpoint``), each dev set's exact all-pairs matrix and its
+photos' scores against the whole caption bank (2,000 Flickr8k train captions) are computed once
+(kept under ``--cache``). Then every candidate correction (method x bank size x parameter) ranks each
+set's photos for each caption the way search does: each member's scores normalised by its own bank
+statistics, then the members z-scored and averaged. Printed and written per candidate: text -> photo
+R@1, R@5 and the hubness figures on each set, and their means over the two sets, which choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from itm.checkpoint import load_checkpoint
+from itm.data.load import load_dataset
+from itm.evaluation.engine import score_all_pairs
+from itm.evaluation.evaluate import combine_scores
+from itm.evaluation.hubness import Normalisation, hubness, normalise, photo_stats
+from itm.evaluation.metrics import retrieval_metrics
+from itm.pipeline import encoded_bank, prepare_split
+from itm.shipped import search_checkpoints
+
+BANK_SIZES = (250, 500, 1000, 2000)
+BETAS = (10.0, 20.0, 40.0)
+CSLS_K = (10,)
+
+
+def candidates() -> list[Normalisation]:
+    out = [Normalisation("none")]
+    for size in BANK_SIZES:
+        out += [Normalisation("csls", k=k, bank_size=size) for k in CSLS_K]
+        out += [Normalisation(method, beta=beta, bank_size=size) for method, beta in itertools.product(("is", "dis"), BETAS)]
+    return out
+
+
+def member_matrices(checkpoint: str, data: str, split: str, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(queries (n_img, n_cap), bank (n_img, n_bank), caption -> image) of one member on one set, cached."""
+    name = f"{Path(data).name}_{split}_{Path(checkpoint).stem}"
+    files = [cache / f"{name}_{part}.npy" for part in ("queries", "bank", "owner")]
+    if all(f.is_file() for f in files):
+        return tuple(np.load(f) for f in files)
+    ckpt = load_checkpoint(checkpoint)
+    prepared = prepare_split(load_dataset(data, split).split(split), ckpt.config, ckpt.vocab, progress=False)
+    started = time.time()
+    queries = score_all_pairs(ckpt.model, prepared.features, prepared.captions)
+    bank = score_all_pairs(ckpt.model, prepared.features, encoded_bank(ckpt.config, ckpt.vocab))
+    print(f"{name}: {queries.shape} + bank {bank.shape} scored in {time.time() - started:.0f} s", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    for f, array in zip(files, (queries, bank, prepared.caption_to_image), strict=True):
+        np.save(f, array)
+    return queries, bank, prepared.caption_to_image
+
+
+def evaluate(norm: Normalisation, members: list[tuple[np.ndarray, np.ndarray]], owner: np.ndarray) -> dict:
+    blocks = [normalise(queries, photo_stats(bank, norm), norm) for queries, bank in members]
+    scores = combine_scores(blocks)  # (n_img, n_cap)
+    t2i = retrieval_metrics(scores, owner)["t2i"]
+    return {"t2i_r1": round(t2i["r1"], 2), "t2i_r5": round(t2i["r5"], 2), **hubness(scores, 10)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flickr8k", required=True)
+    parser.add_argument("--coco", required=True)
+    parser.add_argument("--checkpoint", nargs="+", help="the re-rankers (default: those search ships)")
+    parser.add_argument("--cache", default="runs/hubness")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    checkpoints = args.checkpoint or search_checkpoints(None, None)[1]
+    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints)
+    sets = {"flickr8k_val": (args.flickr8k, "val"), "coco_boxes_dev": (args.coco, "test")}
+    data = {}
+    for label, (folder, split) in sets.items():
+        matrices = [member_matrices(c, folder, split, Path(args.cache)) for c in checkpoints]
+        data[label] = ([(q, b) for q, b, _ in matrices], matrices[0][2])
+    rows = []
+    for norm in candidates():
+        row = {"normalisation": norm.to_dict(), "label": norm.label()}
+        for label, (members, owner) in data.items():
+            row[label] = evaluate(norm, members, owner)
+        row["mean_t2i_r1"] = round(float(np.mean([row[label]["t2i_r1"] for label in sets])), 2)
+        row["mean_n10_skewness"] = round(float(np.mean([row[label]["n_k_skewness"] for label in sets])), 3)
+        rows.append(row)
+        print(f"{norm.label():28s} R@1 {row['flickr8k_val']['t2i_r1']:5.1f} / {row['coco_boxes_dev']['t2i_r1']:5.1f} "
+              f"mean {row['mean_t2i_r1']:5.2f} | N10 skew {row['flickr8k_val']['n_k_skewness']:5.2f} / "
+              f"{row['coco_boxes_dev']['n_k_skewness']:5.2f} | top-1 share {row['flickr8k_val']['top1_share']:.3f} / "
+              f"{row['coco_boxes_dev']['top1_share']:.3f}", flush=True)
+    best = max(rows, key=lambda r: r["mean_t2i_r1"])
+    result = {"checkpoints": checkpoints, "sets": {k: list(v) for k, v in sets.items()}, "rows": rows,
+              "chosen_by": "the largest mean text -> photo R@1 over the two dev sets", "best": best["label"],
+              "command": "python scripts/hubness_dev.py --flickr8k ../shared/data/flickr8k --coco "
+                         "../shared/data/coco_boxes_dev --json results/hubness/dev_grid.json"}
+    print(f"best by mean R@1: {best['label']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

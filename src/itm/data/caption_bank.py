@@ -1,0 +1,44 @@
+"""The caption bank: Flickr8k train captions that are never queries, shipped as package data.
+
+The hubness corrections (``itm.evaluation.hubness``) score every photo against these captions once
+(at index time for search, per evaluation for ``itm eval --normalise``) to learn how readily the
+photo scores high for any caption. ``scripts/make_caption_bank.py`` wrote the file: one caption from
+each of 2,000 random train images, in drawn order, so its first N lines are a random bank of N.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+from itm.errors import ItmError
+from itm.features.cache import content_key
+
+BANK_NAME = "flickr8k_train"
+
+
+def bank_path() -> Path:
+    return Path(str(resources.files("itm") / "assets" / "caption_bank" / f"{BANK_NAME}.txt"))
+
+
+@functools.lru_cache(maxsize=1)
+def _bank_text() -> str:
+    path = bank_path()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ItmError(f"caption bank {path}: unreadable ({exc.strerror or exc}); reinstall itm") from None
+
+
+def caption_bank(size: int | None = None) -> list[list[str]]:
+    """The bank's first ``size`` captions (all with None), as token lists."""
+    lines = [line.split() for line in _bank_text().splitlines() if line.strip()]
+    if size is not None and not 0 < size <= len(lines):
+        raise ItmError(f"caption bank: size must be in 1..{len(lines)}, got {size}")
+    return lines[:size]
+
+
+def bank_identity(size: int) -> dict:
+    """What an index records of the bank its statistics came from (a changed bank is scored again)."""
+    return {"name": BANK_NAME, "size": size, "sha1": content_key(_bank_text().encode("utf-8"))}
