@@ -303,3 +303,51 @@ def test_the_pictures_mark_an_untrained_words_attention_as_a_guess(tmp_path, mon
     assert "a\nno class\nattention: a guess" in labels("concept")  # a trained word's: a guess too, not untrained
     assert any(label.startswith("giraffe\nuntrained, peak ") for label in labels("w2r"))
     assert any(label.startswith("red\npeak ") for label in labels("w2r"))
+
+
+# -- spelling (issue 45): fewest edits, a swap counting one; training words, then frequent words, win ties --
+
+def test_the_spelling_distance_counts_a_swap_as_one_edit_like_an_insert_a_delete_or_a_substitution():
+    from itm.data.open_vocab import max_edits, osa_distance
+
+    assert osa_distance("tabel", "table") == 1  # swap
+    assert osa_distance("tabe", "table") == osa_distance("tablle", "table") == osa_distance("tabke", "table") == 1
+    assert osa_distance("tael", "table") == 2 and osa_distance("table", "table") == 0
+    assert osa_distance("ca", "abc") == 3  # restricted: a swapped pair is not edited again (full Damerau gives 2)
+    assert osa_distance("kitten", "sitting") == 3 and osa_distance("kitten", "sitting", limit=1) == 2  # over: limit + 1
+    assert [max_edits(n) for n in (2, 3, 5, 6, 12)] == [0, 1, 1, 2, 2]
+
+
+class FrequentTable(WordTable):
+    """A hand-set table that lists its words by frequency, most frequent first (the order given)."""
+
+    def frequent(self, n):
+        return list(self.rows)[:n]
+
+
+def test_a_spelling_tie_goes_to_a_training_word_then_to_the_more_frequent_word():
+    from itm.data.open_vocab import Speller
+
+    table = {"tael": [1, 0, 0], "cot": [0, 1, 0], "cat": [0, 0, 1], "tablet": [1, 1, 0]}
+    vocab, _ = open_vocab({"table": [1, 1, 1], "dog": [0, 1, 1]}, table)
+    vocab.table = FrequentTable(table)
+    # "tabel" is one edit from "table" (a swap) and from "tael" (a deletion): the training word wins
+    assert vocab.report([["tabel", "cqt", "qqqzzzx"]]).read_as == {"tabel": "table", "cqt": "cot"}  # cot listed first
+    assert Speller(["cat", "cot"]).closest("cqt") == "cat" and Speller(["tael", "table"]).closest("tabel") == "tael"
+    assert Speller(["tablet", "table"]).closest("tabel") == "table"  # strictly closer beats listed first
+    assert vocab.route("qqqzzzx") == ("unreadable", None)
+
+
+def test_a_typo_one_edit_from_a_training_word_reads_as_it_not_as_a_table_word_as_close(tmp_path):
+    """Issue 45: "phoot" is a swap from "photo" and a deletion from the table's "poot"; "doog" a deletion
+    from "dog" and a substitution from "door" (the old rule read them as "poot" and "doong"). The
+    issue's own query through the shipped BSSAN: "tabel" is "table", not the rarer "tael"."""
+    from itm.shipped import shipped_checkpoint
+
+    ckpt = load_checkpoint(index_checkpoint(tmp_path / "new.pt", "dual", open_vocabulary=True))
+    report = ckpt.vocab.report([["a", "phoot", "of", "a", "doog", "girafe", "qqqzzzx"]])
+    assert report.read_as == {"phoot": "photo", "doog": "dog", "girafe": "giraffe"}
+    assert report.unreadable == ["qqqzzzx"]
+    shipped = load_checkpoint(shipped_checkpoint("bssan")).vocab
+    assert shipped.report([["a", "brocoli", "pizza", "on", "a", "tabel"]]).read_as == {"brocoli": "broccoli",
+                                                                                       "tabel": "table"}

@@ -9,9 +9,10 @@ them is read, in this order:
    squares, pulled towards the identity). A frozen table gives the identity: the unseen word's plain
    GloVe vector. A fine-tuned one gives the unseen word the same drift its neighbours had.
 2. **by its spelling** (a word in no table: a typo, a run-together word): the word of closest
-   spelling among the training words and the table's most frequent words (``difflib``, similarity
-   at least ``SPELLING_CUTOFF``), reported as read as it; a trailing ``s`` (plurals and possessives,
-   whose apostrophe the tokenizer removed) is tried first.
+   spelling among the training words and the table's most frequent words (``Speller``: fewest
+   edits, a swap of two adjacent letters counting as one; at most ``max_edits(len(word))``; on a
+   tie a training word, then the more frequent word), reported as read as it; a trailing ``s``
+   (plurals and possessives, whose apostrophe the tokenizer removed) is tried first.
 3. **not at all**: a zero vector (no pull on attention, unlike ``<unk>``'s untrained random row),
    and reported as unreadable.
 
@@ -21,7 +22,6 @@ pass it on to the user.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,13 +31,84 @@ from itm.data.types import Captions
 from itm.data.vocab import SPECIALS, Vocab
 from itm.data.word_report import WordReport
 
-SPELLING_CUTOFF = 0.8
-SPELLING_TABLE_WORDS = 100_000  # the table's most frequent words are spelling candidates too (0.2 s a word)
+SPELLING_TABLE_WORDS = 100_000  # the table's most frequent words are spelling candidates too
 RIDGE = 1.0  # pull of the map towards the identity (the fit has thousands of words; this only steadies it)
 
 
 def _distinct(words) -> list[str]:
     return list(dict.fromkeys(words))
+
+
+def max_edits(length: int) -> int:
+    """Most edits a misspelling of ``length`` characters may be from the word it is read as: none up
+    to 2 characters, 1 up to 5, 2 beyond (Elasticsearch's ``fuzziness: AUTO``). Short words sit one
+    edit from many others, so two edits there would read most garbage as some word; longer words
+    collect more typos ("restauraunt") yet stay far from each other."""
+    return 0 if length <= 2 else 1 if length <= 5 else 2
+
+
+def osa_distance(a: str, b: str, limit: int | None = None) -> int:
+    """Edits from ``a`` to ``b`` (insert, delete, substitute, or swap two adjacent letters: each 1;
+    optimal string alignment, the restricted Damerau-Levenshtein distance). With ``limit``, any
+    value above it comes back as ``limit + 1`` as soon as a row shows it (most candidates stop early)."""
+    cap = limit if limit is not None else len(a) + len(b)
+    if abs(len(a) - len(b)) > cap:
+        return cap + 1
+    before, row = None, list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        new = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            cost = ca != cb
+            new[j] = min(row[j] + 1, new[j - 1] + 1, row[j - 1] + cost)
+            if cost and i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                new[j] = min(new[j], before[j - 2] + 1)  # the swap "ab" -> "ba"
+        if min(new) > cap:
+            return cap + 1
+        before, row = row, new
+    return min(row[-1], cap + 1)
+
+
+def _char_counts(words: Sequence[str]) -> np.ndarray:
+    """(len(words), 37) counts of a-z, 0-9 and any other character, for the bag bound in ``Speller``."""
+    lengths = np.fromiter((len(w) for w in words), np.int64, len(words))
+    codes = np.frombuffer("".join(words).encode("utf-32-le"), np.uint32).astype(np.int64)
+    bucket = np.where((codes >= 97) & (codes <= 122), codes - 97,
+                      np.where((codes >= 48) & (codes <= 57), codes - 48 + 26, 36))
+    owner = np.repeat(np.arange(len(words)), lengths)
+    counts = np.bincount(owner * 37 + bucket, minlength=37 * len(words))
+    return counts.reshape(len(words), 37).astype(np.int16)
+
+
+class Speller:
+    """The closest spelling among ``words``, listed by priority (the model's training words, most
+    frequent in the captions first, then the table's words in the table's order, most frequent first):
+    fewest ``osa_distance`` edits, at most ``max_edits``; among equally close words the first listed.
+
+    Up to 100,000 candidates a word: a numpy bound drops nearly all of them before the edit distance
+    runs. Each edit changes a word's letter counts by at most one added and one removed letter, so the
+    counts' difference (the bag distance: ``max(letters only in one, letters only in the other)``)
+    never exceeds the edit distance; only words within ``max_edits`` by it are compared letter by letter."""
+
+    def __init__(self, words: Sequence[str]):
+        self.words = _distinct(words)
+        self.counts = _char_counts(self.words)  # (N, 37)
+        self.lengths = self.counts.sum(1)  # (N,)
+
+    def closest(self, word: str) -> str | None:
+        limit = max_edits(len(word))
+        if limit == 0 or not self.words:
+            return None
+        # (N,) letters a candidate has over the word, and the word over the candidate
+        extra = np.maximum(self.counts - _char_counts([word])[0], 0).sum(1)
+        missing = extra - (self.lengths - len(word))
+        best, best_distance = None, limit + 1
+        for i in np.flatnonzero(np.maximum(extra, missing) <= limit):  # in priority order
+            distance = osa_distance(word, self.words[i], best_distance - 1)
+            if distance < best_distance:  # strictly closer: an earlier word keeps a tie
+                best, best_distance = self.words[i], distance
+                if distance == 0:
+                    break
+        return best
 
 
 def fit_table_map(table_vectors: np.ndarray, trained: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
@@ -63,7 +134,7 @@ class OpenVocabulary(Vocab):
         self._map: np.ndarray | None = None
         self._routes: dict[str, tuple[str, str | None]] = {}  # word -> (route, read as)
         self._candidates = [w for w in vocab.to_list() if w not in SPECIALS]  # the training words
-        self._spellings: list[str] | None = None  # and the table's frequent words, gathered on first need
+        self._speller: Speller | None = None  # they and the table's frequent words, gathered on first need
 
     # -- reading a word ------------------------------------------------------------------------------
     def route(self, word: str) -> tuple[str, str | None]:
@@ -80,13 +151,17 @@ class OpenVocabulary(Vocab):
         stem = word[:-1] if word.endswith("s") and len(word) > 2 else None
         if stem and (stem in self._ids or stem in self.table):
             return "spelling", stem
-        if self._spellings is None:
-            self._spellings = getattr(self.table, "frequent", lambda n: [])(SPELLING_TABLE_WORDS)
-        # the closest training word, unless a table word is strictly closer ("soccor": soccer, not succor)
-        scored = [(difflib.SequenceMatcher(None, word, close).ratio(), rank, close)
-                  for rank, pool in enumerate((self._spellings, self._candidates))
-                  for close in difflib.get_close_matches(word, pool, n=1, cutoff=SPELLING_CUTOFF)]
-        return ("spelling", max(scored)[2]) if scored else ("unreadable", None)
+        close = self.speller().closest(word)
+        return ("spelling", close) if close else ("unreadable", None)
+
+    def speller(self) -> Speller:
+        """The spelling candidates: training words first (they win a tie: "tabel" is "table", not the
+        rarer "tael"), then the table's most frequent words (a hand-set table without ``frequent``
+        adds none)."""
+        if self._speller is None:
+            table_words = getattr(self.table, "frequent", lambda n: [])(SPELLING_TABLE_WORDS)
+            self._speller = Speller([*self._candidates, *table_words])
+        return self._speller
 
     def report(self, token_lists: Sequence[list[str]]) -> WordReport:
         words = _distinct(t for tokens in token_lists for t in tokens)
