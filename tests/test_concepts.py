@@ -135,3 +135,73 @@ def test_a_class_the_photo_likely_does_not_show_gets_no_map():
     assert maps.seen(regions, "lamp") == 0.0  # names no class
     rows = maps.maps(regions, ["bus", "dog"])
     assert rows[0].argmax() == 1 and not rows[1].any()
+
+
+# -- issue 45: only a noun reading names a class; ConSE evidence for words naming none ------------------
+
+PLATFORM = [ImageNetClass(["drilling platform"], {"platform", "standing"}),  # "standing" from its description
+            ImageNetClass(["beagle"], {"beagle", "dog"}),
+            ImageNetClass(["model t"], {"t"}),
+            ImageNetClass(["ferry"], {"near"})]
+
+
+def test_a_verb_reading_names_no_class_and_a_noun_still_does():
+    """ImageNet's classes are WordNet noun synsets: "standing" (a verb: VBG in Brill's lexicon) no longer
+    reaches the drilling platform its description mentions; "dog" and "platform" (nouns) still do."""
+    from itm.features.concepts import noun_reading
+
+    assert not noun_reading("standing") and not noun_reading("sits") and not noun_reading("red")
+    assert noun_reading("dog") and noun_reading("building") and noun_reading("cellphone")  # the last: not listed
+    maps = ConceptMaps(torch.eye(4, 3), torch.zeros(4), PLATFORM, TABLE)
+    assert not maps.concepts("standing").found
+    assert maps.concepts("platform").names == ["drilling platform"] and maps.concepts("dog").names == ["beagle"]
+    # function words and one-letter words (the "t" of t-shirt) name nothing, whatever names them
+    assert not maps.concepts("near").found and not maps.concepts("t").found
+    before = ConceptMaps(torch.eye(4, 3), torch.zeros(4), PLATFORM, TABLE, noun=None)
+    assert before.concepts("standing").names == ["drilling platform"]  # without the check: the old match
+
+
+def test_without_the_lexicon_every_word_counts_as_a_noun_with_a_one_line_warning(monkeypatch):
+    import importlib.util
+
+    from itm.features import concepts
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.warns(UserWarning, match=r"textblob is not installed \(pip install textblob\)"):
+        assert concepts.brill_tags.__wrapped__() is None
+    monkeypatch.setattr(concepts, "brill_tags", lambda: None)
+    assert concepts.noun_reading("standing")
+
+
+def test_conse_evidence_is_the_cosine_with_the_photos_probability_weighted_classes():
+    maps = concept_maps()
+    probs = np.array([[0.05, 0.05, 0.05, 0.8, 0.05],  # a photo of a zebra
+                      [0.8, 0.05, 0.05, 0.05, 0.05]], np.float32)  # a photo of a bus
+    giraffe = maps.zero_shot_evidence(probs, "giraffe", top=2)
+    assert giraffe[0] > giraffe[1]  # GloVe puts giraffe near zebra
+    vectors = maps.class_vectors()
+    embedding = 0.8 * vectors[3] + 0.05 * vectors[0]  # photo 0's top 2: zebra, then the first of the ties
+    v = np.array([0, 0.3, 1.0]) / np.linalg.norm([0, 0.3, 1.0])
+    np.testing.assert_allclose(giraffe[0], embedding @ v / np.linalg.norm(embedding), rtol=1e-5)
+    assert not maps.zero_shot_evidence(probs, "qqqz").any()  # no vector: no evidence
+    assert maps.zero_shot_word("lamp") and not maps.zero_shot_word("qqqz") and not maps.zero_shot_word("the")
+
+
+def test_search_evidence_falls_back_to_conse_for_a_word_naming_no_class(monkeypatch):
+    from itm.features import concepts
+
+    maps = concept_maps(torch.eye(5, 4) * 10)
+    monkeypatch.setattr(concepts, "cached_concept_maps", lambda backbone, weights: maps)
+    settings = type("Settings", (), {"backbone": "hand", "weights": None})()
+    regions = torch.zeros(3, 2, 4)  # three photos: the bus (channel 0), the zebra (channel 3), nothing
+    regions[0, :, 0] = 1.0
+    regions[1, :, 3] = 1.0
+    scores = np.array([0.0, 0.0, 0.1])  # the matcher cannot tell the first two apart
+    assert not maps.concepts("lamp").found  # far from every class name
+    ranked, looked_for = concepts.add_concept_evidence(scores, settings, ["lamp"], lambda: regions)
+    assert looked_for == ["lamp"] and ranked[0] > ranked[1]  # GloVe puts the lamp nearer the bus than the zebra
+    off, none = concepts.add_concept_evidence(scores, settings, ["lamp"], lambda: regions, zero_shot=False)
+    assert none == [] and off is scores
+    both, words = concepts.add_concept_evidence(scores, settings, ["dog", "lamp"], lambda: regions)
+    assert words == ["dog", "lamp"] and both.shape == (3,)
+    assert concepts.add_concept_evidence(scores, settings, ["the", "qqqz"], lambda: regions) == (scores, [])

@@ -7,8 +7,16 @@ global pooling of the very activation map the region grid is cut from, so applie
 gives a class activation map (CAM, Zhou et al. 2016) at no cost. A word reaches classes by their
 names: those whose synonyms' or description's head noun is the word or its singular ("bus" ->
 school bus, "dog" -> the breeds described as a dog), else one-word class names close to it in GloVe.
-A word naming no class ("man", "giraffe": ImageNet has no person or giraffe class) gets no map, and
-so does a class the classifier finds less likely than chance in the photo (``seen``).
+ImageNet's classes are WordNet noun synsets, so only a noun reading of the word reaches them
+(``noun_reading``: "standing", mostly a verb, no longer reaches "drilling platform" by its
+description; "red", mostly an adjective, no longer the orange); function words ("a", "near") and
+one-letter words reach none. A word naming no class ("man", "giraffe": ImageNet has no person or
+giraffe class) gets no map, and so does a class the classifier finds less likely than chance in the
+photo (``seen``).
+
+Search also takes evidence for a word naming no class from the photo's likeliest classes
+(``zero_shot_evidence``, ConSE: Norouzi et al., ICLR 2014): the cosine of the word's GloVe vector with
+the photo's semantic embedding, its top-10 classes' vectors weighted by their probabilities.
 
 Used by the pointing game and the explanation sheet (where each word's thing is) and by search
 (``evidence``: how much each photo shows what a new word names). Nothing here is fitted to a dev
@@ -19,15 +27,19 @@ vectors GloVe's.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from itm.data.function_words import is_function_word
 from itm.errors import ConfigError, ItmError
 
 # a word with no class naming it outright reads its nearest class names, down to this cosine similarity
@@ -42,6 +54,43 @@ TOP_CLASSES = 5
 ZERO_SHOT_CLASSES = 10
 # the head noun of a description's first phrase: "A very small toy dog with ..." -> dog
 _PHRASE_END = re.compile(r"\s(?:with|that|of|in|is|are|which|whose|having|used|from|on|for)\s|,")
+
+
+# the noun tags of Brill's lexicon (Penn Treebank tags)
+_NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
+
+
+@functools.lru_cache(maxsize=1)
+def brill_tags() -> dict[str, str] | None:
+    """Word -> its most frequent part-of-speech tag in Brown and the Penn Treebank: the lexicon of
+    Brill's tagger (v1.14, E. Brill 1992), as the ``textblob`` package ships it (``textblob/en/en-lexicon.txt``,
+    94,000 words; read as a file, textblob itself is not imported). None, with a one-line warning, when
+    textblob is not installed: every word then counts as a noun, as before."""
+    spec = importlib.util.find_spec("textblob")
+    path = None if spec is None or not spec.submodule_search_locations else \
+        Path(list(spec.submodule_search_locations)[0]) / "en" / "en-lexicon.txt"
+    if path is None or not path.is_file():
+        warnings.warn("concept maps: textblob is not installed (pip install textblob), so verbs and adjectives "
+                      "('standing', 'red') may reach ImageNet classes", stacklevel=2)
+        return None
+    tags: dict[str, str] = {}
+    for line in path.read_text("utf-8").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not line.startswith(";;;"):
+            tags.setdefault(fields[0], fields[1])
+    return tags
+
+
+def noun_reading(word: str) -> bool:
+    """Whether the word's usual reading is a noun, so that it may name an ImageNet class (WordNet noun
+    synsets): its most frequent tag in Brill's lexicon (``brill_tags``) is a noun tag. "standing"
+    (VBG), "red" (JJ), "sits" (VBZ) are not; "building", "dogs", "swing" are. A word the lexicon lacks
+    ("cellphone", "sled") counts as a noun: the rare words of captions mostly are."""
+    tags = brill_tags()
+    if tags is None:
+        return True
+    tag = tags.get(word)
+    return tag is None or tag in _NOUN_TAGS
 
 
 @dataclass
@@ -125,7 +174,8 @@ class ConceptMaps:
     the K classes; ``table`` a word-vector table (``in``, ``vectors``)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, classes: list[ImageNetClass], table,
-                 min_similarity: float = MIN_SIMILARITY, top_classes: int = TOP_CLASSES):
+                 min_similarity: float = MIN_SIMILARITY, top_classes: int = TOP_CLASSES,
+                 noun: Callable[[str], bool] | None = noun_reading):
         if weight.shape[0] != len(classes):
             raise ConfigError(f"concept maps: the classifier has {weight.shape[0]} classes, the names {len(classes)}")
         self.weight = weight.float()  # (K, C)
@@ -134,6 +184,7 @@ class ConceptMaps:
         self.table = table
         self.min_similarity = min_similarity
         self.top_classes = top_classes
+        self.noun = noun  # None: no part-of-speech check (any word may name a class)
         self._phrase_vectors, self._owners, self._phrases = phrase_vectors([c.synonyms for c in classes], table)
         self._named_by: dict[str, list[int]] = {}
         for k, c in enumerate(classes):
@@ -141,15 +192,23 @@ class ConceptMaps:
                 self._named_by.setdefault(head, []).append(k)
         self._multiword = np.array([" " in phrase for phrase in self._phrases], bool)
         self._cache: dict[str, WordConcepts] = {}
+        self._class_vectors: np.ndarray | None = None  # (K, E), for ``zero_shot_evidence``
 
     def concepts(self, word: str) -> WordConcepts:
         """The classes the word (or its singular) names outright, weighted equally ("dog": the dog
-        breeds); else its nearest classes by the cosine of its GloVe vector with their names'."""
+        breeds); else its nearest classes by the cosine of its GloVe vector with their names'. None for
+        a function word, a one-letter word, or a word whose usual reading is not a noun (``noun``)."""
         if word not in self._cache:
             self._cache[word] = self._nearest(word)
         return self._cache[word]
 
+    def names_things(self, word: str) -> bool:
+        """Whether the word may name a class at all: not a function word, not one letter, a noun reading."""
+        return len(word) > 1 and not is_function_word(word) and (self.noun is None or self.noun(word))
+
     def _nearest(self, word: str) -> WordConcepts:
+        if not self.names_things(word):
+            return WordConcepts(word, [], [], [])
         for form in singular(word):
             if form in self._named_by:
                 named = self._named_by[form]
@@ -247,6 +306,41 @@ class ConceptMaps:
             return None
         return (logits[:, top] @ torch.from_numpy(weights / weights.sum()).float()).numpy()
 
+    def zero_shot_word(self, word: str) -> bool:
+        """Whether ConSE may look for the word (``zero_shot_evidence``): not a function word, not one
+        letter, and GloVe has a vector for it. No noun check here: search asks only for words outside
+        the training captions, mostly nouns, and the lexicon's usual reading of some caption nouns is a
+        verb ("sink") or an adjective ("remote"), which would lose their only evidence."""
+        return len(word) > 1 and not is_function_word(word) and word in self.table
+
+    def class_vectors(self) -> np.ndarray:
+        """(K, E) each class's unit GloVe vector: the mean of its synonyms' unit vectors (zeros for a
+        class none of whose names GloVe holds), ConSE's label embeddings."""
+        if self._class_vectors is None:
+            width = self._phrase_vectors.shape[1] if len(self._phrase_vectors) else 1
+            sums = np.zeros((len(self.classes), width), np.float32)
+            np.add.at(sums, self._owners, self._phrase_vectors)
+            norms = np.linalg.norm(sums, axis=1, keepdims=True)
+            self._class_vectors = sums / np.maximum(norms, 1e-8)
+        return self._class_vectors
+
+    def zero_shot_evidence(self, probs: np.ndarray, word: str, top: int = ZERO_SHOT_CLASSES) -> np.ndarray:
+        """(N, K) photos' class probabilities -> (N,) ConSE's evidence that each photo shows what the word
+        names (Norouzi et al., ICLR 2014): the cosine of the word's GloVe vector with the photo's semantic
+        embedding, the sum of its ``top`` likeliest classes' vectors (``class_vectors``) weighted by their
+        probabilities. Zeros when GloVe has no vector for the word."""
+        probs = np.asarray(probs, np.float32).reshape(-1, len(self.classes))
+        if word not in self.table:
+            return np.zeros(len(probs), np.float32)
+        v = self.table.vectors([word])[0]
+        v = v / max(float(np.linalg.norm(v)), 1e-8)
+        top = min(top, probs.shape[1])
+        best = np.argpartition(-probs, top - 1, axis=1)[:, :top]  # (N, T)
+        weights = np.take_along_axis(probs, best, axis=1)  # (N, T)
+        embedding = np.einsum("nt,nte->ne", weights, self.class_vectors()[best])  # (N, E)
+        norms = np.maximum(np.linalg.norm(embedding, axis=1), 1e-8)
+        return (embedding @ v) / norms
+
 
 def with_evidence(scores: np.ndarray, evidence: np.ndarray) -> np.ndarray:
     """(N,) one query's scores over N photos plus the photos' concept evidence for its words, the
@@ -257,21 +351,39 @@ def with_evidence(scores: np.ndarray, evidence: np.ndarray) -> np.ndarray:
     return scores + evidence * (float(scores.std()) / spread)
 
 
-def add_concept_evidence(scores: np.ndarray, settings, words: list[str], regions: Callable[[], torch.Tensor]
-                         ) -> tuple[np.ndarray, list[str]]:
+def _standardised(evidence: np.ndarray) -> np.ndarray:
+    spread = float(evidence.std())
+    return evidence / spread if spread > 0 else np.zeros_like(evidence)
+
+
+def add_concept_evidence(scores: np.ndarray, settings, words: list[str], regions: Callable[[], torch.Tensor],
+                         zero_shot: bool = True) -> tuple[np.ndarray, list[str]]:
     """(N,) one query's scores over N photos with the backbone's evidence that the photos show what
-    ``words`` name (``with_evidence``), and the words that named a class; ``regions()`` gives the
-    photos' (N, D, C) regions, read only when a word names one. Unchanged when none does or the
-    backbone ``settings`` (a FeatureConfig) names has no classifier over its map."""
+    ``words`` name (``with_evidence``), and the words looked for; ``regions()`` gives the photos'
+    (N, D, C) regions, read only when a word is looked for. A word naming a class gives its classes'
+    evidence (``evidence``); with ``zero_shot``, a word naming none that GloVe holds (not a function
+    word: "giraffe", "sink") gives ConSE's (``zero_shot_evidence``). Both kinds present: each kind's
+    evidence over its spread, weighted by its number of words. Unchanged when no word is looked for or
+    the backbone ``settings`` (a FeatureConfig) names has no classifier over its map."""
     try:
         concepts = cached_concept_maps(settings.backbone, settings.weights)
     except ItmError:  # no classifier over the map (a user's VGG), or ImageNet's names not installed
         return scores, []
     named = [w for w in words if concepts.concepts(w).found]
-    evidence = concepts.evidence(regions(), named) if named else None
-    if evidence is None:
+    guessed = [w for w in words if zero_shot and w not in named and concepts.zero_shot_word(w)]
+    if not named and not guessed:
         return scores, []
-    return with_evidence(scores, evidence), named
+    probs = concepts.probabilities(regions()).numpy()
+    parts = []
+    if named:
+        parts.append((len(named), concepts.evidence_from(probs, named)))
+    if guessed:
+        parts.append((len(guessed), np.mean([concepts.zero_shot_evidence(probs, w) for w in guessed], axis=0)))
+    if len(parts) == 1:
+        evidence = parts[0][1]
+    else:
+        evidence = sum(n * _standardised(e) for n, e in parts) / sum(n for n, _ in parts)
+    return with_evidence(scores, evidence), named + guessed
 
 
 @functools.lru_cache(maxsize=4)
