@@ -69,9 +69,10 @@ def test_explain_returns_the_declared_pictures(tiny, tmp_path):
         assert heading.startswith("a red square — score ")
         assert abs(float(heading.removeprefix("a red square — score ").split()[0]) - score) <= 0.0005 + 1e-6
     height, width = np.asarray(Image.open(red)).shape[:2]
-    # W2R: the photo, then one panel per word, titled by the word; each panel draws the whole photo
+    # W2R: the photo, then one panel per word but the function words ("a"), titled by the word; each
+    # panel draws the whole photo
     panels = figures["w2r"].axes
-    assert [ax.get_xlabel().split("\n")[0] for ax in panels] == ["(image)", *words]
+    assert [ax.get_xlabel().split("\n")[0] for ax in panels] == ["(image)", "red", "square"]
     assert all([im.get_array().shape[:2] for im in ax.get_images()] == [(height, width)] for ax in panels)
     # O2W: the photo with the objects' boxes, and their attention over the words (one tick a word)
     photo_panel, chart = figures["o2w"].axes
@@ -83,7 +84,8 @@ def test_explain_returns_the_declared_pictures(tiny, tmp_path):
     labels = [ax.get_xlabel() for ax in by_default["concept"].axes]
     # "dog" names ImageNet's dog classes: their map, or the attention when the photo likely shows none
     assert any(label.startswith("dog\nImageNet: ") or label.startswith("dog\nchihuahua +") for label in labels)
-    assert "a\nno class\nattention: a guess" in labels
+    assert "red\nno class\nattention: a guess" in labels  # an adjective names no class
+    assert not any(label.startswith("a\n") for label in labels)  # a function word: no panel
     with pytest.raises(ItmError, match="explanation method 'gradcam': not one of concept, attention"):
         model.explain(red, "a red dog", method="gradcam")
 
@@ -93,7 +95,7 @@ def test_build_then_open_an_index_and_search_it(tmp_path, monkeypatch):
     dual, bssan = index_checkpoint(tmp_path / "dual.pt", "dual"), index_checkpoint(tmp_path / "bssan.pt", "bssan")
     report = itm.build_index(photo_folder(tmp_path / "photos"), tmp_path / "idx", checkpoint=bssan, shortlist=dual)
     assert report.images == 5 and len(report.skipped) == 3
-    searcher = itm.open_index(tmp_path / "idx")
+    searcher = itm.open_index(tmp_path / "idx", normalise="none")  # raw: the model's own scores
     hits = searcher.search("a red square", k=5)  # every indexed photo
     assert len({hit.image_id for hit in hits}) == report.images == 5
     scores = [hit.score for hit in hits]
@@ -129,3 +131,28 @@ def test_explanations_follow_the_checkpoints_explanation_grid(tmp_path, monkeypa
         shutil.rmtree(folder)
     assert model.explain(tmp_path / "red.jpg", "a red square")
     assert sizes() == ["64px", "96px"]
+
+
+def test_an_explanation_draws_no_panel_for_function_words(tiny, tmp_path, monkeypatch):
+    """Issue 45: "a", "near", "the" name nothing a photo shows: no panel in the concept sheet nor in the
+    word heat maps; the objects' chart still runs over every word. The search page's PNG says which
+    words it drew (its "Words" text chunk)."""
+    from itm.viz.explain import png_words
+
+    model = itm.load_model(tiny)
+    red = photo(tmp_path / "red.jpg", "red")
+    figures = model.explain(red, "a dog near the red square")
+    for name in ("concept", "w2r"):
+        drawn = [ax.get_xlabel().split("\n")[0] for ax in figures[name].axes]
+        assert drawn == ["(image)", "dog", "red", "square"], name
+    assert [t.get_text() for t in figures["o2w"].axes[1].get_xticklabels()] == ["a", "dog", "near", "the", "red", "square"]
+    # a caption of function words alone keeps its panels: there is nothing else to show
+    bare = [ax.get_xlabel().split("\n")[0] for ax in model.explain(red, "a", method="attention")["w2r"].axes]
+    assert bare == ["(image)", "a"]
+    dual = index_checkpoint(tmp_path / "dual.pt", "dual")
+    itm.build_index(photo_folder(tmp_path / "photos"), tmp_path / "idx", checkpoint=tiny, shortlist=dual)
+    searcher = itm.open_index(tmp_path / "idx")
+    hit = searcher.search("a red square", k=1)[0]
+    assert png_words(searcher.explain_png(hit.image_id, "a dog near the red square")) == ["dog", "red", "square"]
+    assert png_words(searcher.explain_png(hit.image_id, "a dog near the red square", method="attention")) == \
+        ["dog", "red", "square"]

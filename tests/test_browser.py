@@ -122,3 +122,31 @@ def test_words_the_models_cannot_read_are_shown_under_the_query_box(server, brow
     wait_for(browser, EC.text_to_be_present_in_element((By.ID, "status"), "error"), "an error status")
     assert "can read none of its words (zzzqqq, xxyy)" in browser.find_element(By.ID, "status").text
     assert not browser.find_elements(By.CSS_SELECTOR, ".hit") and browser.find_element(By.ID, "words").text == ""
+
+
+def test_the_explanation_draws_no_panel_for_function_words(server, browser):
+    """Issue 45: the page's explanation sheet has panels for "red", "square" and "dog", none for "a",
+    "near", "the". The sheet is one PNG, so the answer names the words it drew (``X-Explained-Words``);
+    the page's own image request is repeated from inside the page to read that header."""
+    import json
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "query").send_keys("a red square near the dog")
+    browser.find_element(By.ID, "go").click()
+    wait_for(browser, EC.presence_of_all_elements_located((By.CSS_SELECTOR, ".hit img")), "result cards")
+    browser.find_elements(By.CSS_SELECTOR, ".hit")[0].click()
+    explanation = wait_for(browser, EC.presence_of_element_located((By.ID, "explanation")), "an explanation")
+    wait_for(browser, image_loaded(explanation), "the explanation sheet loaded")
+    assert "text=a%20red%20square%20near%20the%20dog" in explanation.get_attribute("src")
+    browser.set_script_timeout(60)
+    answer = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(document.getElementById('explanation').src)"
+        ".then(r => done([r.status, r.headers.get('content-type'), r.headers.get('x-explained-words')]))"
+        ".catch(e => done([0, String(e), null]));")
+    status, kind, words = answer
+    assert status == 200 and kind == "image/png"
+    assert json.loads(words) == ["red", "square", "dog"]

@@ -286,3 +286,22 @@ def test_a_word_the_model_could_not_read_gets_an_empty_panel_that_says_so():
         [ax.get_xlabel() for ax in drawn.figures["w2r"].axes] + [ax.get_title() for ax in drawn.figures["w2r"].axes]
     assert any("dog\nnot read: no map" in label for label in labels)
     assert not any(label.startswith("dog\npeak") for label in labels)
+
+
+def test_function_words_get_no_panel_in_the_per_word_pictures():
+    """Issue 45: "a" names nothing a photo shows, so the per-word pictures (words over regions, regions
+    over words) draw no panel for it; number words are content ("two dogs")."""
+    from itm.data.function_words import FUNCTION_WORDS, is_function_word
+    from itm.viz.explain import pair_figures, panel_words
+
+    assert panel_words(["two", "dogs", "are", "near", "the", "fire", "hydrant"]) == ["two", "dogs", "fire", "hydrant"]
+    assert panel_words(["in", "the"]) == ["in", "the"]  # nothing else to show: every word keeps its panel
+    assert {"a", "an", "the", "near", "is", "are", "and", "of", "his", "will"} <= FUNCTION_WORDS
+    assert not any(is_function_word(w) for w in ("two", "can", "front", "top", "shed", "dog", "standing"))
+    for name in ("bssan", "caan"):
+        model, features, explanation = explained_pair(name)
+        drawn = pair_figures(explanation, image(), features, 0)
+        for key, spec in model.attention_specs().items():
+            if (spec.rows, spec.over) in {("words", "regions"), ("regions", "words")}:
+                labels = [ax.get_xlabel().split("\n")[0] for ax in drawn.figures[key].axes]
+                assert [label.removeprefix("regions -> ") for label in labels] == ["(image)", "dog", "runs"], key

@@ -378,7 +378,8 @@ def add_concept_evidence(scores: np.ndarray, settings, words: list[str], regions
     if named:
         parts.append((len(named), concepts.evidence_from(probs, named)))
     if guessed:
-        parts.append((len(guessed), np.mean([concepts.zero_shot_evidence(probs, w) for w in guessed], axis=0)))
+        cosines = np.mean([concepts.zero_shot_evidence(probs, w) for w in guessed], axis=0)
+        parts.append((len(guessed), cosines - cosines.mean()))  # centred: the scores keep their range
     if len(parts) == 1:
         evidence = parts[0][1]
     else:

@@ -5,13 +5,15 @@ the models read only through their word table, read by spelling, or could not re
 of them also looked for by ImageNet's classes) and a one-line ``notice``; ``GET /images/{id}`` and
 ``GET /thumbnails/{id}`` by image id from the index database (never by path);
 ``GET /explain?image_id=..&text=..[&method=concept|attention]`` -> where each word's thing is (default)
-or the matcher's word heat maps, as a PNG; ``GET /health``;
+or the matcher's word heat maps, as a PNG, with the words it draws panels for in the header
+``X-Explained-Words`` (a JSON list: function words get none); ``GET /health``;
 ``GET /`` the web page (static, no CDN). Bad requests get 4xx answers with a one-line ``detail``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -153,7 +155,12 @@ def create_app(searcher: Searcher, max_body_bytes: int = MAX_BODY_BYTES) -> Fast
                 png = searcher.explain_png(image_id, text, method)
         except ItmError as exc:
             raise HTTPException(400, str(exc)) from None
-        return Response(png, media_type="image/png")
+        # the words the picture has panels for (function words have none), as the PNG records them
+        from itm.viz.explain import png_words
+
+        words = png_words(png)
+        headers = {} if words is None else {"X-Explained-Words": json.dumps(words)}  # JSON escapes to ASCII
+        return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:

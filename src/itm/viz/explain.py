@@ -7,6 +7,7 @@ the real attention and rankings, then calls them.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 
 from itm.checkpoint import LoadedCheckpoint
+from itm.data.function_words import content_positions
 from itm.data.types import Captions, ImageFeatures
 from itm.data.vocab import Vocab
 from itm.data.word_report import WordReport
@@ -84,23 +86,34 @@ class FigureContext:
     title: str
 
 
+def panel_words(words: list[str]) -> list[str]:
+    """The words that get a panel of their own in the per-word pictures: all but the function words
+    ("a", "near", "the": ``itm.data.function_words``), which name nothing a photo shows; every word
+    when the caption has no other."""
+    return [words[n] for n in content_positions(words)]
+
+
 def _word_panels(att: np.ndarray, ctx: FigureContext) -> Figure:
-    """(L, D): one heat map per word over the region grid."""
+    """(L, D): one heat map per word over the region grid (function words get none)."""
     # each panel is min-max scaled to be visible, so say how peaked the attention really is; a word the
     # model could not read gets an empty panel that says so, not a confident-looking peak
-    unread = np.array([w in ctx.explanation.unread for w in ctx.explanation.words])
+    keep = content_positions(ctx.explanation.words)
+    words, att = [ctx.explanation.words[n] for n in keep], att[keep]
+    unread = np.array([w in ctx.explanation.unread for w in words])
     labels = [f"{w}\nnot read: no map" if skip else
               f"{w}\n{'untrained, ' if w in ctx.explanation.untrained else ''}peak {row.max() * att.shape[1]:.1f}x uniform"
-              for w, row, skip in zip(ctx.explanation.words, att, unread, strict=True)]
+              for w, row, skip in zip(words, att, unread, strict=True)]
     att = np.where(unread[:, None], 0.0, att)
     return word_attention_figure(ctx.image, att, labels, score=ctx.explanation.score, parts=ctx.explanation.parts,
                                  grid_shape=ctx.grid_shape, title=ctx.title or None)
 
 
 def _regions_to_words(att: np.ndarray, ctx: FigureContext) -> Figure:
-    """(D, L): per word, how much each region attends to it (each region's row sums to 1)."""
-    labels = [f"regions -> {w}" for w in ctx.explanation.words]
-    return word_attention_figure(ctx.image, att.T, labels, score=ctx.explanation.score,
+    """(D, L): per word, how much each region attends to it (each region's row sums to 1); function
+    words get no panel."""
+    keep = content_positions(ctx.explanation.words)
+    labels = [f"regions -> {ctx.explanation.words[n]}" for n in keep]
+    return word_attention_figure(ctx.image, att.T[keep], labels, score=ctx.explanation.score,
                                  parts=ctx.explanation.parts, grid_shape=ctx.grid_shape, title=ctx.title or None)
 
 
@@ -137,6 +150,9 @@ def _object_weights(att: np.ndarray, ctx: FigureContext) -> Figure:
     return object_word_figure(ctx.image, ctx.boxes, att.T, ["object weight"], object_order=order,
                               score=ctx.explanation.score, parts=ctx.explanation.parts, title=ctx.title or None)
 
+
+# the drawings with one panel per word: function words get none (``panel_words``)
+PER_WORD_PANELS = {("words", "regions"), ("regions", "words")}
 
 # (rows, over) of a declared map -> its drawing; a model's names never matter here
 DRAWINGS = {
@@ -200,7 +216,8 @@ def check_explain_method(method: str) -> str:
 
 def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: torch.Tensor, settings) -> Figure | str:
     """The "where" sheet: per word, its concept map where it names an ImageNet class, the model's
-    words-over-regions attention where it names none, nothing where the model could not read it.
+    words-over-regions attention where it names none, nothing where the model could not read it; no
+    panel for a function word ("a", "near": ``panel_words``).
     ``regions`` (D, C): the photo's grid features; ``settings``: their FeatureConfig. A one-line reason
     (str) instead when the backbone has no classifier over its map or the model no such attention."""
     from itm.evaluation.grounding import unit_range
@@ -215,18 +232,20 @@ def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: to
     maps = concepts.maps(regions, explanation.words)  # (L, D); zero rows: no class named
     key = next((n for n, sp in explanation.specs.items() if (sp.rows, sp.over) == ("words", "regions")), None)
     attention = explanation.attention.get(key) if key else None
-    rows, labels = np.zeros_like(maps), []
-    for n, word in enumerate(explanation.words):
+    keep = content_positions(explanation.words)  # function words ("a", "near") get no panel
+    rows, labels = np.zeros((len(keep), maps.shape[1]), maps.dtype), []
+    for m, n in enumerate(keep):
+        word = explanation.words[n]
         found = concepts.concepts(word)
         name = f"{found.names[0]}{f' +{len(found.names) - 1}' if len(found.names) > 1 else ''}" if found.found else ""
         fallback = "no class" if not found.found else f"{name} not seen"
         if word in explanation.unread:
             labels.append(f"{word}\nnot read: no map")
         elif maps[n].any():
-            rows[n] = unit_range(maps[n : n + 1])[0]
+            rows[m] = unit_range(maps[n : n + 1])[0]
             labels.append(f"{word}\nImageNet: {name}")
         elif attention is not None:
-            rows[n] = unit_range(attention[n : n + 1])[0]
+            rows[m] = unit_range(attention[n : n + 1])[0]
             # measured: where the sheet falls back to attention, it points no better than the photo's centre
             # (docs/explain.md, "by_map"), so the panel says it is a guess
             untrained = ", untrained" if word in explanation.untrained else ""
@@ -291,7 +310,8 @@ def explanation_png(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cac
                     features: ImageFeatures | None = None, method: str = DEFAULT_EXPLAIN_METHOD) -> bytes:
     """One PNG of ``explain_photo``'s pictures (the search page's): with ``method`` "concept" the sheet
     of where each word's thing is, with "attention" (or when that cannot be drawn) the model's
-    words-over-regions map if it declares one, else its first drawable map."""
+    words-over-regions map if it declares one, else its first drawable map. The words it draws panels
+    for are in the PNG's "Words" text chunk (``png_words``)."""
     import io
 
     explained = explain_photo(ckpt, image, caption, cache_root, features, method=method)
@@ -300,10 +320,25 @@ def explanation_png(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cac
         raise ItmError(f"model '{ckpt.config.model.name}' declares no attention that can be drawn"
                        + "".join(f"; {note}" for note in explained.drawn.not_drawn))
     preferred = ["concept"] + [name for name, spec in specs.items() if (spec.rows, spec.over) == ("words", "regions")]
-    figure = next((figures[name] for name in preferred if name in figures), next(iter(figures.values())))
+    name = next((name for name in preferred if name in figures), next(iter(figures)))
+    words = explained.explanation.words
+    per_word = name == "concept" or (specs[name].rows, specs[name].over) in PER_WORD_PANELS
     out = io.BytesIO()
-    figure.savefig(out, format="png", dpi=100)
+    # the words the picture draws (PNG text chunk "Words", a JSON list): the search page's answer says
+    # them (``itm.service.app``), since a picture's panels cannot be read back from its pixels
+    figures[name].savefig(out, format="png", dpi=100,
+                          metadata={"Words": json.dumps(panel_words(words) if per_word else words)})
     return out.getvalue()
+
+
+def png_words(png: bytes) -> list[str] | None:
+    """The words an ``explanation_png`` picture draws (its "Words" text chunk); None when it has none."""
+    import io
+
+    from PIL import Image
+
+    text = Image.open(io.BytesIO(png)).text.get("Words")  # type: ignore[attr-defined]
+    return None if text is None else json.loads(text)
 
 
 def top_captions_figure(row: np.ndarray, image: np.ndarray, caption_texts: list[str], correct: np.ndarray,
