@@ -131,7 +131,7 @@ def test_it_indexes_a_folder_and_searches_it(photos_and_checkpoint, tmp_path):
     models = SearchModels(checkpoint, checkpoint)  # the shortlist and the re-ranker
     report = update_index(IndexStore(tmp_path / "idx"), photos, models, progress=False)
     assert report.added == 5
-    searcher = Searcher(tmp_path / "idx")
+    searcher = Searcher(tmp_path / "idx", normalise="none")  # raw: the model's own scores
     query = " ".join(WORDS[:3])
     hits = searcher.search(query, k=5)
     assert searcher.vectors.shape == (5, 8)  # vector_dim: the model's TINY embed_dim

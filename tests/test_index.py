@@ -140,7 +140,7 @@ def test_kill_9_during_indexing_loses_nothing(tmp_path, models, point):
 def test_search_reranks_the_shortlist_exactly(folder, tmp_path, models, capsys):
     out = tmp_path / "idx"
     index_once(folder, out, models)
-    searcher = Searcher(out)
+    searcher = Searcher(out, normalise="none")  # raw scores: the hub correction has its own test
     hits = searcher.search("a red square", k=5, rerank=50)
     assert len(hits) == 5 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     # the re-ranked scores are the matcher's own all-pairs scores of those photos
@@ -172,7 +172,7 @@ def test_an_ensemble_of_rerankers_averages_their_z_scored_scores(folder, tmp_pat
     assert main(["index", "--images", str(folder), "--out", str(out), "--shortlist", str(models[0]),
                  "--checkpoint", str(models[1]), str(caan), str(mlasm), "--captions", str(captions), "--no-progress"]) == 0
     capsys.readouterr()
-    searcher = Searcher(out)
+    searcher = Searcher(out, normalise="none")
     assert [c.config.model.name for c in searcher.models.rerankers] == ["bssan", "caan", "mlasm"]
     hits = searcher.search("a red square", k=5, rerank=50)
     sha1s = [searcher.store.files()[h.path][2] for h in hits]
@@ -273,3 +273,49 @@ def test_an_index_opens_with_its_model_files_re_saved_with_their_earlier_sha1(fo
     save_atomic(payload, bssan)
     assert [h.image_id for h in Searcher(out, SearchModels(dual, bssan)).search("a red square", 3)] == before
     assert index_once(folder, out, (dual, bssan)).unchanged == 5  # and updates as before
+
+
+def test_search_corrects_hub_photos_by_the_bank_scores_the_index_holds(folder, tmp_path, models):
+    """Each photo is scored against the caption bank at index time; search normalises the re-ranker's
+    scores by those statistics over the whole index (docs/search.md), exactly as the library's
+    ``normalise`` does, and --normalise none gives the raw scores."""
+    from itm.evaluation.engine import score_all_pairs
+    from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT, normalise, photo_stats
+    from itm.pipeline import encoded_bank
+    from itm.retrieval.search_models import INDEX_BANK_SIZE
+
+    out = tmp_path / "idx"
+    index_once(folder, out, models)
+    store = IndexStore(out)
+    corrected, raw = Searcher(out), Searcher(out, normalise="none")
+    assert corrected.notes == [] and corrected.normalisation == DEFAULTS[SEARCH_DEFAULT] != DEFAULTS["none"]
+    ckpt = corrected.models.reranker
+    by_row = sorted(corrected.images, key=lambda sha1: corrected.images[sha1][1])  # every photo, in index rows
+    features = corrected.feature_rows(by_row)
+    bank = score_all_pairs(ckpt.model, features, encoded_bank(ckpt.config, ckpt.vocab, INDEX_BANK_SIZE))
+    (stored,) = store.banks(corrected.models.bank_identity())
+    assert stored.shape == (5, INDEX_BANK_SIZE) and stored.dtype == np.float16
+    np.testing.assert_allclose(stored, bank, rtol=1e-3, atol=2e-3)  # float16 on disk
+    query = corrected.models.query_captions("a red square", ckpt)
+    exact = score_all_pairs(ckpt.model, features, query)  # (5, 1)
+    expected = normalise(exact, photo_stats(stored, corrected.normalisation), corrected.normalisation)[:, 0]
+    hits = corrected.search("a red square", k=5)
+    np.testing.assert_allclose([h.score for h in hits], [expected[corrected.images[corrected.sha1_of_id[h.image_id]][1]]
+                                                         for h in hits], rtol=1e-4, atol=1e-4)
+    assert [h.score for h in raw.search("a red square", k=5)] != [h.score for h in hits]
+
+
+def test_an_index_built_before_bank_scores_searches_raw_says_so_and_gets_them_on_update(folder, tmp_path, models):
+    out = tmp_path / "idx"
+    index_once(folder, out, models)
+    store = IndexStore(out)
+    with store.db:  # as an index written before bank scores: no bank entry in its meta
+        store.db.execute("DELETE FROM meta WHERE key IN ('bank', 'bank_files')")
+    old = Searcher(out)
+    assert old.bank_stats is None and "itm index" in old.notes[0] and "\n" not in old.notes[0]
+    before = [(h.image_id, h.score) for h in Searcher(out, normalise="none").search("a red square", k=5)]
+    assert [(h.image_id, h.score) for h in old.search("a red square", k=5)] == before  # raw, not refused
+    report = index_once(folder, out, models)  # nothing new to extract: only the bank is scored
+    assert (report.added, report.unchanged) == (0, 5)
+    updated = Searcher(out)
+    assert updated.notes == [] and updated.bank_stats is not None

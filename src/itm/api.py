@@ -121,10 +121,13 @@ def build_index(images: str | Path, out: str | Path, checkpoint: str | Path | li
     return report
 
 
-def open_index(index: str | Path, device: str | None = None):
+def open_index(index: str | Path, device: str | None = None, normalise: str | None = None):
     """A :class:`itm.retrieval.search.Searcher` over an index folder: ``search(text, k)``,
-    ``search_image(bytes, name, k)``, ``explain_png(image_id, text)``, ``path_of(image_id)``."""
+    ``search_image(bytes, name, k)``, ``explain_png(image_id, text)``, ``path_of(image_id)``;
+    ``normalise``: the hub-photo correction ("none" turns it off; None: the default, ``.notes`` says
+    when the index cannot apply it)."""
     from itm.devices import resolve_device
+    from itm.evaluation.hubness import SEARCH_DEFAULT
     from itm.retrieval.search import Searcher
 
-    return Searcher(index, device=resolve_device(device))
+    return Searcher(index, device=resolve_device(device), normalise=normalise or SEARCH_DEFAULT)

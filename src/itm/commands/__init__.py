@@ -19,3 +19,12 @@ def add_scoring_set_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change a scoring switch of the saved config, e.g. --set model.global_context=pairwise, "
                              "or --set features.image_size=416 (a finer region grid at test time)")
+
+
+def add_normalise_argument(parser: argparse.ArgumentParser) -> None:
+    """``--normalise``: search's hub-photo correction (``itm.evaluation.hubness``), on by default."""
+    from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT
+
+    parser.add_argument("--normalise", choices=list(DEFAULTS), default=SEARCH_DEFAULT,
+                        help=f"correct the re-rankers' scores for hub photos by each photo's caption-bank scores "
+                             f"(default {SEARCH_DEFAULT}; none: raw scores; docs/search.md)")

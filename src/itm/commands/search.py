@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from itm.commands import add_device_argument
+from itm.commands import add_device_argument, add_normalise_argument
 
 HELP = "search an index by text: the shortlist model's top candidates, re-ranked by the matcher"
 
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-concepts", dest="concepts", action="store_false",
                         help="rank by the models alone (default: a query word outside the training captions that "
                              "names ImageNet classes also ranks the photos by the backbone's evidence for them)")
+    add_normalise_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_device_argument(parser)
 
@@ -32,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from itm.features.images import read_image_file
     from itm.retrieval.search import Searcher
 
-    searcher = Searcher(args.index, device=resolve_device(args.device))
+    searcher = Searcher(args.index, device=resolve_device(args.device), normalise=args.normalise)
+    for note in searcher.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.image:
         hits = searcher.search_image(read_image_file(args.image), Path(args.image).name, args.k, args.rerank)
         rows = [{"rank": n + 1, "caption_id": h.caption_id, "text": h.text, "score": round(h.score, 5),

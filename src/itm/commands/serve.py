@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import sys
 
-from itm.commands import add_device_argument
+from itm.commands import add_device_argument, add_normalise_argument
 
 HELP = "serve an index over HTTP: POST /search, GET /images/{id}, /thumbnails/{id}, /explain, and a web page at /"
 
@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--allow-remote", action="store_true", help="required to bind a non-loopback --host")
+    add_normalise_argument(parser)
     add_device_argument(parser)
 
 
@@ -43,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from itm.retrieval.search import Searcher
     from itm.service.app import create_app
 
-    app = create_app(Searcher(args.index, device=device))
+    searcher = Searcher(args.index, device=device, normalise=args.normalise)
+    for note in searcher.notes:
+        print(f"note: {note}", file=sys.stderr)
+    app = create_app(searcher)
     print(f"serving {args.index} at http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

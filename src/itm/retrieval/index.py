@@ -5,7 +5,11 @@ An index is one folder:
 - ``index.sqlite``: ``files`` (relative path, size, mtime, sha1, status), ``images`` (one row per
   distinct photo content: image id, sha1, row in the vectors file) and ``meta`` (the folder indexed,
   the models' identity, the feature settings, the current vectors file);
-- ``vectors-<n>.npy``: the shortlist model's image vectors, float32, one row per image.
+- ``vectors-<n>.npy``: the shortlist model's image vectors, float32, one row per image;
+- ``bank<m>-<n>.npy``: re-ranker m's scores of each image against the caption bank
+  (``itm.data.caption_bank``), float16, one row per image: the statistics search's hubness
+  correction normalises by (``itm.evaluation.hubness``). An index built before them opens without
+  the correction; the next update scores the bank for every photo it holds.
 
 Each update walks the folder, hashes only files whose size or mtime changed, reuses the vector of
 any content it already holds (a rename or a duplicate costs no extraction), extracts the rest through
@@ -25,14 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from itm.data.types import Dataset, ImageRecord
+from itm.data.types import Dataset, ImageFeatures, ImageRecord
 from itm.errors import DataError, ItmError
 from itm.features.cache import content_key
 
 INDEX_FORMAT = 1
 APPROXIMATE_ABOVE = 100_000  # photos; an exact inner-product search up to here, HNSW above
 HNSW_EF_SEARCH = 128
+BANK_CHUNK = 512  # photos scored against the caption bank at a time when an older index gets its statistics
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -130,6 +136,17 @@ class IndexStore:
         """sha1 -> (image id, row in the vectors file)."""
         return {sha1: (image_id, row) for image_id, sha1, row in self.db.execute("SELECT image_id, sha1, row FROM images")}
 
+    def banks(self, identity: dict | None) -> list[np.ndarray] | None:
+        """Each re-ranker's (n_images, n_bank) caption-bank scores, rows as ``vectors``'; None when the
+        index holds none of the bank ``identity`` names (built before them, or with another bank)."""
+        names = self.meta("bank_files") or []
+        if identity is None or not names or self.meta("bank") != identity:
+            return None
+        try:
+            return [np.load(self.folder / name, allow_pickle=False) for name in names]
+        except (OSError, ValueError) as exc:
+            raise DataError(f"index {self.folder}: bank file unreadable ({exc}); run itm index again") from None
+
     def vectors(self) -> np.ndarray:
         name = self.meta("vectors_file")
         if name is None:
@@ -140,23 +157,28 @@ class IndexStore:
             raise DataError(f"index {self.folder}: vectors file {name} unreadable ({exc}); re-index") from None
 
     # -- writing ---------------------------------------------------------------------------------------
-    def write_array(self, prefix: str, array: np.ndarray) -> str:
+    def write_array(self, prefix: str, array: np.ndarray, dtype=np.float32) -> str:
         """A new ``<prefix>-<n>.npy`` file, complete on disk before any transaction names it."""
         name = f"{prefix}-{time.time_ns()}.npy"
         tmp = self.folder / f".{name}.tmp"
         with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+            np.save(handle, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.folder / name)
         return name
 
-    def commit(self, files: list[tuple], images: list[tuple[int, str]], vectors: np.ndarray, meta: dict) -> None:
-        """Replace the whole photo state: the vectors file first, then one transaction switches to it."""
+    def commit(self, files: list[tuple], images: list[tuple[int, str]], vectors: np.ndarray, meta: dict,
+               banks: list[np.ndarray] | None = None) -> None:
+        """Replace the whole photo state: the vectors (and bank) files first, then one transaction
+        switches to them. ``banks``: each re-ranker's (n_images, n_bank) scores, rows as ``vectors``'."""
         name = self.write_array("vectors", vectors)
+        bank_files = [self.write_array(f"bank{m}", bank, np.float16) for m, bank in enumerate(banks or [])]
         with self.db:  # one transaction: all of it or, after a kill, none of it
-            self.write_rows(files, images, {**meta, "vectors_file": name, "format": INDEX_FORMAT})
+            self.write_rows(files, images, {**meta, "vectors_file": name, "bank_files": bank_files,
+                                            "format": INDEX_FORMAT})
         self.remove_stale_arrays("vectors", keep=name)
+        self.remove_stale_arrays("bank*", keep=bank_files)  # a larger ensemble's before: every member's
 
     def commit_captions(self, texts: list[str], vectors: np.ndarray) -> None:
         """Replace the caption collection (searched by image) the same crash-safe way."""
@@ -185,10 +207,11 @@ class IndexStore:
         for key, value in meta.items():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def remove_stale_arrays(self, prefix: str, keep: str | None) -> None:
+    def remove_stale_arrays(self, prefix: str, keep: str | list[str] | None) -> None:
         """``<prefix>-*.npy`` files no transaction points to (left by an earlier kill or replaced now)."""
+        kept = {keep} if isinstance(keep, str) else set(keep or ())
         for path in self.folder.glob(f"*{prefix}-*.npy*"):
-            if path.name != keep:
+            if path.name not in kept:
                 path.unlink(missing_ok=True)
 
 
@@ -241,6 +264,38 @@ def plan_update(root: Path, on_disk: dict[str, FileState], stored: dict, held: d
     return plan
 
 
+class CachedFeatures:
+    """The feature cache an index's photos were extracted into, read by photo sha1. Its table of
+    contents is read once and kept (a query must not re-read every chunk's key list), and read again
+    only when it lacks a photo."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._opened = None  # (FeatureCache, its table of contents)
+
+    def rows(self, sha1s: list[str]) -> ImageFeatures:
+        """The cached features of ``sha1s``, in order; a one-line DataError when the cache lacks any."""
+        if self._opened is None or any(s not in self._opened[1] for s in sha1s):
+            self._opened = self._open()
+        cache, contents = self._opened
+        try:
+            grid, objects, boxes, grid_shape = cache.read(sha1s, contents)
+        except KeyError:
+            raise DataError(f"feature cache {self.folder}: lacks photos of this index; run itm index again") from None
+        return ImageFeatures(torch.from_numpy(grid), torch.from_numpy(objects), torch.from_numpy(boxes), grid_shape)
+
+    def _open(self):
+        from itm.features.cache import FeatureCache
+
+        try:
+            settings = json.loads((self.folder / "settings.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"feature cache {self.folder}: unreadable ({exc.__class__.__name__}); run itm index "
+                            "again") from None
+        cache = FeatureCache(self.folder, settings)
+        return cache, cache.index()
+
+
 def update_index(store: IndexStore, root: str | Path, models, progress: bool = True) -> IndexReport:
     """Bring the index in ``store`` up to date with the folder ``root`` (see the module docstring)."""
     from itm.features.extract import extract_features
@@ -256,6 +311,7 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
     report = IndexReport()
     held = store.images()
     old_vectors = store.vectors()
+    old_banks = store.banks(models.bank_identity())  # None: built before them: every photo gets scored
     stored = store.files()
     plan = plan_update(root, scan_folder(root), stored, held, report)
 
@@ -264,6 +320,7 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
     for path, (_, sha1) in plan.extract.items():
         firsts.setdefault(sha1, path)
     new_vectors: dict[str, np.ndarray] = {}
+    new_banks: dict[str, list[np.ndarray]] = {}  # sha1 -> each re-ranker's bank scores
     if firsts:
         records = [ImageRecord(path, root / path, "index", [], []) for path in firsts.values()]
         features, kept, extraction = extract_features(Dataset("index", root, records), models.features,
@@ -272,9 +329,11 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
         plan.skipped += extraction.skipped
         if len(kept):
             vectors = models.image_vectors(features)  # (n, d)
+            banks = models.bank_scores(features, progress)  # per re-ranker: (n, n_bank)
             sha1_of = {path: sha1 for sha1, path in firsts.items()}
-            for record, vector in zip(kept.images, vectors, strict=True):
+            for i, (record, vector) in enumerate(zip(kept.images, vectors, strict=True)):
                 new_vectors[sha1_of[record.filename]] = vector
+                new_banks[sha1_of[record.filename]] = [bank[i] for bank in banks]
             store_cache_dir = extraction.cache_dir
         else:
             store_cache_dir = store.meta("cache_dir")
@@ -299,6 +358,8 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
             if sha1 in held:
                 ids[sha1] = held[sha1][0]
                 vector_rows.append(old_vectors[held[sha1][1]])
+                if old_banks is not None:
+                    new_banks[sha1] = [bank[held[sha1][1]] for bank in old_banks]
             else:
                 ids[sha1], next_id = next_id, next_id + 1
                 vector_rows.append(new_vectors[sha1])
@@ -309,11 +370,29 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
         files.append((path, state.size, state.mtime_ns, None, "skipped", reason))
     dim = models.vector_dim()
     vectors = np.stack(vector_rows) if vector_rows else np.zeros((0, dim), dtype=np.float32)
+    banks = bank_arrays(models, [sha1 for _, sha1 in rows], new_banks, store_cache_dir, progress)
     store.commit(files, rows, vectors, {"root": str(root), "identity": models.identity(),
-                                        "checkpoints": models.paths, "cache_dir": store_cache_dir})
+                                        "checkpoints": models.paths, "cache_dir": store_cache_dir,
+                                        "bank": models.bank_identity()}, banks)
     report.images = len(rows)
     report.seconds = time.time() - started
     return report
+
+
+def bank_arrays(models, sha1s: list[str], rows: dict[str, list[np.ndarray]], cache_dir, progress: bool) -> list[np.ndarray]:
+    """Each re-ranker's (len(sha1s), n_bank) bank scores in ``sha1s``' order: ``rows`` where it has them,
+    the rest (photos an index held before it had bank scores) scored now from the feature cache."""
+    if not models.rerankers:
+        return []
+    missing = [sha1 for sha1 in sha1s if sha1 not in rows]
+    cached, rows = CachedFeatures(cache_dir), dict(rows)
+    for start in range(0, len(missing), BANK_CHUNK):  # a few hundred photos' features in memory at a time
+        part = missing[start : start + BANK_CHUNK]
+        scored = models.bank_scores(cached.rows(part), progress)
+        rows.update({sha1: [bank[i] for bank in scored] for i, sha1 in enumerate(part)})
+    if not sha1s:
+        return [np.zeros((0, 0), np.float16) for _ in models.rerankers]
+    return [np.stack([rows[sha1][m] for sha1 in sha1s]) for m in range(len(models.rerankers))]
 
 
 def scan_state(root: Path, path: str) -> FileState:

@@ -11,7 +11,6 @@ through the same ``rerank_block``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from itm.data.types import ImageFeatures
 from itm.data.word_report import WordReport
 from itm.errors import DataError, ItmError
 from itm.evaluation.evaluate import combine_scores
-from itm.features.cache import FeatureCache
+from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT, Normalisation, PhotoStats, normalise, photo_stats
 from itm.models.base import State
-from itm.retrieval.index import APPROXIMATE_ABOVE, IndexStore, build_faiss, shortlist_index
+from itm.retrieval.index import APPROXIMATE_ABOVE, CachedFeatures, IndexStore, build_faiss, shortlist_index
 from itm.retrieval.search_models import SearchModels, listed, query_tokens
 from itm.retrieval.states import PreparedStates
 from itm.shipped import resolve_path
@@ -60,8 +59,10 @@ class Searcher:
     """Text queries over one index folder."""
 
     def __init__(self, index: str | Path, models: SearchModels | None = None, approximate_above: int = APPROXIMATE_ABOVE,
-                 state_cache: int = 4096, device: torch.device | str | None = None):
-        """``device``: where the index's models are loaded when ``models`` is None (None: the CPU)."""
+                 state_cache: int = 4096, device: torch.device | str | None = None, normalise: str = SEARCH_DEFAULT):
+        """``device``: where the index's models are loaded when ``models`` is None (None: the CPU).
+        ``normalise``: the hubness correction of the re-rankers' scores (``itm.evaluation.hubness``;
+        "none": raw scores), from the photos' caption-bank scores the index holds."""
         self.store = IndexStore(index)
         if self.store.meta("root") is None:
             raise DataError(f"index {index}: empty or not an itm index (build it with itm index)")
@@ -83,10 +84,25 @@ class Searcher:
         self.caption_texts, caption_vectors = self.store.captions()
         self.caption_faiss = build_faiss(caption_vectors, approximate_above) if self.caption_texts else None
         self.states = PreparedStates(state_cache)  # (re-ranker, sha1) -> its prepared state
-        self._features = None  # (the feature cache, its table of contents), opened on first use
+        self.features = CachedFeatures(self.cache_dir)
+        self.normalisation, self.bank_stats, self.notes = self.hub_correction(normalise)
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def hub_correction(self, method: str) -> tuple[Normalisation, list[PhotoStats] | None, list[str]]:
+        """(the correction, each re-ranker's photo statistics by index row or None, notes for the user)."""
+        if method not in DEFAULTS:
+            raise ItmError(f"normalise: one of {', '.join(DEFAULTS)}, got {method!r}")
+        norm = DEFAULTS[method]
+        if norm.method == "none" or not self.models.rerankers:
+            return norm, None, []
+        banks = self.store.banks(self.models.bank_identity())
+        if banks is None:
+            return norm, None, [f"index {self.store.folder} holds no caption-bank scores (built before them): "
+                                "its hub photos are not corrected; run itm index on it again to add them "
+                                "(only the bank is scored)"]
+        return norm, [photo_stats(bank, norm) for bank in banks], []
 
     @torch.inference_mode()
     def shortlist(self, text: str, k: int) -> tuple[list[str], np.ndarray]:
@@ -98,20 +114,31 @@ class Searcher:
         return [self.sha1_of_row[int(r)] for r in rows[0][keep]], scores[0][keep]
 
     def rerank(self, text: str, sha1s: list[str]) -> np.ndarray:
-        """(K,) exact cross-attention scores of the query against ``sha1s`` (prepared states cached);
+        """(K,) exact cross-attention scores of the query against ``sha1s`` (prepared states cached),
+        each re-ranker's corrected for hub photos (``normalise``) when the index holds their bank scores;
         with several re-rankers, the mean of their scores each z-scored over these candidates."""
         states = [self.prepared(member, sha1s) for member in range(len(self.models.rerankers))]
-        return self.rerank_block([query_tokens(text)], states)[:, 0]
+        adjust = None
+        if self.bank_stats is not None:
+            rows = [self.images[sha1][1] for sha1 in sha1s]
+            stats = [member.select(rows) for member in self.bank_stats]
+
+            def adjust(member: int, block: np.ndarray) -> np.ndarray:
+                return normalise(block, stats[member], self.normalisation)
+
+        return self.rerank_block([query_tokens(text)], states, adjust)[:, 0]
 
     @torch.inference_mode()
-    def rerank_block(self, token_lists: list[list[str]], states: list[State]) -> np.ndarray:
+    def rerank_block(self, token_lists: list[list[str]], states: list[State], adjust=None) -> np.ndarray:
         """(n_images, n_captions) scores of captions against each re-ranker's prepared images
-        (``states[member]``): each member's block z-scored, then averaged (one member: its own scores)."""
+        (``states[member]``): each member's block (``adjust(member, block)`` first, when given)
+        z-scored, then averaged (one member: its own scores)."""
         blocks = []
-        for ckpt, images in zip(self.models.rerankers, states, strict=True):
+        for member, (ckpt, images) in enumerate(zip(self.models.rerankers, states, strict=True)):
             model = ckpt.model.eval()
             captions = self.models.captions(encode_captions(token_lists, ckpt.vocab, ckpt.config.data.max_words))
-            blocks.append(model.score_block(images, model.prepare_captions(captions)).float().cpu().numpy())
+            block = model.score_block(images, model.prepare_captions(captions)).float().cpu().numpy()
+            blocks.append(adjust(member, block) if adjust else block)
         return combine_scores(blocks)
 
     def prepared(self, member: int, sha1s: list[str]) -> State:
@@ -124,25 +151,8 @@ class Searcher:
         return self.states.stacked(member, sha1s, prepare, members=len(self.models.rerankers))
 
     def feature_rows(self, sha1s: list[str]) -> ImageFeatures:
-        """The cached features of ``sha1s``. The cache's table of contents is read once and kept (a
-        query must not re-read every chunk's key list), and read again only when it lacks a photo."""
-        if self._features is None or any(s not in self._features[1] for s in sha1s):
-            self._features = self.open_feature_cache()
-        cache, contents = self._features
-        try:
-            grid, objects, boxes, grid_shape = cache.read(sha1s, contents)
-        except KeyError:
-            raise DataError(f"feature cache {self.cache_dir}: lacks photos of this index; run itm index again") from None
-        return ImageFeatures(torch.from_numpy(grid), torch.from_numpy(objects), torch.from_numpy(boxes), grid_shape)
-
-    def open_feature_cache(self) -> tuple[FeatureCache, dict]:
-        folder = self.cache_dir
-        try:
-            settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"feature cache {folder}: unreadable ({exc.__class__.__name__}); run itm index again") from None
-        cache = FeatureCache(folder, settings)
-        return cache, cache.index()
+        """The cached features of ``sha1s`` (``itm.retrieval.index.CachedFeatures``)."""
+        return self.features.rows(sha1s)
 
     def search(self, text: str, k: int = 10, rerank: int = 50, concepts: bool = True) -> SearchResults:
         """Ranked photos for a text query: the shortlist's top ``max(k, rerank)``, re-ranked exactly;

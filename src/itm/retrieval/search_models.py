@@ -15,10 +15,13 @@ from itm.data.types import Captions, ImageFeatures
 from itm.data.word_report import WordReport
 from itm.devices import as_device, on_device
 from itm.errors import ItmError
+from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT
 from itm.features.cache import content_key
 from itm.shipped import portable_path
 
 MAX_QUERY_CHARS = 500
+# the caption-bank captions each indexed photo is scored against: the size search's default correction uses
+INDEX_BANK_SIZE = DEFAULTS[SEARCH_DEFAULT].bank_size
 
 
 class SearchModels:
@@ -55,6 +58,25 @@ class SearchModels:
 
     def identity(self) -> dict:
         return dict(self._identity)
+
+    def bank_identity(self) -> dict | None:
+        """The caption bank the re-rankers' photo statistics come from (None without a re-ranker)."""
+        from itm.data.caption_bank import bank_identity
+
+        return bank_identity(INDEX_BANK_SIZE) if self.rerankers else None
+
+    @torch.inference_mode()
+    def bank_scores(self, features: ImageFeatures, progress: bool = False) -> list[np.ndarray]:
+        """Each re-ranker's (n, INDEX_BANK_SIZE) scores of these photos against the caption bank."""
+        from itm.evaluation.engine import score_all_pairs
+        from itm.pipeline import encoded_bank
+
+        scores = []
+        for ckpt in self.rerankers:
+            bank = encoded_bank(ckpt.config, ckpt.vocab, INDEX_BANK_SIZE)
+            scores.append(score_all_pairs(ckpt.model.eval(), features, bank, ckpt.config.eval.memory_budget_mb,
+                                          ckpt.config.eval.caption_tile, progress=progress))
+        return scores
 
     def earlier_sha1s(self) -> dict[str, str]:
         """{a sha1 one of the model files had before it was re-saved: its sha1 now}."""
