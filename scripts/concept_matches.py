@@ -8,7 +8,7 @@ The words: the ``top`` most frequent tokens of the train split's captions. The c
 of the concept maps of EfficientNet-Lite2, the backbone of the shipped models. Prints the table and
 writes results/concept_matches.json.
 
-The judgement (written before the noun check was measured, by reading each of the 144 words' matches):
+The judgement (made by reading the matches of each of the 144 words matched before the check):
 a match word -> class is FALSE when
   (a) the word, as Flickr8k captions use it, is not a noun: a verb ("standing", "sits", "watches",
       "rides"), an adjective or colour ("red", "small", "orange"), an adverb ("together"), the "t"
@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from itm.config import FeatureConfig
-    from itm.features.concepts import ConceptMaps, brill_tags, concept_maps_for
+    from itm.features.concepts import NOUN, ConceptMaps, brill_tags, concept_maps_for
 
     words = frequent_words(args.data, args.top)
     after = concept_maps_for(FeatureConfig(backbone=args.backbone))
     if brill_tags() is None:
         raise SystemExit("textblob is not installed: the noun check cannot be measured (pip install textblob)")
     before = ConceptMaps(after.weight, after.bias, after.classes, after.table, noun=None)
-    before.names_things = lambda word: True  # the matching as it was: any word may name a class
+    before.reading = lambda word: NOUN  # the matching as it was: any word may name a class by any route
     found = {"before": matches(before, words), "after": matches(after, words)}
     wrong = {k: false_pairs(v) for k, v in found.items()}
     summary = {k: {"words_with_a_class": len(found[k]), "pairs": sum(len(v) for v in found[k].values()),

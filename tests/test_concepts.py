@@ -142,23 +142,29 @@ def test_a_class_the_photo_likely_does_not_show_gets_no_map():
 PLATFORM = [ImageNetClass(["drilling platform"], {"platform", "standing"}),  # "standing" from its description
             ImageNetClass(["beagle"], {"beagle", "dog"}),
             ImageNetClass(["model t"], {"t"}),
-            ImageNetClass(["ferry"], {"near"})]
+            ImageNetClass(["ferry"], {"near"}),
+            ImageNetClass(["brown bear"], {"bear"}),  # named "... bear"
+            ImageNetClass(["teddy"], {"teddy", "bear"})]  # "bear" from its description only
 
 
 def test_a_verb_reading_names_no_class_and_a_noun_still_does():
     """ImageNet's classes are WordNet noun synsets: "standing" (a verb: VBG in Brill's lexicon) no longer
-    reaches the drilling platform its description mentions; "dog" and "platform" (nouns) still do."""
-    from itm.features.concepts import noun_reading
+    reaches the drilling platform its description mentions; "dog" and "platform" (nouns) still do, and
+    "bear" (mostly a verb, VB) the classes it names outright, not those of descriptions."""
+    from itm.features.concepts import BY_NAME, NOT_NOUN, NOUN, noun_reading
 
-    assert not noun_reading("standing") and not noun_reading("sits") and not noun_reading("red")
-    assert noun_reading("dog") and noun_reading("building") and noun_reading("cellphone")  # the last: not listed
-    maps = ConceptMaps(torch.eye(4, 3), torch.zeros(4), PLATFORM, TABLE)
+    assert noun_reading("standing") == noun_reading("red") == noun_reading("together") == NOT_NOUN
+    assert noun_reading("bear") == noun_reading("bears") == noun_reading("sink") == BY_NAME
+    assert noun_reading("dog") == noun_reading("building") == noun_reading("cellphone") == NOUN  # the last: not listed
+    maps = ConceptMaps(torch.eye(6, 3), torch.zeros(6), PLATFORM, TABLE)
     assert not maps.concepts("standing").found
     assert maps.concepts("platform").names == ["drilling platform"] and maps.concepts("dog").names == ["beagle"]
+    assert maps.concepts("bear").names == maps.concepts("bears").names == ["brown bear"]
     # function words and one-letter words (the "t" of t-shirt) name nothing, whatever names them
     assert not maps.concepts("near").found and not maps.concepts("t").found
-    before = ConceptMaps(torch.eye(4, 3), torch.zeros(4), PLATFORM, TABLE, noun=None)
+    before = ConceptMaps(torch.eye(6, 3), torch.zeros(6), PLATFORM, TABLE, noun=None)
     assert before.concepts("standing").names == ["drilling platform"]  # without the check: the old match
+    assert before.concepts("bear").names == ["brown bear", "teddy"]
 
 
 def test_without_the_lexicon_every_word_counts_as_a_noun_with_a_one_line_warning(monkeypatch):

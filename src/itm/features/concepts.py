@@ -8,8 +8,9 @@ gives a class activation map (CAM, Zhou et al. 2016) at no cost. A word reaches 
 names: those whose synonyms' or description's head noun is the word or its singular ("bus" ->
 school bus, "dog" -> the breeds described as a dog), else one-word class names close to it in GloVe.
 ImageNet's classes are WordNet noun synsets, so only a noun reading of the word reaches them
-(``noun_reading``: "standing", mostly a verb, no longer reaches "drilling platform" by its
-description; "red", mostly an adjective, no longer the orange); function words ("a", "near") and
+(``noun_reading``, by a word's most frequent tag: "standing", mostly a verb, no longer reaches
+"drilling platform" by its description; "red", mostly an adjective, no longer the orange by GloVe;
+"bear", mostly a verb, still reaches the classes named "... bear", but not by descriptions or GloVe); function words ("a", "near") and
 one-letter words reach none. A word naming no class ("man", "giraffe": ImageNet has no person or
 giraffe class) gets no map, and so does a class the classifier finds less likely than chance in the
 photo (``seen``).
@@ -81,16 +82,29 @@ def brill_tags() -> dict[str, str] | None:
     return tags
 
 
-def noun_reading(word: str) -> bool:
-    """Whether the word's usual reading is a noun, so that it may name an ImageNet class (WordNet noun
-    synsets): its most frequent tag in Brill's lexicon (``brill_tags``) is a noun tag. "standing"
-    (VBG), "red" (JJ), "sits" (VBZ) are not; "building", "dogs", "swing" are. A word the lexicon lacks
-    ("cellphone", "sled") counts as a noun: the rare words of captions mostly are."""
+# a word's reading, for class matching (``noun_reading``): a noun may name classes by any route; a word
+# whose usual reading is a base-form verb ("bear", "watch", "sink": many are nouns too) only the classes
+# whose names it heads (brown bear, digital watch): the class name is the evidence of a noun reading;
+# any other word ("standing", "sits", "together", and adjectives: "white" heads the name of a butterfly,
+# "grey" of a parrot) none. Measured on Flickr8k's 500 most frequent words: scripts/concept_matches.py
+# (and its -s form, "bears", which may be a plural)
+NOUN, BY_NAME, NOT_NOUN = "noun", "by name", ""
+_BASE_TAGS = frozenset({"VB", "VBP", "VBZ"})
+
+
+def noun_reading(word: str) -> str:
+    """How the word may name an ImageNet class (WordNet noun synsets), by its most frequent tag in
+    Brill's lexicon (``brill_tags``): ``NOUN`` for a noun tag ("building", "dogs", "swing") or a word
+    the lexicon lacks ("cellphone", "sled": the rare words of captions mostly are nouns); ``BY_NAME``
+    for a base-form verb or its -s form ("bear", "bears", "stand"): only the classes whose names it heads; ``NOT_NOUN``
+    (falsy) for any other tag: inflected verbs ("standing", "sits"), adjectives ("red"), adverbs."""
     tags = brill_tags()
     if tags is None:
-        return True
+        return NOUN
     tag = tags.get(word)
-    return tag is None or tag in _NOUN_TAGS
+    if tag is None or tag in _NOUN_TAGS:
+        return NOUN
+    return BY_NAME if tag in _BASE_TAGS else NOT_NOUN
 
 
 @dataclass
@@ -175,7 +189,7 @@ class ConceptMaps:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, classes: list[ImageNetClass], table,
                  min_similarity: float = MIN_SIMILARITY, top_classes: int = TOP_CLASSES,
-                 noun: Callable[[str], bool] | None = noun_reading):
+                 noun: Callable[[str], str] | None = noun_reading):
         if weight.shape[0] != len(classes):
             raise ConfigError(f"concept maps: the classifier has {weight.shape[0]} classes, the names {len(classes)}")
         self.weight = weight.float()  # (K, C)
@@ -184,12 +198,15 @@ class ConceptMaps:
         self.table = table
         self.min_similarity = min_similarity
         self.top_classes = top_classes
-        self.noun = noun  # None: no part-of-speech check (any word may name a class)
+        self.noun = noun  # word -> NOUN, BY_NAME or NOT_NOUN; None: no check (any word may name a class)
         self._phrase_vectors, self._owners, self._phrases = phrase_vectors([c.synonyms for c in classes], table)
-        self._named_by: dict[str, list[int]] = {}
+        self._named_by: dict[str, list[int]] = {}  # head noun of a class's names or description -> classes
+        self._named_by_name: dict[str, list[int]] = {}  # head noun of a class's names alone -> classes
         for k, c in enumerate(classes):
             for head in c.heads:
                 self._named_by.setdefault(head, []).append(k)
+            for head in sorted({head_noun(s) for s in c.synonyms} & c.heads):
+                self._named_by_name.setdefault(head, []).append(k)
         self._multiword = np.array([" " in phrase for phrase in self._phrases], bool)
         self._cache: dict[str, WordConcepts] = {}
         self._class_vectors: np.ndarray | None = None  # (K, E), for ``zero_shot_evidence``
@@ -202,17 +219,24 @@ class ConceptMaps:
             self._cache[word] = self._nearest(word)
         return self._cache[word]
 
-    def names_things(self, word: str) -> bool:
-        """Whether the word may name a class at all: not a function word, not one letter, a noun reading."""
-        return len(word) > 1 and not is_function_word(word) and (self.noun is None or self.noun(word))
+    def reading(self, word: str) -> str:
+        """How the word may name a class (``noun_reading``): ``NOT_NOUN`` for a function word or a
+        one-letter word (the "t" of t-shirt) whatever its tag."""
+        if len(word) < 2 or is_function_word(word):
+            return NOT_NOUN
+        return NOUN if self.noun is None else self.noun(word)
 
     def _nearest(self, word: str) -> WordConcepts:
-        if not self.names_things(word):
+        reading = self.reading(word)
+        if not reading:
             return WordConcepts(word, [], [], [])
+        heads = self._named_by if reading == NOUN else self._named_by_name
         for form in singular(word):
-            if form in self._named_by:
-                named = self._named_by[form]
+            if form in heads:
+                named = heads[form]
                 return WordConcepts(word, named, [1 / len(named)] * len(named), [self.classes[k].synonyms[0] for k in named])
+        if reading != NOUN:  # a verb or adjective reaches no class by a description or by GloVe
+            return WordConcepts(word, [], [], [])
         # a word without a vector has similarity -1 everywhere, so no class passes below
         # only one-word names: a phrase's mean vector drifts to its modifiers ("red" -> "red wolf")
         best = self.similarity(word, one_word_names=True)
