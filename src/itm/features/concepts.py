@@ -331,11 +331,10 @@ class ConceptMaps:
         return (logits[:, top] @ torch.from_numpy(weights / weights.sum()).float()).numpy()
 
     def zero_shot_word(self, word: str) -> bool:
-        """Whether ConSE may look for the word (``zero_shot_evidence``): not a function word, not one
-        letter, and GloVe has a vector for it. No noun check here: search asks only for words outside
-        the training captions, mostly nouns, and the lexicon's usual reading of some caption nouns is a
-        verb ("sink") or an adjective ("remote"), which would lose their only evidence."""
-        return len(word) > 1 and not is_function_word(word) and word in self.table
+        """Whether ConSE may look for the word (``zero_shot_evidence``): GloVe has a vector for it and it
+        may name a thing (``reading``: a noun, or a base-form verb such as "sink", whose noun reading
+        ConSE's classes can then show; not an adjective, an -ing verb or a function word)."""
+        return bool(self.reading(word)) and word in self.table
 
     def class_vectors(self) -> np.ndarray:
         """(K, E) each class's unit GloVe vector: the mean of its synonyms' unit vectors (zeros for a
@@ -381,14 +380,18 @@ def _standardised(evidence: np.ndarray) -> np.ndarray:
 
 
 def add_concept_evidence(scores: np.ndarray, settings, words: list[str], regions: Callable[[], torch.Tensor],
-                         zero_shot: bool = True) -> tuple[np.ndarray, list[str]]:
+                         zero_shot: bool = False) -> tuple[np.ndarray, list[str]]:
     """(N,) one query's scores over N photos with the backbone's evidence that the photos show what
     ``words`` name (``with_evidence``), and the words looked for; ``regions()`` gives the photos'
     (N, D, C) regions, read only when a word is looked for. A word naming a class gives its classes'
-    evidence (``evidence``); with ``zero_shot``, a word naming none that GloVe holds (not a function
-    word: "giraffe", "sink") gives ConSE's (``zero_shot_evidence``). Both kinds present: each kind's
+    evidence (``evidence``); with ``zero_shot``, a word naming none that GloVe holds and that may name
+    a thing (``zero_shot_word``: "giraffe", "sink") gives ConSE's (``zero_shot_evidence``). Both kinds present: each kind's
     evidence over its spread, weighted by its number of words. Unchanged when no word is looked for or
-    the backbone ``settings`` (a FeatureConfig) names has no classifier over its map."""
+    the backbone ``settings`` (a FeatureConfig) names has no classifier over its map.
+
+    ``zero_shot`` is off by default: on coco_boxes_dev's 400 captions it left search's R@1 where the
+    named classes put it and lowered R@5 and R@10 (docs/results/search.md, "ConSE evidence"), although
+    it ranks a category's photos at 3.8x chance by itself (scripts/concept_probe.py)."""
     try:
         concepts = cached_concept_maps(settings.backbone, settings.weights)
     except ItmError:  # no classifier over the map (a user's VGG), or ImageNet's names not installed
