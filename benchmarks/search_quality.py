@@ -141,7 +141,7 @@ def index_test_set(folder: Path, test_set: Dataset, texts: list[str], models: Se
         raise SystemExit("a test caption has no words: the caption collection cannot keep the captions' order")
     (folder / "captions.txt").write_text("".join(f"{text}\n" for text in texts), encoding="utf-8")
     index_captions(store, folder / "captions.txt", models)
-    return Searcher(folder / "index", models)
+    return Searcher(folder / "index", models, normalise="none")  # the raw re-rank, against exact scoring
 
 
 def searched_recall(searcher: Searcher, test_set: Dataset, texts: list[str], owner: np.ndarray) -> dict:
@@ -229,7 +229,7 @@ def search_ms(searcher: Searcher, texts: list[str], digits: int = 2) -> dict:
 
 def time_index(index: str, texts: list[str]) -> dict:
     """Latency of text queries over a whole index (its state cache warming as the queries run)."""
-    searcher = Searcher(index)
+    searcher = Searcher(index, normalise="none")
     out = {"photos": len(searcher), **search_ms(searcher, texts, digits=1)}
     out["shortlist_only_median_ms"] = out["k50"]["shortlist_median_ms"]  # stage 1 of a K = 50 search
     return out

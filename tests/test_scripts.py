@@ -280,3 +280,33 @@ def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypat
     expected = retrieval_metrics(combine_scores([np.load(tmp_path / "bssan.npy"), caan_scores]), owner)
     assert card["rerank_ensemble"]["members"] == ["bssan", "caan"]
     assert card["rerank_ensemble"]["flickr8k_test"]["rsum"] == expected["rsum"]
+
+
+def test_library_search_measures_the_product_path_with_and_without_the_hub_correction(tmp_path, monkeypatch):
+    """benchmarks/library_search.py: every photo of the dataset indexed, the split's captions searched;
+    its figures are those of the searcher's own answers, recomputed here."""
+    from itm.evaluation.hubness import SEARCH_DEFAULT
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=2, n_val=1, n_test=3, size=64, seed=0,
+                                  captions_per_image=2)
+    dataset = load_dataset(data)
+    words = sorted({w for im in dataset.images for tokens in im.tokens for w in tokens})
+    shortlist = synthetic_checkpoint(tmp_path / "dual.pt", "dual", words)
+    matcher = synthetic_checkpoint(tmp_path / "bssan.pt", "bssan", words)
+    bench = load_script("library_search", "benchmarks")
+    out = tmp_path / "library.json"
+    result = bench.main(["--data", str(data), "--index", str(tmp_path / "lib"), "--shortlist", str(shortlist),
+                         "--checkpoint", str(matcher), "--cost-photos", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert (result["photos"], result["index_added"]) == (6, 6)  # every split's photos, not only the queries'
+    assert set(result["index_cost_per_photo"]) == {"extraction_ms", "vector_ms", "bank_ms", "bank_increase", "photos"}
+    queries = [(" ".join(t), im.filename) for im in dataset.split("test").images for t in im.tokens]
+    for method in (SEARCH_DEFAULT, "none"):
+        searcher = Searcher(tmp_path / "lib" / "index", normalise=method)
+        ids = {p: i for s, (i, _) in searcher.images.items() for p in searcher.paths[s]}
+        tops = [[h.image_id for h in searcher.search(text, k=10)] for text, _ in queries]
+        first = np.mean([top[0] == ids[name] for top, (_, name) in zip(tops, queries, strict=True)])
+        assert result[method]["t2i"]["r1"] == pytest.approx(100 * first, abs=0.01)
+        assert result[method]["t2i"]["r10"] == 100.0  # six photos: every query's photo is in its top 10
+        assert result[method]["hubness"]["queries"] == 6 and result[method]["hubness"]["photos"] == 6
