@@ -300,7 +300,8 @@ def test_the_pictures_mark_an_untrained_words_attention_as_a_guess(tmp_path, mon
                                                                  for t in ax.texts]
 
     assert "giraffe\nno class, untrained\nattention: a guess" in labels("concept")
-    assert "a\nno class\nattention: a guess" in labels("concept")  # a trained word's: a guess too, not untrained
+    assert "red\nno class\nattention: a guess" in labels("concept")  # a trained word's: a guess too, not untrained
+    assert not any(label.startswith(("a\n", "on\n")) for label in labels("concept"))  # function words: no panel
     assert any(label.startswith("giraffe\nuntrained, peak ") for label in labels("w2r"))
     assert any(label.startswith("red\npeak ") for label in labels("w2r"))
 
