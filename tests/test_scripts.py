@@ -310,3 +310,24 @@ def test_library_search_measures_the_product_path_with_and_without_the_hub_corre
         assert result[method]["t2i"]["r1"] == pytest.approx(100 * first, abs=0.01)
         assert result[method]["t2i"]["r10"] == 100.0  # six photos: every query's photo is in its top 10
         assert result[method]["hubness"]["queries"] == 6 and result[method]["hubness"]["photos"] == 6
+
+
+def test_floor_benchmark_reports_each_config_against_the_matmul_floor(monkeypatch):
+    """benchmarks/floor.py: the ratios are the measured times over the FLOP count at the measured rate."""
+    bench = load_script("floor", "benchmarks")
+    monkeypatch.setattr(bench, "matmul_gflops", lambda dtype, **_: {torch.float32: 100.0, torch.bfloat16: 800.0}[dtype])
+    result = bench.main(["--configs", "dual_cpu", "--budget", "0.05", "--steps", "1"])
+    assert (result["fp32_gflops"], result["bf16_gflops"]) == (100.0, 800.0)
+    entry = result["models"]["dual_cpu"]
+    floor_us = entry["flop_per_pair"] / 100e9 * 1e6
+    assert entry["flop_per_pair"] == 2 * load_config("dual_cpu").model.embed_dim  # an inner product per pair
+    assert entry["fp32_floor_us_per_pair"] == pytest.approx(floor_us, rel=1e-2, abs=1e-3)
+    assert entry["score_x_floor"] == pytest.approx(entry["score_us_per_pair"] / floor_us, rel=2e-2)
+    assert entry["train_x_floor"] == pytest.approx(entry["train_us_per_pair"] / (3 * floor_us), rel=2e-2)
+
+
+def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
+    bench = load_script("floor", "benchmarks")
+    clock = iter(range(100))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))  # each product: 1 "second"
+    assert bench.matmul_gflops(torch.float32, n=64, repeats=3) == pytest.approx(2 * 64**3 / 1e9)
