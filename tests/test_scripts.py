@@ -310,6 +310,10 @@ def test_library_search_measures_the_product_path_with_and_without_the_hub_corre
         assert result[method]["t2i"]["r1"] == pytest.approx(100 * first, abs=0.01)
         assert result[method]["t2i"]["r10"] == 100.0  # six photos: every query's photo is in its top 10
         assert result[method]["hubness"]["queries"] == 6 and result[method]["hubness"]["photos"] == 6
+    change = result[SEARCH_DEFAULT]["t2i"]["r1"] - result["none"]["t2i"]["r1"]
+    assert result["r1_change"] == pytest.approx(change, abs=0.02)
+    low, high = result["r1_change_interval"]
+    assert low <= result["r1_change"] <= high
 
 
 def test_floor_benchmark_reports_each_config_against_the_matmul_floor(monkeypatch):
