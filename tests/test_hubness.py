@@ -92,3 +92,16 @@ def test_no_correction_is_the_identity_and_bad_methods_are_refused():
     np.testing.assert_array_equal(normalise(scores, photo_stats(bank, none), none), scores.astype(np.float32))
     with pytest.raises(ValueError, match="method must be one of"):
         Normalisation("qb")
+
+
+@pytest.mark.parametrize("norm", [Normalisation("csls", k=4), Normalisation("is", beta=7.0, bank_size=20)])
+def test_a_per_photo_offset_ranks_each_query_as_the_correction_does(norm):
+    from itm.evaluation.hubness import rank_offsets
+
+    scores, bank = hub_world(seed=5)
+    stats = photo_stats(bank, norm)
+    folded = scores - rank_offsets(stats, norm)[:, None]
+    corrected = normalise(scores, stats, norm)
+    np.testing.assert_array_equal(np.argsort(-folded, axis=0, kind="stable"), np.argsort(-corrected, axis=0, kind="stable"))
+    with pytest.raises(ValueError, match="not a per-photo offset"):
+        rank_offsets(stats, Normalisation("dis"))

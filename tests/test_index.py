@@ -240,7 +240,7 @@ def test_an_approximate_index_is_built_once_and_kept_with_its_vectors(tmp_path, 
     store = IndexStore(tmp_path / "idx")
     update_index(store, photo_folder(tmp_path / "photos"), models, progress=False)
     first = Searcher(tmp_path / "idx", models, approximate_above=2)  # 5 photos: HNSW
-    saved = list((tmp_path / "idx").glob("vectors-*.npy.faiss"))
+    saved = list((tmp_path / "idx").glob("vectors-*.npy.d*.faiss"))
     assert len(saved) == 1
     monkeypatch.setattr(index_module, "build_faiss", lambda *a: (_ for _ in ()).throw(AssertionError("rebuilt")))
     second = Searcher(tmp_path / "idx", models, approximate_above=2)  # read back, not rebuilt
@@ -251,7 +251,7 @@ def test_an_approximate_index_is_built_once_and_kept_with_its_vectors(tmp_path, 
     update_index(store, tmp_path / "photos", models, progress=False)  # a new vectors file: the old graph goes
     assert not saved[0].exists()
     Searcher(tmp_path / "idx", models, approximate_above=2)
-    assert len(list((tmp_path / "idx").glob("vectors-*.npy.faiss"))) == 1
+    assert len(list((tmp_path / "idx").glob("vectors-*.npy.d*.faiss"))) == 1
 
 
 def test_an_index_opens_with_its_model_files_re_saved_with_their_earlier_sha1(folder, tmp_path, models):
@@ -303,6 +303,20 @@ def test_search_corrects_hub_photos_by_the_bank_scores_the_index_holds(folder, t
     np.testing.assert_allclose([h.score for h in hits], [expected[corrected.images[corrected.sha1_of_id[h.image_id]][1]]
                                                          for h in hits], rtol=1e-4, atol=1e-4)
     assert [h.score for h in raw.search("a red square", k=5)] != [h.score for h in hits]
+    # the shortlist's own correction: each photo's inner product less its offset from the bank's vectors
+    from itm.data.caption_bank import caption_bank
+    from itm.evaluation.hubness import SHORTLIST_DEFAULT, rank_offsets
+
+    bank_vectors = corrected.models.caption_vectors([" ".join(t) for t in caption_bank(SHORTLIST_DEFAULT.bank_size)])
+    offsets = rank_offsets(photo_stats(corrected.vectors @ bank_vectors.T, SHORTLIST_DEFAULT), SHORTLIST_DEFAULT)
+    shortlist = corrected.models.shortlist.model
+    query_vector = shortlist.encode_captions(corrected.models.query_captions("a red square", corrected.models.shortlist))
+    expected_short = corrected.vectors @ query_vector.detach().numpy()[0] - offsets  # (5,) by index row
+    short_hits = corrected.search("a red square", k=5, rerank=0)
+    np.testing.assert_allclose([h.shortlist_score for h in short_hits],
+                               [expected_short[corrected.images[corrected.sha1_of_id[h.image_id]][1]] for h in short_hits],
+                               rtol=1e-4, atol=1e-5)
+    assert raw.shortlist_offsets is None
 
 
 def test_an_index_built_before_bank_scores_searches_raw_says_so_and_gets_them_on_update(folder, tmp_path, models):

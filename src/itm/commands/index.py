@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from itm.devices import resolve_device
-    from itm.retrieval.index import IndexStore, index_captions, shortlist_index, update_index
+    from itm.retrieval.index import APPROXIMATE_ABOVE, IndexStore, index_captions, update_index
+    from itm.retrieval.search import Searcher
     from itm.retrieval.search_models import SearchModels
     from itm.shipped import search_checkpoints
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
     print(report.summary())
-    shortlist_index(store, store.vectors())  # large collections: the approximate index, built now, not at search time
+    if len(store.images()) > APPROXIMATE_ABOVE:  # the approximate graph built (and kept) now, not at the first search
+        Searcher(args.out, models)
     if args.captions:
         print(f"{index_captions(store, args.captions, models)} captions indexed for search by image")
     return 0

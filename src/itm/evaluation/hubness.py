@@ -59,6 +59,10 @@ class Normalisation:
 DEFAULTS = {"none": Normalisation(), "csls": Normalisation("csls", k=10, bank_size=500),
             "is": Normalisation("is", beta=10.0, bank_size=500), "dis": Normalisation("dis", beta=10.0, bank_size=500)}
 SEARCH_DEFAULT = "is"  # what search applies unless told not to: the largest mean R@1 on the dev sets
+# the shortlist's own correction (search applies it with any method but "none"): its bank scores are inner
+# products of vectors, free at any bank size; chosen by the shortlist's mean R@50 on the same dev sets
+# (scripts/hubness_dev.py --stage shortlist, results/hubness/dev_grid_shortlist.json)
+SHORTLIST_DEFAULT = Normalisation("csls", k=10, bank_size=2000)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,17 @@ def normalise(scores: np.ndarray, stats: PhotoStats, norm: Normalisation) -> np.
             # a column keeps one scale: its raw scores, or its inverted-softmax scores
             out = np.where(hub_query[None, :], inverted, scores)
     return out.astype(np.float32)
+
+
+def rank_offsets(stats: PhotoStats, norm: Normalisation) -> np.ndarray:
+    """(n,) a term per photo such that ranking a query's photos by ``s - offset`` ranks them as
+    ``normalise`` does: csls (r / 2) and is (log partition / beta), whose change of a score depends on
+    the photo alone; so a correction folds into an inner-product index as one more dimension."""
+    if norm.method == "csls":
+        return stats.neighbours / 2
+    if norm.method == "is":
+        return stats.log_partition / norm.beta
+    raise ValueError(f"rank_offsets: {norm.method!r} is not a per-photo offset (csls or is)")
 
 
 def hubness(scores: np.ndarray, k: int = 10) -> dict[str, float]:

@@ -432,17 +432,18 @@ def index_captions(store: IndexStore, path: str | Path, models) -> int:
 
 def shortlist_index(store: IndexStore, vectors: np.ndarray, approximate_above: int = APPROXIMATE_ABOVE):
     """The FAISS index of the index's photo vectors. An approximate (HNSW) one is built once and kept
-    beside its vectors file (``<vectors file>.faiss``, dropped with it on the next update), so a
+    beside its vectors file (``<vectors file>.d<dim>.faiss``, dropped with it on the next update), so a
     large index opens in seconds instead of rebuilding its graph at every start."""
     if len(vectors) <= approximate_above:
         return build_faiss(vectors, approximate_above)
     import faiss
 
-    path = store.folder / f"{store.meta('vectors_file')}.faiss"
+    # the corrected shortlist's vectors have one more dimension: its graph is kept under its own name
+    path = store.folder / f"{store.meta('vectors_file')}.d{vectors.shape[1]}.faiss"
     if path.is_file():
         try:
             index = faiss.read_index(str(path))
-            if index.ntotal == len(vectors):
+            if (index.ntotal, index.d) == vectors.shape:
                 index.hnsw.efSearch = HNSW_EF_SEARCH
                 return index
         except (RuntimeError, AttributeError):  # damaged or not ours: build it again

@@ -17,17 +17,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from itm.data.caption_bank import caption_bank
 from itm.data.encode import encode_captions
 from itm.data.types import ImageFeatures
 from itm.data.word_report import WordReport
 from itm.errors import DataError, ItmError
 from itm.evaluation.evaluate import combine_scores
-from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT, Normalisation, PhotoStats, normalise, photo_stats
+from itm.evaluation.hubness import (
+    DEFAULTS,
+    SEARCH_DEFAULT,
+    SHORTLIST_DEFAULT,
+    Normalisation,
+    PhotoStats,
+    normalise,
+    photo_stats,
+    rank_offsets,
+)
 from itm.models.base import State
 from itm.retrieval.index import APPROXIMATE_ABOVE, CachedFeatures, IndexStore, build_faiss, shortlist_index
 from itm.retrieval.search_models import SearchModels, listed, query_tokens
 from itm.retrieval.states import PreparedStates
 from itm.shipped import resolve_path
+
+
+def with_offsets(vectors: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """(n, d) photo vectors with (n,) offsets as one more dimension: a query [u, -1] then scores
+    each photo u . v - offset (None: the vectors as they are)."""
+    return vectors if offsets is None else np.hstack([vectors, offsets[:, None]]).astype(np.float32)
 
 
 class SearchResults(list):
@@ -80,12 +96,14 @@ class Searcher:
         self.paths = self.store.paths_of(list(self.images)) if self.images else {}
         self.cache_dir = Path(self.store.meta("cache_dir") or "")
         self.vectors = self.store.vectors()
-        self.faiss = shortlist_index(self.store, self.vectors, approximate_above)
+        self.normalisation, self.bank_stats, self.notes = self.hub_correction(normalise)
+        # the shortlist's correction, a term per photo folded into the inner product as one more dimension
+        self.shortlist_offsets = None if self.normalisation.method == "none" else self.shortlist_correction()
+        self.faiss = shortlist_index(self.store, with_offsets(self.vectors, self.shortlist_offsets), approximate_above)
         self.caption_texts, caption_vectors = self.store.captions()
         self.caption_faiss = build_faiss(caption_vectors, approximate_above) if self.caption_texts else None
         self.states = PreparedStates(state_cache)  # (re-ranker, sha1) -> its prepared state
         self.features = CachedFeatures(self.cache_dir)
-        self.normalisation, self.bank_stats, self.notes = self.hub_correction(normalise)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -109,9 +127,21 @@ class Searcher:
         """The top ``k`` photos (sha1) by the shortlist model, with their scores."""
         model = self.models.shortlist.model.eval()
         query = model.encode_captions(self.models.query_captions(text, self.models.shortlist)).float().cpu().numpy()
+        if self.shortlist_offsets is not None:  # (1, d + 1): the photos' last dimension is their offset
+            query = np.hstack([query, -np.ones((1, 1), np.float32)])
         scores, rows = self.faiss.search(np.ascontiguousarray(query, dtype=np.float32), min(k, len(self)))
         keep = rows[0] >= 0
         return [self.sha1_of_row[int(r)] for r in rows[0][keep]], scores[0][keep]
+
+    def shortlist_correction(self, chunk: int = 8192) -> np.ndarray | None:
+        """(n_photos,) by index row: what ``SHORTLIST_DEFAULT`` subtracts from each photo's shortlist
+        score, from the inner products of the photo's vector with the caption bank's."""
+        if not len(self.vectors):
+            return None
+        texts = [" ".join(tokens) for tokens in caption_bank(SHORTLIST_DEFAULT.bank_size)]
+        bank = self.models.caption_vectors(texts)  # (B, d)
+        return np.concatenate([rank_offsets(photo_stats(self.vectors[s : s + chunk] @ bank.T, SHORTLIST_DEFAULT),
+                                            SHORTLIST_DEFAULT) for s in range(0, len(self.vectors), chunk)])
 
     def rerank(self, text: str, sha1s: list[str]) -> np.ndarray:
         """(K,) exact cross-attention scores of the query against ``sha1s`` (prepared states cached),
