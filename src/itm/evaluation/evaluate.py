@@ -95,11 +95,12 @@ def evaluate_normalised(member_scores: list[np.ndarray], member_banks: list[np.n
 
     blocks = [normalise(scores, photo_stats(bank, norm), norm) for scores, bank in zip(member_scores, member_banks,
                                                                                       strict=True)]
-    normalised = retrieval_metrics(combine_scores(blocks, ensemble_norm), caption_to_image)
+    combined = combine_scores(blocks, ensemble_norm)
+    normalised = retrieval_metrics(combined, caption_to_image)
     raw_i2t = retrieval_metrics(combine_scores(member_scores, ensemble_norm), caption_to_image)["i2t"]
     rsum = sum(raw_i2t[f"r{k}"] + normalised["t2i"][f"r{k}"] for k in (1, 5, 10))
     return {"normalisation": norm.to_dict(), "i2t": raw_i2t, "t2i": normalised["t2i"], "rsum": rsum,
-            "hubness": hubness(combine_scores(blocks, ensemble_norm))}
+            "hubness": hubness(combined)}
 
 
 def evaluate_vocabulary(members: list[Member], scores: np.ndarray, caption_to_image: np.ndarray,

@@ -67,31 +67,41 @@ SHORTLIST_DEFAULT = Normalisation("csls", k=10, bank_size=2000)
 
 @dataclass(frozen=True)
 class PhotoStats:
-    """What the corrections need of each photo's bank scores, computed once: ``neighbours`` (n,) the mean
-    of its k best (csls), ``log_partition`` (n,) log sum exp(beta bank) (is, dis), ``activated`` (n,) bool:
-    the top photo of at least one bank caption among the photos these statistics were computed over."""
+    """What a correction needs of each photo's bank scores, computed once, only what its method reads
+    (the rest None): ``neighbours`` (n,) the mean of its k best (csls), ``log_partition`` (n,) log sum
+    exp(beta bank) (is, dis), ``activated`` (n,) bool: the top photo of at least one bank caption among
+    the photos these statistics were computed over (dis)."""
 
-    neighbours: np.ndarray
-    log_partition: np.ndarray
-    activated: np.ndarray
+    neighbours: np.ndarray | None = None
+    log_partition: np.ndarray | None = None
+    activated: np.ndarray | None = None
 
     def select(self, rows) -> PhotoStats:
         """The statistics of the photos ``rows`` (indices into the photos they were computed over)."""
-        return PhotoStats(self.neighbours[rows], self.log_partition[rows], self.activated[rows])
+        return PhotoStats(*(None if part is None else part[rows]
+                            for part in (self.neighbours, self.log_partition, self.activated)))
 
 
 def photo_stats(bank: np.ndarray, norm: Normalisation) -> PhotoStats:
-    """(n_photos, n_bank) bank scores -> the statistics ``normalise`` uses (the first ``bank_size`` columns)."""
-    bank = np.asarray(bank, dtype=np.float64)[:, : norm.bank_size or None]
-    k = min(norm.k, bank.shape[1])
-    neighbours = -np.sort(-bank, axis=1)[:, :k].mean(1) if k else np.zeros(len(bank))
-    scaled = norm.beta * bank
-    peak = scaled.max(1, keepdims=True) if bank.shape[1] else np.zeros((len(bank), 1))
-    log_partition = (peak[:, 0] + np.log(np.exp(scaled - peak).sum(1))) if bank.shape[1] else np.zeros(len(bank))
-    activated = np.zeros(len(bank), dtype=bool)
-    if bank.shape[1] and len(bank):
-        activated[np.unique(bank.argmax(0))] = True
-    return PhotoStats(neighbours, log_partition, activated)
+    """(n_photos, n_bank) bank scores -> the statistics ``normalise`` uses with ``norm`` (its first
+    ``bank_size`` columns)."""
+    bank = np.asarray(bank, dtype=np.float32)[:, : norm.bank_size or None]
+    n, width = bank.shape
+    if norm.method == "csls":
+        k = min(norm.k, width)
+        top = -np.partition(-bank, k - 1, axis=1)[:, :k] if k else np.zeros((n, 1))  # (n, k), unordered
+        return PhotoStats(neighbours=top.mean(1, dtype=np.float64))
+    if norm.method not in ("is", "dis"):
+        return PhotoStats()
+    scaled = norm.beta * bank.astype(np.float64)
+    peak = scaled.max(1, keepdims=True) if width else np.zeros((n, 1))
+    log_partition = peak[:, 0] + np.log(np.exp(scaled - peak).sum(1)) if width else np.zeros(n)
+    activated = None
+    if norm.method == "dis":
+        activated = np.zeros(n, dtype=bool)
+        if width and n:
+            activated[np.unique(bank.argmax(0))] = True
+    return PhotoStats(log_partition=log_partition, activated=activated)
 
 
 def normalise(scores: np.ndarray, stats: PhotoStats, norm: Normalisation) -> np.ndarray:

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from itm.data.caption_bank import caption_bank
 from itm.data.encode import encode_captions
 from itm.data.types import ImageFeatures
 from itm.data.word_report import WordReport
@@ -138,8 +137,7 @@ class Searcher:
         score, from the inner products of the photo's vector with the caption bank's."""
         if not len(self.vectors):
             return None
-        texts = [" ".join(tokens) for tokens in caption_bank(SHORTLIST_DEFAULT.bank_size)]
-        bank = self.models.caption_vectors(texts)  # (B, d)
+        bank = self.models.bank_vectors(SHORTLIST_DEFAULT.bank_size)  # (B, d)
         return np.concatenate([rank_offsets(photo_stats(self.vectors[s : s + chunk] @ bank.T, SHORTLIST_DEFAULT),
                                             SHORTLIST_DEFAULT) for s in range(0, len(self.vectors), chunk)])
 

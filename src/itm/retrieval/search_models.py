@@ -48,6 +48,7 @@ class SearchModels:
                           "rerank_model": recorded([file_sha1(p) for p in rerankers]),
                           "features": feature_key(self.shortlist)}
         # a model file re-saved with its weights untouched names the sha1s it had: indexes built with it open
+        self._bank_vectors: dict[int, np.ndarray] = {}  # bank size -> the shortlist's vectors of it
         loaded = zip([shortlist, *rerankers], [self.shortlist, *self.rerankers], strict=True)
         self._earlier = {old: file_sha1(path) for path, ckpt in loaded for old in ckpt.payload.get("earlier_sha1s", [])}
 
@@ -64,6 +65,15 @@ class SearchModels:
         from itm.data.caption_bank import bank_identity
 
         return bank_identity(INDEX_BANK_SIZE) if self.rerankers else None
+
+    def bank_vectors(self, size: int) -> np.ndarray:
+        """(size, d) the shortlist's vectors of the caption bank's first ``size`` captions (encoded once:
+        the shortlist's own hub correction compares every photo's vector with them)."""
+        if size not in self._bank_vectors:
+            from itm.data.caption_bank import caption_bank
+
+            self._bank_vectors[size] = self.caption_vectors([" ".join(tokens) for tokens in caption_bank(size)])
+        return self._bank_vectors[size]
 
     @torch.inference_mode()
     def bank_scores(self, features: ImageFeatures, progress: bool = False) -> list[np.ndarray]:
