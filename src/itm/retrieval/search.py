@@ -76,8 +76,9 @@ class Searcher:
     def __init__(self, index: str | Path, models: SearchModels | None = None, approximate_above: int = APPROXIMATE_ABOVE,
                  state_cache: int = 4096, device: torch.device | str | None = None, normalise: str = SEARCH_DEFAULT):
         """``device``: where the index's models are loaded when ``models`` is None (None: the CPU).
-        ``normalise``: the hubness correction of the re-rankers' scores (``itm.evaluation.hubness``;
-        "none": raw scores), from the photos' caption-bank scores the index holds."""
+        ``normalise``: the hubness correction of the re-rankers' scores (``itm.evaluation.hubness``),
+        from the photos' caption-bank scores the index holds; any method but "none" also corrects the
+        shortlist (``SHORTLIST_DEFAULT``); "none": raw scores in both stages."""
         self.store = IndexStore(index)
         if self.store.meta("root") is None:
             raise DataError(f"index {index}: empty or not an itm index (build it with itm index)")
