@@ -276,25 +276,32 @@ def test_an_index_opens_with_its_model_files_re_saved_with_their_earlier_sha1(fo
 
 
 def test_search_corrects_hub_photos_by_the_bank_scores_the_index_holds(folder, tmp_path, models):
-    """Each photo is scored against the caption bank at index time; search normalises the re-ranker's
-    scores by those statistics over the whole index (docs/search.md), exactly as the library's
-    ``normalise`` does, and --normalise none gives the raw scores."""
+    """Each photo is scored against its own bank (its nearest pool captions by the shortlist) at index
+    time; search normalises the re-ranker's scores by those statistics (docs/search.md), exactly as the
+    library's ``normalise`` does, and --normalise none gives the raw scores."""
+    from itm.data.encode import encode_captions
     from itm.evaluation.engine import score_all_pairs
-    from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT, normalise, photo_stats
-    from itm.pipeline import encoded_bank
-    from itm.retrieval.search_models import INDEX_BANK_SIZE
+    from itm.evaluation.hubness import SEARCH_DEFAULT, SEARCH_METHODS, normalise, photo_stats
+    from itm.pipeline import word_vectors
+    from itm.retrieval.search_models import BANK_NEIGHBOURS
 
     out = tmp_path / "idx"
     index_once(folder, out, models)
     store = IndexStore(out)
     corrected, raw = Searcher(out), Searcher(out, normalise="none")
-    assert corrected.notes == [] and corrected.normalisation == DEFAULTS[SEARCH_DEFAULT] != DEFAULTS["none"]
+    assert corrected.notes == [] and corrected.normalisation == SEARCH_METHODS[SEARCH_DEFAULT] != SEARCH_METHODS["none"]
     ckpt = corrected.models.reranker
     by_row = sorted(corrected.images, key=lambda sha1: corrected.images[sha1][1])  # every photo, in index rows
     features = corrected.feature_rows(by_row)
-    bank = score_all_pairs(ckpt.model, features, encoded_bank(ckpt.config, ckpt.vocab, INDEX_BANK_SIZE))
+    lists = corrected.models.own_banks(corrected.vectors, by_row)  # (5, m) pool indices
+    tokens = corrected.models.pool()[0]
+    used = sorted(set(lists.reshape(-1).tolist()))
+    part = [tokens[c] for c in used]
+    all_pairs = score_all_pairs(ckpt.model, features, encode_captions(part, ckpt.vocab, ckpt.config.data.max_words,
+                                                                      word_vectors(part, ckpt.config, False)))
+    bank = np.take_along_axis(all_pairs, np.searchsorted(used, lists), 1)  # each photo's own columns
     (stored,) = store.banks(corrected.models.bank_identity())
-    assert stored.shape == (5, INDEX_BANK_SIZE) and stored.dtype == np.float16
+    assert stored.shape == (5, BANK_NEIGHBOURS) and stored.dtype == np.float16
     np.testing.assert_allclose(stored, bank, rtol=1e-3, atol=2e-3)  # float16 on disk
     query = corrected.models.query_captions("a red square", ckpt)
     exact = score_all_pairs(ckpt.model, features, query)  # (5, 1)
@@ -317,6 +324,37 @@ def test_search_corrects_hub_photos_by_the_bank_scores_the_index_holds(folder, t
                                [expected_short[corrected.images[corrected.sha1_of_id[h.image_id]][1]] for h in short_hits],
                                rtol=1e-4, atol=1e-5)
     assert raw.shortlist_offsets is None
+
+
+def test_a_photos_own_bank_is_its_nearest_pool_captions_never_its_own(models):
+    """``own_banks`` against brute force over the whole pool; a photo whose sha1 is a pool caption's
+    photo (a Flickr8k train photo in a library) never gets its own captions in its bank."""
+    from itm.retrieval.search_models import BANK_NEIGHBOURS
+
+    search = SearchModels(*models)
+    _, photos, pool_vectors = search.pool()
+    rng = np.random.default_rng(0)
+    vectors = pool_vectors[[3, 500, 20000]] + 0.01 * rng.standard_normal((3, pool_vectors.shape[1])).astype(np.float32)
+    sha1s = ["f" * 40, photos[500] + "0" * 24, "e" * 40]  # the second is pool caption 500's photo
+    lists = search.own_banks(vectors, sha1s)
+    assert lists.shape == (3, BANK_NEIGHBOURS)
+    sims = vectors @ pool_vectors.T
+    own = np.flatnonzero(photos == photos[500])
+    assert len(own) == 5 and not set(own) & set(lists[1].tolist())
+    sims[1, own] = -np.inf
+    for i in range(3):  # the m best similarities, best first (a tied caption may stand in for another)
+        chosen = sims[i, lists[i]]
+        assert len(set(lists[i].tolist())) == BANK_NEIGHBOURS and (np.diff(chosen) <= 0).all()
+        np.testing.assert_array_equal(chosen, -np.sort(-sims[i])[:BANK_NEIGHBOURS])
+
+
+def test_search_refuses_a_fixed_bank_correction_in_one_line(folder, tmp_path, models):
+    out = tmp_path / "idx"
+    index_once(folder, out, models)
+    for method in ("is", "dis", "qb"):
+        with pytest.raises(ItmError, match="csls") as caught:
+            Searcher(out, normalise=method)
+        assert "\n" not in str(caught.value)
 
 
 def test_an_index_built_before_bank_scores_searches_raw_says_so_and_gets_them_on_update(folder, tmp_path, models):

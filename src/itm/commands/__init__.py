@@ -23,8 +23,8 @@ def add_scoring_set_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_normalise_argument(parser: argparse.ArgumentParser) -> None:
     """``--normalise``: search's hub-photo correction (``itm.evaluation.hubness``), on by default."""
-    from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT
+    from itm.evaluation.hubness import SEARCH_DEFAULT, SEARCH_METHODS
 
-    parser.add_argument("--normalise", choices=list(DEFAULTS), default=SEARCH_DEFAULT,
-                        help=f"correct the re-rankers' scores for hub photos by each photo's caption-bank scores "
-                             f"(default {SEARCH_DEFAULT}; none: raw scores; docs/search.md)")
+    parser.add_argument("--normalise", choices=list(SEARCH_METHODS), default=SEARCH_DEFAULT,
+                        help=f"correct the re-rankers' scores for hub photos by each photo's scores against its own "
+                             f"nearest captions (default {SEARCH_DEFAULT}; none: raw scores; docs/search.md)")

@@ -4,11 +4,15 @@ The hubness corrections (``itm.evaluation.hubness``) score every photo against t
 (at index time for search, per evaluation for ``itm eval --normalise``) to learn how readily the
 photo scores high for any caption. ``scripts/make_caption_bank.py`` wrote the file: one caption from
 each of 2,000 random train images, in drawn order, so its first N lines are a random bank of N.
+
+The caption *pool* is every train caption (30,000) with its photo's sha1 prefix: search draws each
+photo's own bank from it (the captions nearest the photo, ``itm.retrieval.search_models``).
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from itm.errors import ItmError
 from itm.features.cache import content_key
 
 BANK_NAME = "flickr8k_train"
+POOL_NAME = "flickr8k_train_pool"
 
 
 def bank_path() -> Path:
@@ -42,3 +47,32 @@ def caption_bank(size: int | None = None) -> list[list[str]]:
 def bank_identity(size: int) -> dict:
     """What an index records of the bank its statistics came from (a changed bank is scored again)."""
     return {"name": BANK_NAME, "size": size, "sha1": content_key(_bank_text().encode("utf-8"))}
+
+
+def pool_path() -> Path:
+    return Path(str(resources.files("itm") / "assets" / "caption_bank" / f"{POOL_NAME}.tsv.gz"))
+
+
+@functools.lru_cache(maxsize=1)
+def _pool_bytes() -> bytes:
+    path = pool_path()
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ItmError(f"caption pool {path}: unreadable ({exc}); reinstall itm") from None
+
+
+def caption_pool() -> tuple[list[list[str]], list[str]]:
+    """The pool's captions (token lists) and, for each, the first 16 hex digits of its photo's sha1."""
+    tokens, photos = [], []
+    for line in _pool_bytes().decode("utf-8").splitlines():
+        photo, _, text = line.partition("\t")
+        if text.strip():
+            tokens.append(text.split())
+            photos.append(photo)
+    return tokens, photos
+
+
+def pool_identity(neighbours: int) -> dict:
+    """What an index records of the per-photo banks: the pool and how many captions each photo gets."""
+    return {"name": POOL_NAME, "neighbours": neighbours, "sha1": content_key(_pool_bytes())}

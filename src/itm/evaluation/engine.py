@@ -168,3 +168,27 @@ def score_pairs_naive(model: Matcher, features: ImageFeatures, captions: Caption
             streams = features.streams(model.image_streams, slice(i, i + 1))
             out[n] = model({k: v.to(device) for k, v in streams.items()}, on_device(one, device)).score[0].item()
     return out
+
+
+@torch.inference_mode()
+def score_listed_pairs(model: Matcher, features: ImageFeatures, captions: Captions, lists: np.ndarray,
+                       image_chunk: int = 256) -> np.ndarray:
+    """(n_images, m) scores of each image against its own m captions: ``lists`` (n_images, m) indices
+    into ``captions`` (image i's row of the all-pairs matrix, those columns only). Only the captions
+    some list names are prepared, once; images are prepared ``image_chunk`` at a time."""
+    lists = np.asarray(lists, dtype=np.int64)
+    out = np.zeros(lists.shape, dtype=np.float32)
+    if not lists.size:
+        return out
+    device = model_device(model)
+    used, columns = np.unique(lists, return_inverse=True)  # columns: (n, m) positions in ``used``
+    columns = torch.from_numpy(columns.reshape(lists.shape)).to(device)
+    with eval_mode(model):
+        prepared = model.prepare_captions(on_device(captions.select(torch.from_numpy(used)), device))
+        for start in range(0, len(features), image_chunk):
+            streams = features.streams(model.image_streams, slice(start, start + image_chunk))
+            images = model.prepare_images({k: v.to(device) for k, v in streams.items()})
+            for i in range(len(streams[model.image_streams[0]])):
+                own = select_state(prepared, columns[start + i])
+                out[start + i] = model.score_block(select_state(images, slice(i, i + 1)), own)[0].float().cpu().numpy()
+    return out

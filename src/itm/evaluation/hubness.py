@@ -18,6 +18,11 @@ The corrections score each photo once against a fixed *bank* of captions that ar
   query whose raw top photo is in the *activation set* (photos that are the top hit of at least one bank
   caption); other queries keep their raw scores.
 
+A bank is either fixed (the first ``bank_size`` captions of the shipped bank, the same for every photo:
+what ``itm eval --normalise`` uses) or each photo's own (``neighbours``: the photo's m nearest captions
+of a 30,000-caption pool by the shortlist model, scored by the re-rankers: what search uses, since a
+fixed Flickr8k bank does not describe photos unlike Flickr8k's and inverts their correction).
+
 All functions here are pure: matrices in (photos as rows, queries as columns), matrices out.
 """
 
@@ -33,12 +38,14 @@ METHODS = ("none", "csls", "is", "dis")
 @dataclass(frozen=True)
 class Normalisation:
     """A method and its parameter: ``k`` (csls: the bank neighbours averaged) or ``beta`` (is, dis:
-    the inverse temperature); ``bank_size``: the bank's first captions used."""
+    the inverse temperature); ``bank_size``: the fixed bank's first captions used; ``neighbours``: each
+    photo's own bank of its m nearest pool captions instead (None: the fixed bank)."""
 
     method: str = "none"
     beta: float = 20.0
     k: int = 10
     bank_size: int | None = None
+    neighbours: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -47,10 +54,13 @@ class Normalisation:
     def label(self) -> str:
         parameter = {"csls": f" k={self.k}", "is": f" beta={self.beta:g}", "dis": f" beta={self.beta:g}"}
         bank = f", bank {self.bank_size}" if self.bank_size else ""
+        if self.neighbours:
+            bank = f", each photo's {self.neighbours} nearest pool captions"
         return f"{self.method}{parameter.get(self.method, '')}{bank}"
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "beta": self.beta, "k": self.k, "bank_size": self.bank_size}
+        return {"method": self.method, "beta": self.beta, "k": self.k, "bank_size": self.bank_size,
+                "neighbours": self.neighbours}
 
 
 # each method's parameters, chosen on the dev sets (Flickr8k val and coco_boxes_dev, never test) among
@@ -58,7 +68,12 @@ class Normalisation:
 # results/hubness/dev_grid.json, docs/results/search.md "Hub photos")
 DEFAULTS = {"none": Normalisation(), "csls": Normalisation("csls", k=10, bank_size=500),
             "is": Normalisation("is", beta=10.0, bank_size=500), "dis": Normalisation("dis", beta=10.0, bank_size=500)}
-SEARCH_DEFAULT = "is"  # what search applies unless told not to: the largest mean R@1 on the dev sets
+# search's corrections, on each photo's own bank (its nearest pool captions): chosen on the same dev sets by
+# the same rule (scripts/hubness_dev.py --stage neighbours, results/hubness/dev_grid_neighbours.json); inverted
+# softmax over a photo's own nearest captions over-corrects (N10 skewness above 9 on Flickr8k val), so search
+# offers csls alone; "none": raw scores
+SEARCH_METHODS = {"none": Normalisation(), "csls": Normalisation("csls", k=10, neighbours=64)}
+SEARCH_DEFAULT = "csls"  # what search applies unless told not to
 # the shortlist's own correction (search applies it with any method but "none"): its bank scores are inner
 # products of vectors, free at any bank size; chosen by the shortlist's mean R@50 on the same dev sets
 # (scripts/hubness_dev.py --stage shortlist, results/hubness/dev_grid_shortlist.json)

@@ -6,10 +6,11 @@ An index is one folder:
   distinct photo content: image id, sha1, row in the vectors file) and ``meta`` (the folder indexed,
   the models' identity, the feature settings, the current vectors file);
 - ``vectors-<n>.npy``: the shortlist model's image vectors, float32, one row per image;
-- ``bank<m>-<n>.npy``: re-ranker m's scores of each image against the caption bank
-  (``itm.data.caption_bank``), float16, one row per image: the statistics search's hubness
-  correction normalises by (``itm.evaluation.hubness``). An index built before them opens without
-  the correction; the next update scores the bank for every photo it holds.
+- ``bank<m>-<n>.npy``: re-ranker m's scores of each image against its own bank, its nearest captions
+  of the caption pool (``itm.data.caption_bank``, ``SearchModels.own_banks``), float16, one row per
+  image: the statistics search's hubness correction normalises by (``itm.evaluation.hubness``). An
+  index built before them (or with another pool) opens without the correction; the next update
+  scores the banks of every photo it holds.
 
 Each update walks the folder, hashes only files whose size or mtime changed, reuses the vector of
 any content it already holds (a rename or a duplicate costs no extraction), extracts the rest through
@@ -38,7 +39,7 @@ from itm.features.cache import content_key
 INDEX_FORMAT = 1
 APPROXIMATE_ABOVE = 100_000  # photos; an exact inner-product search up to here, HNSW above
 HNSW_EF_SEARCH = 128
-BANK_CHUNK = 512  # photos scored against the caption bank at a time when an older index gets its statistics
+BANK_CHUNK = 512  # photos scored against their banks at a time when an older index gets its statistics
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -329,8 +330,8 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
         plan.skipped += extraction.skipped
         if len(kept):
             vectors = models.image_vectors(features)  # (n, d)
-            banks = models.bank_scores(features, progress)  # per re-ranker: (n, n_bank)
             sha1_of = {path: sha1 for sha1, path in firsts.items()}
+            banks = models.bank_scores(features, vectors, [sha1_of[r.filename] for r in kept.images])  # (n, m) each
             for i, (record, vector) in enumerate(zip(kept.images, vectors, strict=True)):
                 new_vectors[sha1_of[record.filename]] = vector
                 new_banks[sha1_of[record.filename]] = [bank[i] for bank in banks]
@@ -370,7 +371,7 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
         files.append((path, state.size, state.mtime_ns, None, "skipped", reason))
     dim = models.vector_dim()
     vectors = np.stack(vector_rows) if vector_rows else np.zeros((0, dim), dtype=np.float32)
-    banks = bank_arrays(models, [sha1 for _, sha1 in rows], new_banks, store_cache_dir, progress)
+    banks = bank_arrays(models, [sha1 for _, sha1 in rows], vectors, new_banks, store_cache_dir)
     store.commit(files, rows, vectors, {"root": str(root), "identity": models.identity(),
                                         "checkpoints": models.paths, "cache_dir": store_cache_dir,
                                         "bank": models.bank_identity()}, banks)
@@ -379,16 +380,19 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
     return report
 
 
-def bank_arrays(models, sha1s: list[str], rows: dict[str, list[np.ndarray]], cache_dir, progress: bool) -> list[np.ndarray]:
-    """Each re-ranker's (len(sha1s), n_bank) bank scores in ``sha1s``' order: ``rows`` where it has them,
-    the rest (photos an index held before it had bank scores) scored now from the feature cache."""
+def bank_arrays(models, sha1s: list[str], vectors: np.ndarray, rows: dict[str, list[np.ndarray]],
+                cache_dir) -> list[np.ndarray]:
+    """Each re-ranker's (len(sha1s), m) scores of the photos against their own banks, in ``sha1s``' order
+    (``vectors``: their shortlist vectors, same order): ``rows`` where it has them, the rest (photos an
+    index held before it had these banks) scored now from the feature cache."""
     if not models.rerankers:
         return []
+    position = {sha1: i for i, sha1 in enumerate(sha1s)}
     missing = [sha1 for sha1 in sha1s if sha1 not in rows]
     cached, rows = CachedFeatures(cache_dir), dict(rows)
     for start in range(0, len(missing), BANK_CHUNK):  # a few hundred photos' features in memory at a time
         part = missing[start : start + BANK_CHUNK]
-        scored = models.bank_scores(cached.rows(part), progress)
+        scored = models.bank_scores(cached.rows(part), vectors[[position[sha1] for sha1 in part]], part)
         rows.update({sha1: [bank[i] for bank in scored] for i, sha1 in enumerate(part)})
     if not sha1s:
         return [np.zeros((0, 0), np.float16) for _ in models.rerankers]

@@ -25,6 +25,7 @@ from itm.evaluation.evaluate import combine_scores
 from itm.evaluation.hubness import (
     DEFAULTS,
     SEARCH_DEFAULT,
+    SEARCH_METHODS,
     SHORTLIST_DEFAULT,
     Normalisation,
     PhotoStats,
@@ -110,16 +111,17 @@ class Searcher:
 
     def hub_correction(self, method: str) -> tuple[Normalisation, list[PhotoStats] | None, list[str]]:
         """(the correction, each re-ranker's photo statistics by index row or None, notes for the user)."""
-        if method not in DEFAULTS:
-            raise ItmError(f"normalise: one of {', '.join(DEFAULTS)}, got {method!r}")
-        norm = DEFAULTS[method]
+        if method not in SEARCH_METHODS:
+            raise ItmError(f"normalise: search corrects with one of {', '.join(SEARCH_METHODS)}, got {method!r}"
+                           + (" (a fixed-bank method: itm eval --normalise)" if method in DEFAULTS else ""))
+        norm = SEARCH_METHODS[method]
         if norm.method == "none" or not self.models.rerankers:
             return norm, None, []
         banks = self.store.banks(self.models.bank_identity())
         if banks is None:
-            return norm, None, [f"index {self.store.folder} holds no caption-bank scores (built before them): "
-                                "its hub photos are not corrected; run itm index on it again to add them "
-                                "(only the bank is scored)"]
+            return norm, None, [f"index {self.store.folder} holds no scores of its photos' own caption banks "
+                                "(built before them): its hub photos are not corrected; run itm index on it "
+                                "again to add them (only the banks are scored)"]
         return norm, [photo_stats(bank, norm) for bank in banks], []
 
     @torch.inference_mode()

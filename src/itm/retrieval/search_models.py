@@ -15,13 +15,14 @@ from itm.data.types import Captions, ImageFeatures
 from itm.data.word_report import WordReport
 from itm.devices import as_device, on_device
 from itm.errors import ItmError
-from itm.evaluation.hubness import DEFAULTS, SEARCH_DEFAULT
+from itm.evaluation.hubness import SEARCH_DEFAULT, SEARCH_METHODS
 from itm.features.cache import content_key
 from itm.shipped import portable_path
 
 MAX_QUERY_CHARS = 500
-# the caption-bank captions each indexed photo is scored against: the size search's default correction uses
-INDEX_BANK_SIZE = DEFAULTS[SEARCH_DEFAULT].bank_size
+_POOL_VECTORS: dict[str, np.ndarray] = {}  # shortlist model sha1 -> its vectors of the caption pool
+# how many captions of its own each indexed photo is scored against (its nearest in the caption pool)
+BANK_NEIGHBOURS = SEARCH_METHODS[SEARCH_DEFAULT].neighbours
 
 
 class SearchModels:
@@ -49,6 +50,7 @@ class SearchModels:
                           "features": feature_key(self.shortlist)}
         # a model file re-saved with its weights untouched names the sha1s it had: indexes built with it open
         self._bank_vectors: dict[int, np.ndarray] = {}  # bank size -> the shortlist's vectors of it
+        self._pool: tuple[list[list[str]], np.ndarray, np.ndarray] | None = None  # tokens, photo keys, vectors
         loaded = zip([shortlist, *rerankers], [self.shortlist, *self.rerankers], strict=True)
         self._earlier = {old: file_sha1(path) for path, ckpt in loaded for old in ckpt.payload.get("earlier_sha1s", [])}
 
@@ -61,10 +63,10 @@ class SearchModels:
         return dict(self._identity)
 
     def bank_identity(self) -> dict | None:
-        """The caption bank the re-rankers' photo statistics come from (None without a re-ranker)."""
-        from itm.data.caption_bank import bank_identity
+        """The caption pool the photos' own banks come from (None without a re-ranker)."""
+        from itm.data.caption_bank import pool_identity
 
-        return bank_identity(INDEX_BANK_SIZE) if self.rerankers else None
+        return pool_identity(BANK_NEIGHBOURS) if self.rerankers else None
 
     def bank_vectors(self, size: int) -> np.ndarray:
         """(size, d) the shortlist's vectors of the caption bank's first ``size`` captions (encoded once:
@@ -75,17 +77,53 @@ class SearchModels:
             self._bank_vectors[size] = self.caption_vectors([" ".join(tokens) for tokens in caption_bank(size)])
         return self._bank_vectors[size]
 
-    @torch.inference_mode()
-    def bank_scores(self, features: ImageFeatures, progress: bool = False) -> list[np.ndarray]:
-        """Each re-ranker's (n, INDEX_BANK_SIZE) scores of these photos against the caption bank."""
-        from itm.evaluation.engine import score_all_pairs
-        from itm.pipeline import encoded_bank
+    def pool(self) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+        """The caption pool: token lists, (P,) photo sha1 prefixes, (P, d) shortlist vectors (encoded once)."""
+        if self._pool is None:
+            from itm.data.caption_bank import caption_pool
 
+            tokens, photos = caption_pool()
+            key = self._identity["shortlist_model"]  # the same model file encodes the pool the same way
+            if key not in _POOL_VECTORS:
+                _POOL_VECTORS.clear()  # one pool's vectors kept (30,000 x d floats)
+                _POOL_VECTORS[key] = self.caption_vectors([" ".join(t) for t in tokens])
+            self._pool = tokens, np.asarray(photos), _POOL_VECTORS[key]
+        return self._pool
+
+    def own_banks(self, vectors: np.ndarray, sha1s: list[str], chunk: int = 1024) -> np.ndarray:
+        """(n, BANK_NEIGHBOURS) pool indices: each photo's nearest pool captions by the shortlist (its
+        shortlist vector ``vectors[i]``), never captions of the photo itself (``sha1s[i]``), best first."""
+        _, photos, pool_vectors = self.pool()
+        m = BANK_NEIGHBOURS
+        out = np.zeros((len(vectors), m), dtype=np.int64)
+        for start in range(0, len(vectors), chunk):
+            sims = vectors[start : start + chunk] @ pool_vectors.T  # (c, P)
+            own = photos[None, :] == np.asarray([s[:16] for s in sha1s[start : start + chunk]])[:, None]
+            sims[own] = -np.inf
+            top = np.argpartition(-sims, m - 1, axis=1)[:, :m]
+            order = np.argsort(-np.take_along_axis(sims, top, 1), axis=1, kind="stable")
+            out[start : start + chunk] = np.take_along_axis(top, order, 1)
+        return out
+
+    @torch.inference_mode()
+    def bank_scores(self, features: ImageFeatures, vectors: np.ndarray, sha1s: list[str]) -> list[np.ndarray]:
+        """Each re-ranker's (n, BANK_NEIGHBOURS) scores of these photos (shortlist ``vectors``, content
+        ``sha1s``) against their own banks (``own_banks``)."""
+        from itm.evaluation.engine import score_listed_pairs
+        from itm.pipeline import word_vectors
+
+        if not self.rerankers:
+            return []
+        lists = self.own_banks(vectors, sha1s)
+        tokens = self.pool()[0]
+        used = np.unique(lists)
+        pool_part = [tokens[c] for c in used]  # only the captions some photo's bank names are encoded
+        columns = np.searchsorted(used, lists)
         scores = []
         for ckpt in self.rerankers:
-            bank = encoded_bank(ckpt.config, ckpt.vocab, INDEX_BANK_SIZE)
-            scores.append(score_all_pairs(ckpt.model.eval(), features, bank, ckpt.config.eval.memory_budget_mb,
-                                          ckpt.config.eval.caption_tile, progress=progress))
+            captions = encode_captions(pool_part, ckpt.vocab, ckpt.config.data.max_words,
+                                       word_vectors(pool_part, ckpt.config, progress=False))
+            scores.append(score_listed_pairs(ckpt.model.eval(), features, captions, columns))
         return scores
 
     def earlier_sha1s(self) -> dict[str, str]:
