@@ -119,6 +119,22 @@ def test_tiny_budget_gives_one_image_tiles():
     assert roomy.caption_tile == len(LENGTHS)
 
 
+def test_tiles_are_sized_to_the_cache_not_to_the_budget(monkeypatch):
+    """A roomy budget no longer makes tiles of the budget's size: a tile's per-pair bytes stay within
+    ``CACHE_TILE_BYTES`` (at least one image a tile), and a model whose pairs need many floats gets
+    at most ``CACHE_CAPTION_TILE`` captions a tile; the cached plan still scores exactly."""
+    model, features, captions, naive = reference(EXAMPLE)
+    probe = model.prepare_images(features.streams(model.image_streams, slice(0, 1)))
+    pair_bytes = model.pair_bytes(probe, int(captions.lengths.max()))
+    monkeypatch.setattr(engine, "CACHE_CAPTION_TILE", 4)
+    monkeypatch.setattr(engine, "CACHE_TILE_BYTES", 2 * 4 * pair_bytes)  # two images of four captions
+    plan = plan_tiles(model, features, captions, memory_budget_mb=1024, caption_tile=512)
+    assert (plan.image_chunk, plan.caption_tile, plan.image_tile) == (N_IMAGES, 4, 2)
+    np.testing.assert_allclose(score_all_pairs(model, features, captions), naive, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(engine, "CACHE_TILE_BYTES", 10**12)  # everything fits: the caller's tile stands
+    assert plan_tiles(model, features, captions, 1024, 512).caption_tile == len(LENGTHS)
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_caption_order_is_the_callers(name):
     model, features, captions, naive = reference(name)

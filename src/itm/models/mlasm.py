@@ -251,18 +251,36 @@ class MLASM(Matcher):
         return state
 
     def score_block(self, images: State, captions: State, parts: bool = False):
-        """(Ni, Nc) fused scores; ``parts``: with the "local" and "global" blocks. The global per pair."""
-        w = captions["w"]
-        mask = length_mask(captions["lengths"], w.shape[1])  # (Nc, L)
-        s = torch.einsum("ird,cld->icrl", images["v"], w)  # (Ni, Nc, R, L)
-        alpha, beta = self.attention(s, mask[None])
+        """(Ni, Nc) fused scores; ``parts``: with the "local" and "global" blocks. The global per pair.
+
+        Laid out for the CPU: the affinities come from one matrix product in (i, r, c, l) order and stay
+        in it (no permuted copies); each softmax is exp and a sum, since its logits are bounded by its
+        lambda (p over its norm lies in [-1, 1]), so no maximum needs subtracting."""
+        v, w = images["v"], captions["w"]  # (Ni, R, D), (Nc, L, D)
+        (ni, r, d), (nc, steps) = v.shape, w.shape[:2]
+        mask = length_mask(captions["lengths"], steps)  # (Nc, L)
+        s = (v.reshape(ni * r, d) @ w.reshape(nc * steps, d).t()).view(ni, r, nc, steps)  # (i, r, c, l)
+        p = F.leaky_relu(s, self.config.leaky_slope)  # padded words: s = 0 -> 0
+        # alpha: words over regions, softmax_r of lambda_t2i p / |p| across words; padded columns are
+        # uniform here, and every use below masks them
+        alpha = torch.mul(p, self.config.lambda_t2i / (torch.linalg.vector_norm(p, dim=3, keepdim=True) + EPS)).exp_()
+        alpha = alpha / alpha.sum(1, keepdim=True)
+        # beta: regions over the real words, softmax_l of lambda_i2t p / |p| across regions
+        no_word = torch.zeros(nc, steps, dtype=s.dtype, device=s.device).masked_fill_(~mask, float("-inf"))
+        beta = torch.addcmul(no_word, p, self.config.lambda_i2t /
+                             (torch.linalg.vector_norm(p, dim=1, keepdim=True) + EPS)).exp_()
+        beta = beta / beta.sum(3, keepdim=True)
         n_words = mask.sum(-1)  # (Nc,)
-        a_norm2 = torch.einsum("icrl,irs,icsl->icl", alpha, images["gram"], alpha)  # |a_t|^2
+        # |a_t|^2 = alpha_t^T (V V^T) alpha_t, one product per image; |w_t| = 1
+        gram_alpha = torch.bmm(images["gram"], alpha.view(ni, r, nc * steps)).view(ni, r, nc, steps)
+        a_norm = (gram_alpha * alpha).sum(1).clamp_min(EPS * EPS).sqrt()  # (Ni, Nc, L)
         # clamped before the root: a padded word's a_t is 0, and sqrt has no finite gradient at 0
-        t2i_cos = (alpha * s).sum(-2) / a_norm2.clamp_min(EPS * EPS).sqrt()  # (Ni, Nc, L); |w_t| = 1
-        t2i = (t2i_cos * mask[None]).sum(-1) / n_words[None]
-        b_norm2 = torch.einsum("icrl,clm,icrm->icr", beta, captions["gram"], beta)  # |b_r|^2
-        i2t = ((beta * s).sum(-1) / b_norm2.clamp_min(EPS * EPS).sqrt()).mean(-1)  # (Ni, Nc); |v_r| = 1
+        t2i = ((alpha * s).sum(1) / a_norm * mask).sum(-1) / n_words  # (Ni, Nc)
+        # |b_r|^2 = beta_r^T (W W^T) beta_r, one product per caption; |v_r| = 1
+        beta_by_caption = beta.permute(2, 0, 1, 3).reshape(nc, ni * r, steps)  # (Nc, Ni*R, L)
+        b_norm2 = (torch.bmm(beta_by_caption, captions["gram"]) * beta_by_caption).sum(-1)  # (Nc, Ni*R)
+        b_norm = b_norm2.view(nc, ni, r).permute(1, 2, 0).clamp_min(EPS * EPS).sqrt()  # (Ni, R, Nc)
+        i2t = ((beta * s).sum(3) / b_norm).mean(1)  # (Ni, Nc)
         scores = {"local": (t2i + i2t) / 2}
         if self.has_global:
             scores["global"] = self.global_block(images, captions, alpha, beta, mask)
@@ -270,10 +288,11 @@ class MLASM(Matcher):
         return {TOTAL: total, **scores} if parts else total
 
     def global_block(self, images: State, captions: State, alpha, beta, mask) -> torch.Tensor:
+        """S_global of every pair from ``score_block``'s (i, r, c, l) attention."""
         if "e_img" in images:
             return images["e_img"] @ captions["e_txt"].t()  # (Ni, Nc)
-        alpha_bar = alpha.sum(-1) / mask.sum(-1)[None, :, None]  # (Ni, Nc, R): mean over the real words
-        beta_bar = beta.mean(-2)  # (Ni, Nc, L): mean over the regions
+        alpha_bar = (alpha * mask).sum(3).transpose(1, 2) / mask.sum(-1)[None, :, None]  # (Ni, Nc, R): real words
+        beta_bar = beta.mean(1)  # (Ni, Nc, L): mean over the regions
         h = torch.einsum("icr,ird->icd", alpha_bar, images["context"]) + self.context_fc.bias  # W_ai c_img + b
         tau = torch.sigmoid(images["gate_whole"][:, None] + torch.einsum("icr,ird->icd", alpha_bar,
                                                                          images["gate_context"]))
