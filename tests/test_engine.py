@@ -260,3 +260,27 @@ def test_ensemble_refuses_members_of_different_data():
     fewer = features.select(torch.arange(N_IMAGES - 1))
     with pytest.raises(ValueError, match="different"):
         evaluate_ensemble([Member(model, features, captions), Member(model, fewer, captions)], OWNER)
+
+
+def test_bounded_exp_is_a_softmax_numerator_even_past_the_overflow_bound():
+    """``bounded_exp_``: exp without a maximum within the bound, and with it beyond (exp(200)
+    overflows float32): normalised along ``dim``, both equal the softmax."""
+    from itm.models.base import EXP_SAFE_BOUND, bounded_exp_
+
+    gen = torch.Generator().manual_seed(0)
+    for bound in (9.0, 200.0):
+        logits = bound * (2 * torch.rand(3, 5, 4, generator=gen) - 1)
+        for dim in (1, 2):
+            e = bounded_exp_(logits.clone(), bound, dim)
+            assert torch.isfinite(e).all() and bool(bound > EXP_SAFE_BOUND) == bool(e.max() <= 1)
+            torch.testing.assert_close(e / e.sum(dim, keepdim=True), torch.softmax(logits, dim))
+
+
+@pytest.mark.parametrize("name,override", [("caan", "model.temperature=200"), ("mlasm", "model.lambda_t2i=120")])
+def test_sharp_attention_past_the_exp_bound_still_equals_one_pair_at_a_time(name, override):
+    """A temperature beyond ``EXP_SAFE_BOUND`` takes the models' max-subtracting path, still exact."""
+    model, _ = tiny_model(name, override)
+    features, captions = make_data()
+    pairs = [(i, c) for i in range(len(features)) for c in range(len(captions))]
+    naive = score_pairs_naive(model, features, captions, pairs).reshape(len(features), len(captions))
+    np.testing.assert_allclose(score_all_pairs(model, features, captions), naive, rtol=1e-4, atol=1e-4)

@@ -144,11 +144,12 @@ def lstm_step(gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: 
 
 
 def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
-    """LSTM over precomputed input gates (N, L, 4H) from a zero state; the state at each row's last
-    real step (N, H). Rows past their length keep stepping (their extra states are never read):
-    the engine sorts captions by length, so a tile's lengths are nearly equal and little is wasted,
-    while masking each step or regrouping rows would cost a full pass over the state per step."""
-    n, steps, _ = gates.shape
+    """LSTM over precomputed input gates (L, N, 4H), time first so that each step reads one contiguous
+    block, from a zero state; the state at each row's last real step (N, H). Rows past their length
+    keep stepping (their extra states are never read): the engine sorts captions by length, so a
+    tile's lengths are nearly equal and little is wasted, while masking each step or regrouping rows
+    would cost a full pass over the state per step."""
+    steps, n, _ = gates.shape
     w_hh_t = w_hh.t()
     h = gates.new_zeros(n, w_hh.shape[1])
     c = torch.zeros_like(h)
@@ -156,7 +157,7 @@ def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tenso
     last = lengths - 1  # (N,)
     finishing = set(last.tolist())
     for k in range(steps):
-        h, c = lstm_step(gates[:, k], h, c, w_hh_t)
+        h, c = lstm_step(gates[k], h, c, w_hh_t)
         if k in finishing:
             h_last = torch.where((last == k)[:, None], h, h_last)
     return h_last
@@ -264,9 +265,14 @@ class W2R(nn.Module):
         if self.match_input:
             w_match = self.lstm.weight_ih_l0[:, -1]  # (4H,): the LSTM weights of the alignment input
             gates = gates + attended_alignment(alpha, align) * w_match
-        gates = gates.view(ni, nc, steps, -1) + word_gates[None]  # (Ni, Nc, L, 4H)
-        gates = gates.reshape(ni * nc, steps, -1)  # pairs as the batch dimension
-        h_last = run_recurrence(gates, lengths.repeat(ni), self.lstm.weight_hh_l0)  # (Ni*Nc, H)
+        # (L, Ni, Nc, 4H): time first, pairs as the batch dimension, written once in that order (out= has
+        # no gradient: in training the sum is laid out by a copy instead)
+        by_step_parts = gates.view(ni, nc, steps, -1).permute(2, 0, 1, 3), word_gates.transpose(0, 1)[:, None]
+        if torch.is_grad_enabled() and (gates.requires_grad or word_gates.requires_grad):
+            by_step = torch.add(*by_step_parts).contiguous()
+        else:
+            by_step = torch.add(*by_step_parts, out=gates.new_empty(steps, ni, nc, gates.shape[-1]))
+        h_last = run_recurrence(by_step.view(steps, ni * nc, -1), lengths.repeat(ni), self.lstm.weight_hh_l0)  # (Ni*Nc, H)
         return run_mlp(self.linears, self.norms, h_last).view(ni, nc)
 
 
@@ -337,19 +343,25 @@ class O2W(nn.Module):
     def score_block(self, images: State, captions: State, lengths, uniform=None):
         keys, obj_first = images["o2w_keys"], images["o2w_first"]  # (Ni, P, Bh), (Ni, P, H1)
         states, ctx_first = captions["o2w_states"], captions["o2w_first"]  # (Nc, L, Bh), (Nc, L, H1)
-        ni, p, nc = keys.shape[0], keys.shape[1], states.shape[0]
-        mask = length_mask(lengths, states.shape[1])[None, :, None, :]  # (1, Nc, 1, L)
-        align = torch.tanh(torch.einsum("ipb,clb->icpl", keys, states) + self.bias)  # (Ni, Nc, P, L)
-        beta = masked_softmax(self.scale * align, mask)
-        if uniform is not None:
-            beta = torch.where(uniform[:, :, None, None], uniform_like(beta, mask), beta)
+        (ni, p, width), (nc, steps) = keys.shape, states.shape[:2]
+        # laid out (Nc, L, Ni*P), caption first: one GEMM gives the alignments in that order, the context
+        # product is one GEMM per caption (beta transposed as a stride, not a copy), and the large (.., H1)
+        # tensors are written once, in the order the MLP reads them
+        products = states.reshape(nc * steps, width) @ keys.reshape(ni * p, width).t()  # (Nc*L, Ni*P)
+        align = torch.tanh(products.view(nc, steps, ni * p) + self.bias)  # (Nc, L, Ni*P)
+        mask = length_mask(lengths, steps)[:, :, None]  # (Nc, L, 1)
+        beta = torch.softmax((self.scale * align).masked_fill(~mask, float("-inf")), dim=1)  # over the real words
+        if uniform is not None:  # (Ni, Nc): eq. 8's training negatives attend uniformly over the real words
+            real = mask.to(beta.dtype)
+            negative = uniform.t().repeat_interleave(p, dim=1)[:, None, :]  # (Nc, 1, Ni*P)
+            beta = torch.where(negative, real / real.sum(1, keepdim=True), beta)
         # first MLP layer of [o_j ; sum_k beta_jk s_k] = object part + beta @ (per-caption context part)
-        first = obj_first[:, None] + torch.einsum("icpl,clh->icph", beta, ctx_first)  # (Ni, Nc, P, H1)
+        first = torch.baddbmm(obj_first.reshape(1, ni * p, -1), beta.transpose(1, 2), ctx_first)  # (Nc, Ni*P, H1)
         if self.match_input:
             _, _, w_match = self._first_layer_parts()  # (H1, 1)
-            first = first + attended_alignment(beta, align) * w_match[:, 0]
-        per_object = run_mlp(self.linears, self.norms, first.reshape(ni * nc * p, -1), start=1)
-        return per_object.view(ni, nc, p).mean(dim=-1)  # (Ni, Nc)
+            first = first + (beta * align).sum(1)[..., None] * w_match[:, 0]
+        per_object = run_mlp(self.linears, self.norms, first.reshape(nc * ni * p, -1), start=1)
+        return per_object.view(nc, ni, p).mean(dim=-1).t()  # (Ni, Nc)
 
 
 class BSSAN(Matcher):

@@ -33,6 +33,7 @@ from itm.config_base import ModelConfig, check_fields
 from itm.data.types import Captions
 from itm.models.base import (
     EPS,
+    EXP_SAFE_BOUND,
     AttentionSpec,
     ImageStreams,
     InputDims,
@@ -40,6 +41,7 @@ from itm.models.base import (
     PairScores,
     State,
     WordEmbedder,
+    bounded_exp_,
     l2norm,
     length_mask,
     with_total,
@@ -212,9 +214,15 @@ class CAAN(Matcher):
         nc, steps, d = captions["u"].shape
         lam = self.config.temperature
         h = (captions["u"].reshape(nc * steps, d) @ image["v"].T).view(nc, steps, -1)  # (Nc, L, R)
-        logits = lam * h
-        w2r = torch.softmax(logits, dim=-1) * mask[..., None]  # (Nc, L, R): each real word's row sums to 1
-        r2w = torch.softmax(logits.masked_fill(~mask[..., None], float("-inf")), dim=1)  # each region over words
+        if lam <= EXP_SAFE_BOUND:  # |h| <= 1 (unit vectors): one exp serves both softmaxes
+            e = bounded_exp_(lam * h, lam, -1)  # (Nc, L, R)
+            w2r = e / e.sum(-1, keepdim=True) * mask[..., None]  # each real word's row sums to 1 over R
+            e_real = e * mask[..., None]
+            r2w = e_real / e_real.sum(1, keepdim=True)  # each region over the real words
+        else:
+            logits = lam * h
+            w2r = torch.softmax(logits, dim=-1) * mask[..., None]
+            r2w = torch.softmax(logits.masked_fill(~mask[..., None], float("-inf")), dim=1)
         r2w_t = r2w.transpose(1, 2)  # (Nc, R, L) view
         region_terms = image["own"]  # (R, h)
         word_terms = captions["own"]  # (Nc, L, h)

@@ -45,6 +45,7 @@ from itm.models.base import (
     PairScores,
     State,
     WordEmbedder,
+    bounded_exp_,
     l2norm,
     length_mask,
 )
@@ -254,8 +255,8 @@ class MLASM(Matcher):
         """(Ni, Nc) fused scores; ``parts``: with the "local" and "global" blocks. The global per pair.
 
         Laid out for the CPU: the affinities come from one matrix product in (i, r, c, l) order and stay
-        in it (no permuted copies); each softmax is exp and a sum, since its logits are bounded by its
-        lambda (p over its norm lies in [-1, 1]), so no maximum needs subtracting."""
+        in it (no permuted copies); each softmax is exp and a sum (``bounded_exp_``), since its logits are
+        bounded by its lambda (p over its norm lies in [-1, 1])."""
         v, w = images["v"], captions["w"]  # (Ni, R, D), (Nc, L, D)
         (ni, r, d), (nc, steps) = v.shape, w.shape[:2]
         mask = length_mask(captions["lengths"], steps)  # (Nc, L)
@@ -263,12 +264,13 @@ class MLASM(Matcher):
         p = F.leaky_relu(s, self.config.leaky_slope)  # padded words: s = 0 -> 0
         # alpha: words over regions, softmax_r of lambda_t2i p / |p| across words; padded columns are
         # uniform here, and every use below masks them
-        alpha = torch.mul(p, self.config.lambda_t2i / (torch.linalg.vector_norm(p, dim=3, keepdim=True) + EPS)).exp_()
+        lam_t2i, lam_i2t = self.config.lambda_t2i, self.config.lambda_i2t
+        alpha = bounded_exp_(p * (lam_t2i / (torch.linalg.vector_norm(p, dim=3, keepdim=True) + EPS)), lam_t2i, 1)
         alpha = alpha / alpha.sum(1, keepdim=True)
         # beta: regions over the real words, softmax_l of lambda_i2t p / |p| across regions
         no_word = torch.zeros(nc, steps, dtype=s.dtype, device=s.device).masked_fill_(~mask, float("-inf"))
-        beta = torch.addcmul(no_word, p, self.config.lambda_i2t /
-                             (torch.linalg.vector_norm(p, dim=1, keepdim=True) + EPS)).exp_()
+        beta = bounded_exp_(torch.addcmul(no_word, p, lam_i2t / (torch.linalg.vector_norm(p, dim=1, keepdim=True) + EPS)),
+                            lam_i2t, 3)
         beta = beta / beta.sum(3, keepdim=True)
         n_words = mask.sum(-1)  # (Nc,)
         # |a_t|^2 = alpha_t^T (V V^T) alpha_t, one product per image; |w_t| = 1
