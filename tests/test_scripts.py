@@ -300,7 +300,8 @@ def test_library_search_measures_the_product_path_with_and_without_the_hub_corre
                          "--checkpoint", str(matcher), "--cost-photos", "2", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert (result["photos"], result["index_added"]) == (6, 6)  # every split's photos, not only the queries'
-    assert set(result["index_cost_per_photo"]) == {"extraction_ms", "vector_ms", "bank_ms", "bank_increase", "photos"}
+    assert set(result["index_cost_per_photo"]) == {"extraction_ms", "vector_ms", "bank_ms", "bank_increase", "photos",
+                                                   "pool_encoding_s_per_run"}
     queries = [(" ".join(t), im.filename) for im in dataset.split("test").images for t in im.tokens]
     for method in (SEARCH_DEFAULT, "none"):
         searcher = Searcher(tmp_path / "lib" / "index", normalise=method)
@@ -335,3 +336,15 @@ def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
     clock = iter(range(100))
     monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))  # each product: 1 "second"
     assert bench.matmul_gflops(torch.float32, n=64, repeats=3) == pytest.approx(2 * 64**3 / 1e9)
+
+
+def test_speedup_is_the_reference_time_over_the_current_one_per_config():
+    bench = load_script("speedup", "benchmarks")
+
+    def floor(score, train):
+        return {"models": {"m": {"score_us_per_pair": score, "train_us_per_pair": train, "score_x_floor": score / 10,
+                                 "train_x_floor": train / 30}}}
+
+    out = bench.speedups(floor(90.0, 300.0), floor(30.0, 200.0))
+    assert out == {"m": {"score": 3.0, "train": 1.5, "score_x_floor_now": 3.0, "train_x_floor_now": 200 / 30}}
+    assert bench.speedups(floor(90.0, 300.0), {"models": {}}) == {}  # a config the current tree lacks

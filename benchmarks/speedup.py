@@ -1,0 +1,103 @@
+"""Speed-ups against a reference commit, measured in one run: the same benchmarks on both trees.
+
+    python benchmarks/speedup.py --reference facf45c [--threads 1] [--json results/speedup.json]
+    python benchmarks/speedup.py --reference facf45c --skip-floor --eval-threads 2 \\
+        --eval "--checkpoint src/itm/assets/models/bssan.pt src/itm/assets/models/caan.pt \\
+                src/itm/assets/models/mlasm.pt --data ../shared/data/flickr8k --split test"
+
+The reference commit is checked out into a temporary git worktree. ``benchmarks/floor.py`` (scoring
+and training time per pair of every CPU config, the matmul rates) runs under the reference tree,
+then under this one, one after the other on the same machine; reported: each tree's figures and the
+speed-up (reference time / current time) per config. With ``--eval``, ``itm eval ARGS --json`` runs
+under each tree at ``--eval-threads`` (after one untimed warm-up run under this tree that fills the
+feature cache), timed wall-clock, with both trees' rsum beside it: the same model, so the rankings
+should agree to float tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _report import report
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def run_tree(tree: Path, argv: list[str], threads: int, cwd: Path) -> float:
+    """Run ``python argv`` with ``tree``'s ``src`` first on the path; its wall-clock seconds."""
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, *argv], cwd=cwd, env=env, check=True)
+    return time.perf_counter() - started
+
+
+def floor(tree: Path, threads: int, out: Path) -> dict:
+    run_tree(tree, [str(tree / "benchmarks" / "floor.py"), "--threads", str(threads), "--json", str(out)], threads,
+             tree / "benchmarks")
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def timed_eval(tree: Path, eval_args: list[str], threads: int, out: Path) -> dict:
+    seconds = run_tree(tree, ["-m", "itm", "eval", *eval_args, "--json", str(out)], threads, REPO)
+    result = json.loads(out.read_text(encoding="utf-8"))
+    return {"seconds": round(seconds, 1), "eval_seconds": result.get("seconds"), "rsum": result.get("rsum")}
+
+
+def speedups(reference: dict, current: dict) -> dict:
+    """Per config: reference / current time per pair, scoring and training."""
+    out = {}
+    for name, ref in reference["models"].items():
+        now = current["models"].get(name)
+        if now:
+            out[name] = {"score": round(ref["score_us_per_pair"] / now["score_us_per_pair"], 2),
+                         "train": round(ref["train_us_per_pair"] / now["train_us_per_pair"], 2),
+                         "score_x_floor_now": now["score_x_floor"], "train_x_floor_now": now["train_x_floor"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", required=True, help="the commit measured against")
+    parser.add_argument("--threads", type=int, default=1, help="floor.py's threads")
+    parser.add_argument("--skip-floor", action="store_true")
+    parser.add_argument("--eval", help="itm eval's arguments, one string: timed under each tree")
+    parser.add_argument("--eval-threads", type=int, default=2)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    commit = subprocess.run(["git", "rev-parse", args.reference], cwd=REPO, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    result = {"reference": commit, "threads": args.threads}
+    with tempfile.TemporaryDirectory(prefix="itm-reference-") as scratch:
+        tree = Path(scratch) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            if not args.skip_floor:
+                ref = floor(tree, args.threads, Path(scratch) / "ref_floor.json")
+                now = floor(REPO, args.threads, Path(scratch) / "now_floor.json")
+                result.update({"reference_floor": ref, "current_floor": now, "speedup": speedups(ref, now)})
+            if args.eval:
+                eval_args = shlex.split(args.eval)
+                run_tree(REPO, ["-m", "itm", "eval", *eval_args], args.eval_threads, REPO)  # warm-up: the cache
+                result["eval"] = {"args": args.eval, "threads": args.eval_threads,
+                                  "reference": timed_eval(tree, eval_args, args.eval_threads, Path(scratch) / "r.json"),
+                                  "current": timed_eval(REPO, eval_args, args.eval_threads, Path(scratch) / "c.json")}
+                result["eval"]["speedup"] = round(result["eval"]["reference"]["seconds"] /
+                                                  result["eval"]["current"]["seconds"], 2)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False,
+                           capture_output=True)
+    return report(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
