@@ -61,8 +61,8 @@ def _per_item_bytes(state: State) -> int:
 def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
                memory_budget_mb: float = 1024, caption_tile: int = 512, max_image_chunk: int = 128) -> TilePlan:
     """Tile sizes that keep prepared states within the budget and one tile's per-pair tensors near the
-    cache (``CACHE_TILE_BYTES``; ``caption_tile`` captions at most, ``CACHE_CAPTION_TILE`` for a model
-    whose pairs need more than a few floats). Image chunks hold at most ``max_image_chunk`` images:
+    cache on the CPU (``CACHE_TILE_BYTES``; ``caption_tile`` captions at most, ``CACHE_CAPTION_TILE``
+    for a model whose pairs need more than a few floats; on a GPU, the budget's). Image chunks hold at most ``max_image_chunk`` images:
     they are the unit processes share under torchrun, so one process and several compute every chunk
     with the same shapes (exact results)."""
     budget = int(memory_budget_mb * 2**20)  # fractional megabytes allowed (tiny budgets in tests)
@@ -73,10 +73,11 @@ def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
     image_chunk = max(1, min(len(features), max_image_chunk, (budget // 2) // max(image_bytes, 1)))
     steps = int(captions.lengths.max())
     pair_bytes = model.pair_bytes(probe_images, steps)
-    if pair_bytes * CACHE_CAPTION_TILE * image_chunk > CACHE_TILE_BYTES:  # a full chunk's pairs overflow it
+    on_cpu = device.type == "cpu"  # a GPU wants large tiles: the cache sizes are the CPU's
+    if on_cpu and pair_bytes * CACHE_CAPTION_TILE * image_chunk > CACHE_TILE_BYTES:  # a chunk's pairs overflow it
         caption_tile = min(caption_tile, CACHE_CAPTION_TILE)
     caption_tile = max(1, min(caption_tile, len(captions)))
-    tile_bytes = min(budget // 2, CACHE_TILE_BYTES)
+    tile_bytes = min(budget // 2, CACHE_TILE_BYTES) if on_cpu else budget // 2
     image_tile = max(1, min(image_chunk, tile_bytes // max(pair_bytes * caption_tile, 1)))
     return TilePlan(image_chunk, caption_tile, image_tile)
 
