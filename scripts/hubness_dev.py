@@ -139,7 +139,7 @@ def neighbours_grid(args, checkpoints: list[str], sets: dict) -> dict:
         banks = own_bank_matrices(checkpoints, args.shortlist, folder, split, args.neighbours, Path(args.cache))
         data[label] = ([q for q, _, _ in matrices], banks, matrices[0][2])
     norms = [Normalisation("none")]
-    for m in (16, 32, 64):
+    for m in (16, 32, 48, 64):
         if m <= args.neighbours:
             norms += [Normalisation("csls", k=k, neighbours=m) for k in (5, 10)]
             norms += [Normalisation("is", beta=beta, neighbours=m) for beta in (10.0, 20.0)]
@@ -151,12 +151,15 @@ def neighbours_grid(args, checkpoints: list[str], sets: dict) -> dict:
             row[label] = evaluate(norm, list(zip(queries, own, strict=True)), owner)
         summarise(row, sets)
         rows.append(row)
-    best = max(rows, key=lambda r: r["mean_t2i_r1"])
-    print(f"best by mean R@1: {best['label']}")
+    affordable = [r for r in rows if (r["normalisation"]["neighbours"] or 0) <= args.max_neighbours]
+    best = max(affordable, key=lambda r: r["mean_t2i_r1"])
+    print(f"best by mean R@1 with at most {args.max_neighbours} captions a photo: {best['label']}; without the bound: "
+          f"{max(rows, key=lambda r: r['mean_t2i_r1'])['label']}")
     return {"checkpoints": checkpoints, "shortlist": args.shortlist, "sets": {k: list(v) for k, v in sets.items()},
-            "rows": rows, "best": best["label"],
-            "chosen_by": "the largest mean text -> photo R@1 over the two dev sets (any m: 64 captions x 3 re-rankers "
-                         "a photo cost well under the +50% index-time bound)",
+            "rows": rows, "best": best["label"], "best_unconstrained": max(rows, key=lambda r: r["mean_t2i_r1"])["label"],
+            "chosen_by": f"the largest mean text -> photo R@1 over the two dev sets among own banks of at most "
+                         f"{args.max_neighbours} captions (the largest whose scoring keeps a photo's index time within "
+                         "+50%: benchmarks/library_search.py's index cost, 64 photos: +45% at 48, +53-58% at 64)",
             "command": "python scripts/hubness_dev.py --stage neighbours --flickr8k ../shared/data/flickr8k --coco "
                        "../shared/data/coco_boxes_dev --json results/hubness/dev_grid_neighbours.json"}
 
@@ -189,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="which stage's scores are corrected: the re-rankers' on the fixed bank (default), the "
                              "shortlist's, or the re-rankers' on each photo's own bank (search's)")
     parser.add_argument("--neighbours", type=int, default=64, help="--stage neighbours: the largest own bank")
+    parser.add_argument("--max-neighbours", type=int, default=48,
+                        help="--stage neighbours: the largest own bank search can afford")
     parser.add_argument("--shortlist", default=search_checkpoints(None, None)[0], help="the shortlist checkpoint")
     parser.add_argument("--json")
     args = parser.parse_args(argv)

@@ -72,7 +72,7 @@ DEFAULTS = {"none": Normalisation(), "csls": Normalisation("csls", k=10, bank_si
 # the same rule (scripts/hubness_dev.py --stage neighbours, results/hubness/dev_grid_neighbours.json); inverted
 # softmax over a photo's own nearest captions over-corrects (N10 skewness above 9 on Flickr8k val), so search
 # offers csls alone; "none": raw scores
-SEARCH_METHODS = {"none": Normalisation(), "csls": Normalisation("csls", k=10, neighbours=64)}
+SEARCH_METHODS = {"none": Normalisation(), "csls": Normalisation("csls", k=5, neighbours=32)}
 SEARCH_DEFAULT = "csls"  # what search applies unless told not to
 # the shortlist's own correction (search applies it with any method but "none"): its bank scores are inner
 # products of vectors, free at any bank size; chosen by the shortlist's mean R@50 on the same dev sets
