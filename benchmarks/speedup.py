@@ -11,7 +11,9 @@ then under this one, one after the other on the same machine; reported: each tre
 speed-up (reference time / current time) per config. With ``--eval``, ``itm eval ARGS --json`` runs
 under each tree at ``--eval-threads`` (after one untimed warm-up run under this tree that fills the
 feature cache), timed wall-clock, with both trees' rsum beside it: the same model, so the rankings
-should agree to float tolerance.
+should agree to float tolerance. With ``--search-index``, the same ``--search-queries`` test captions
+are searched under each tree with raw scores (the shortlist and the exact re-rank, the same work in
+both), median and p95 ms a query.
 """
 
 from __future__ import annotations
@@ -52,6 +54,31 @@ def timed_eval(tree: Path, eval_args: list[str], threads: int, out: Path) -> dic
     return {"seconds": round(seconds, 1), "eval_seconds": result.get("seconds"), "rsum": result.get("rsum")}
 
 
+SEARCH_WORKER = r"""
+import json, sys, time
+import numpy as np
+from itm.api import open_index
+from itm.data.load import load_dataset
+index, data, split, n, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+searcher = open_index(index, normalise="none")  # the same work under both trees: shortlist + exact re-rank
+texts = [" ".join(t) for im in load_dataset(data).split(split).images for t in im.tokens][:n]
+for text in texts[:20]:
+    searcher.search(text, k=10)  # warm-up
+millis = []
+for text in texts:
+    t0 = time.perf_counter()
+    searcher.search(text, k=10)
+    millis.append(1000 * (time.perf_counter() - t0))
+json.dump({"median_ms": round(float(np.median(millis)), 1), "p95_ms": round(float(np.percentile(millis, 95)), 1),
+           "queries": len(millis)}, open(out, "w"))
+"""
+
+
+def timed_search(tree: Path, index: str, data: str, queries: int, threads: int, out: Path) -> dict:
+    run_tree(tree, ["-c", SEARCH_WORKER, index, data, "test", str(queries), str(out)], threads, REPO)
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
 def speedups(reference: dict, current: dict) -> dict:
     """Per config: reference / current time per pair, scoring and training."""
     out = {}
@@ -71,6 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-floor", action="store_true")
     parser.add_argument("--eval", help="itm eval's arguments, one string: timed under each tree")
     parser.add_argument("--eval-threads", type=int, default=2)
+    parser.add_argument("--search-index", help="an index: its search latency (raw scores) timed under each tree")
+    parser.add_argument("--search-data", help="the dataset whose test captions are the queries")
+    parser.add_argument("--search-queries", type=int, default=500)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", args.reference], cwd=REPO, check=True, capture_output=True,
@@ -93,6 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
                                   "current": timed_eval(REPO, eval_args, args.eval_threads, Path(scratch) / "c.json")}
                 result["eval"]["speedup"] = round(result["eval"]["reference"]["seconds"] /
                                                   result["eval"]["current"]["seconds"], 2)
+            if args.search_index:
+                result["search"] = {"index": args.search_index, "threads": args.threads, **{
+                    name: timed_search(where, args.search_index, args.search_data, args.search_queries, args.threads,
+                                       Path(scratch) / f"{name}_search.json")
+                    for name, where in (("reference", tree), ("current", REPO))}}
+                result["search"]["speedup_median"] = round(result["search"]["reference"]["median_ms"] /
+                                                           result["search"]["current"]["median_ms"], 2)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False,
                            capture_output=True)
