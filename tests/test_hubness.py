@@ -105,3 +105,25 @@ def test_a_per_photo_offset_ranks_each_query_as_the_correction_does(norm):
     np.testing.assert_array_equal(np.argsort(-folded, axis=0, kind="stable"), np.argsort(-corrected, axis=0, kind="stable"))
     with pytest.raises(ValueError, match="not a per-photo offset"):
         rank_offsets(stats, Normalisation("dis"))
+
+
+def test_the_shipped_caption_pool_is_every_train_caption_with_its_photo():
+    """The pool search draws each photo's own bank from: 30,000 captions, five a photo, each with a
+    16-hex-digit photo key; its identity names the bank size, so an index of another size re-scores."""
+    from itm.data.caption_bank import caption_pool, pool_identity
+
+    tokens, photos = caption_pool()
+    assert len(tokens) == len(photos) == 30000 and all(tokens)
+    assert all(len(p) == 16 and int(p, 16) >= 0 for p in photos)
+    _, counts = np.unique(photos, return_counts=True)
+    # 6,000 train photos; two of them are the same file content (one key, ten captions)
+    assert len(counts) == 5999 and sorted(set(counts.tolist())) == [5, 10] and (counts == 10).sum() == 1
+    assert pool_identity(32) != pool_identity(64) and pool_identity(32)["sha1"] == pool_identity(64)["sha1"]
+
+
+def test_search_offers_csls_over_each_photos_own_bank_and_none():
+    from itm.evaluation.hubness import SEARCH_DEFAULT, SEARCH_METHODS
+
+    assert set(SEARCH_METHODS) == {"none", "csls"} and SEARCH_DEFAULT == "csls"
+    assert SEARCH_METHODS["csls"].neighbours and SEARCH_METHODS["csls"].bank_size is None
+    assert "nearest pool captions" in SEARCH_METHODS["csls"].label()

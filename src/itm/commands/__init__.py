@@ -13,6 +13,23 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                              "under torchrun each process uses cuda:LOCAL_RANK)")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser, default: int, role: str) -> None:
+    """``--threads``: torch's threads for this command (``set_threads`` applies it in ``run``)."""
+    parser.add_argument("--threads", type=int, default=default, metavar="N",
+                        help=f"torch threads (default {default}: {role}; docs/results/speed.md, 'A busy machine')")
+
+
+def set_threads(threads: int) -> None:
+    """Apply ``--threads`` (at least 1, else a one-line error)."""
+    from itm.errors import ItmError
+
+    if threads < 1:
+        raise ItmError(f"--threads: must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def add_scoring_set_argument(parser: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE`` for commands that load a trained checkpoint: switches that leave the weights'
     shapes alone (``itm.checkpoint.load_checkpoint``)."""
