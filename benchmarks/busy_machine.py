@@ -78,7 +78,7 @@ def measure(setting: str, args, scratch: Path) -> dict:
         photos = load_folder(Path(args.load), args.load_photos, Path(job) / "photos")
         started = time.perf_counter()
         indexer = subprocess.Popen([sys.executable, "-m", "itm", "index", "--images", str(photos), "--out",
-                                    str(Path(job) / "index"), "--no-progress"],
+                                    str(Path(job) / "index"), "--no-progress", "--threads", index_threads],
                                    env=environment(int(index_threads), policy, str(Path(job) / "cache")),
                                    stdout=subprocess.DEVNULL)
         time.sleep(args.index_start)  # the index job's models loaded, extraction under way

@@ -371,3 +371,20 @@ def test_an_index_built_before_bank_scores_searches_raw_says_so_and_gets_them_on
     assert (report.added, report.unchanged) == (0, 5)
     updated = Searcher(out)
     assert updated.notes == [] and updated.bank_stats is not None
+
+
+def test_index_threads_are_set_and_a_bad_count_is_one_line(folder, tmp_path, models, capsys):
+    import torch
+
+    from itm.cli import main
+
+    saved = torch.get_num_threads()
+    base = ["index", "--images", str(folder), "--out", str(tmp_path / "idx"), "--shortlist", str(models[0]),
+            "--checkpoint", str(models[1]), "--no-progress"]
+    try:
+        assert main([*base, "--threads", "0"]) == 2
+        assert "--threads: must be at least 1, got 0" in capsys.readouterr().err
+        assert not (tmp_path / "idx").exists()  # refused before any work
+        assert main([*base, "--threads", "1"]) == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)

@@ -13,6 +13,11 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                              "under torchrun each process uses cuda:LOCAL_RANK)")
 
 
+# torch threads of the commands that share a machine with others (docs/results/speed.md, "A busy machine")
+INDEX_THREADS = 2
+SERVE_THREADS = 2
+
+
 def add_threads_argument(parser: argparse.ArgumentParser, default: int, role: str) -> None:
     """``--threads``: torch's threads for this command (``set_threads`` applies it in ``run``)."""
     parser.add_argument("--threads", type=int, default=default, metavar="N",

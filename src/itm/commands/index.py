@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from itm.commands import add_device_argument
+from itm.commands import INDEX_THREADS, add_device_argument, add_threads_argument, set_threads
 
 HELP = "index a folder of photos (JPEG/PNG/WebP, recursively); a re-run adds, updates and drops files"
 
@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-rerank", action="store_true", help="shortlist only: no cross-attention re-ranker")
     parser.add_argument("--captions", help="a caption collection to search by image: one caption a line (UTF-8)")
     parser.add_argument("--no-progress", action="store_true")
+    add_threads_argument(parser, INDEX_THREADS, "extraction and the banks' scoring")
     add_device_argument(parser)
 
 
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.shipped import search_checkpoints
 
     device = resolve_device(args.device)  # a bad --device is named before anything else
+    set_threads(args.threads)
     models = SearchModels(*search_checkpoints(args.shortlist, args.checkpoint, rerank=not args.no_rerank),
                           device=device)
     store = IndexStore(args.out)

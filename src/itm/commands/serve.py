@@ -6,7 +6,13 @@ import argparse
 import ipaddress
 import sys
 
-from itm.commands import add_device_argument, add_normalise_argument
+from itm.commands import (
+    SERVE_THREADS,
+    add_device_argument,
+    add_normalise_argument,
+    add_threads_argument,
+    set_threads,
+)
 
 HELP = "serve an index over HTTP: POST /search, GET /images/{id}, /thumbnails/{id}, /explain, and a web page at /"
 
@@ -17,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--allow-remote", action="store_true", help="required to bind a non-loopback --host")
     add_normalise_argument(parser)
+    add_threads_argument(parser, SERVE_THREADS, "each query's scoring")
     add_device_argument(parser)
 
 
@@ -34,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.errors import ItmError
 
     device = resolve_device(args.device)  # a bad --device fails before anything is bound
+    set_threads(args.threads)
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise ItmError(f"--host {args.host} is reachable from other machines: add --allow-remote to mean it")
