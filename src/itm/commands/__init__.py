@@ -13,9 +13,12 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                              "under torchrun each process uses cuda:LOCAL_RANK)")
 
 
-# torch threads of the commands that share a machine with others (docs/results/speed.md, "A busy machine")
-INDEX_THREADS = 2
-SERVE_THREADS = 2
+# torch threads of the commands that share a machine with others (docs/results/speed.md, "A busy machine"):
+# on 2 cores, a 2-thread service beside a 2-thread index job answered 4.2x slower than alone (p95 20x, the
+# thread pools spinning against each other); one thread each kept it at 0.97x, a query alone 6% slower
+# than at two threads, and the index job extracted fastest (0.27 s a photo against 0.34)
+INDEX_THREADS = 1
+SERVE_THREADS = 1
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, default: int, role: str) -> None:
