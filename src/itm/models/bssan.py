@@ -265,14 +265,15 @@ class W2R(nn.Module):
         if self.match_input:
             w_match = self.lstm.weight_ih_l0[:, -1]  # (4H,): the LSTM weights of the alignment input
             gates = gates + attended_alignment(alpha, align) * w_match
-        # (L, Ni, Nc, 4H): time first, pairs as the batch dimension, written once in that order (out= has
-        # no gradient: in training the sum is laid out by a copy instead)
+        # (L, Ni, Nc, 4H): time first, pairs as the batch dimension. Scoring writes it once in that order
+        # (each step one contiguous block); out= has no gradient, so training keeps the sum's own layout
+        # and steps through it by strides (a copy would cost a pass forward and one backward)
         by_step_parts = gates.view(ni, nc, steps, -1).permute(2, 0, 1, 3), word_gates.transpose(0, 1)[:, None]
         if torch.is_grad_enabled() and (gates.requires_grad or word_gates.requires_grad):
-            by_step = torch.add(*by_step_parts).contiguous()
+            by_step = torch.add(*by_step_parts)
         else:
             by_step = torch.add(*by_step_parts, out=gates.new_empty(steps, ni, nc, gates.shape[-1]))
-        h_last = run_recurrence(by_step.view(steps, ni * nc, -1), lengths.repeat(ni), self.lstm.weight_hh_l0)  # (Ni*Nc, H)
+        h_last = run_recurrence(by_step.reshape(steps, ni * nc, -1), lengths.repeat(ni), self.lstm.weight_hh_l0)  # (Ni*Nc, H)
         return run_mlp(self.linears, self.norms, h_last).view(ni, nc)
 
 
