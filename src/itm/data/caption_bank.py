@@ -23,17 +23,30 @@ BANK_NAME = "flickr8k_train"
 POOL_NAME = "flickr8k_train_pool"
 
 
+def asset_path(file_name: str) -> Path:
+    return Path(str(resources.files("itm") / "assets" / "caption_bank" / file_name))
+
+
 def bank_path() -> Path:
-    return Path(str(resources.files("itm") / "assets" / "caption_bank" / f"{BANK_NAME}.txt"))
+    return asset_path(f"{BANK_NAME}.txt")
 
 
-@functools.lru_cache(maxsize=1)
-def _bank_text() -> str:
-    path = bank_path()
+def pool_path() -> Path:
+    return asset_path(f"{POOL_NAME}.tsv.gz")
+
+
+@functools.lru_cache(maxsize=2)
+def asset_bytes(path: Path, what: str) -> bytes:
+    """A shipped asset's bytes (gunzipped for a .gz); a one-line ItmError when it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ItmError(f"caption bank {path}: unreadable ({exc.strerror or exc}); reinstall itm") from None
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.suffix == ".gz" else data
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ItmError(f"{what} {path}: unreadable ({exc}); reinstall itm") from None
+
+
+def _bank_text() -> str:
+    return asset_bytes(bank_path(), "caption bank").decode("utf-8")
 
 
 def caption_bank(size: int | None = None) -> list[list[str]]:
@@ -49,17 +62,8 @@ def bank_identity(size: int) -> dict:
     return {"name": BANK_NAME, "size": size, "sha1": content_key(_bank_text().encode("utf-8"))}
 
 
-def pool_path() -> Path:
-    return Path(str(resources.files("itm") / "assets" / "caption_bank" / f"{POOL_NAME}.tsv.gz"))
-
-
-@functools.lru_cache(maxsize=1)
 def _pool_bytes() -> bytes:
-    path = pool_path()
-    try:
-        return gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise ItmError(f"caption pool {path}: unreadable ({exc}); reinstall itm") from None
+    return asset_bytes(pool_path(), "caption pool")
 
 
 def caption_pool() -> tuple[list[list[str]], list[str]]:
