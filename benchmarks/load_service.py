@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rerank", type=int, default=50)
     parser.add_argument("--queries", help="a file of queries, one a line")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--threads", type=int, help="itm serve --threads (default: serve's own)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     queries = QUERIES
@@ -62,7 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
         queries = [q.strip() for q in open(args.queries, encoding="utf-8") if q.strip()]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "itm.cli", "serve", "--index", args.index, "--port", str(port)],
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    server = subprocess.Popen([sys.executable, "-m", "itm.cli", "serve", "--index", args.index, "--port", str(port),
+                               *threads],
                               env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(600):  # up to 60 s to load the models and the index
