@@ -33,6 +33,7 @@ from itm.evaluation.engine import score_all_pairs
 from itm.evaluation.evaluate import combine_scores
 from itm.evaluation.hubness import Normalisation, hubness, normalise, photo_stats
 from itm.evaluation.metrics import retrieval_metrics
+from itm.features.cache import content_key
 from itm.pipeline import encoded_bank, prepare_split
 from itm.shipped import search_checkpoints
 
@@ -120,10 +121,8 @@ def own_bank_matrices(checkpoints: list[str], shortlist: str, data: str, split: 
     models = SearchModels(shortlist, checkpoints)
     dataset = load_dataset(data, split).split(split)
     prepared = prepare_split(dataset, models.shortlist.config, models.shortlist.vocab, progress=False)
-    from itm.features.cache import content_key
-
     sha1s = [content_key(Path(record.path).read_bytes()) for record in prepared.dataset.images]
-    banks = models.bank_scores(prepared.features, models.image_vectors(prepared.features), sha1s)
+    banks = models.bank_scores(prepared.features, models.image_vectors(prepared.features), sha1s, m)
     cache.mkdir(parents=True, exist_ok=True)
     for f, bank in zip(files, banks, strict=True):
         np.save(f, bank)

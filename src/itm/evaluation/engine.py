@@ -62,9 +62,9 @@ def plan_tiles(model: Matcher, features: ImageFeatures, captions: Captions,
                memory_budget_mb: float = 1024, caption_tile: int = 512, max_image_chunk: int = 128) -> TilePlan:
     """Tile sizes that keep prepared states within the budget and one tile's per-pair tensors near the
     cache on the CPU (``CACHE_TILE_BYTES``; ``caption_tile`` captions at most, ``CACHE_CAPTION_TILE``
-    for a model whose pairs need more than a few floats; on a GPU, the budget's). Image chunks hold at most ``max_image_chunk`` images:
-    they are the unit processes share under torchrun, so one process and several compute every chunk
-    with the same shapes (exact results)."""
+    for a model whose pairs need more than a few floats; on a GPU, within the budget). Image chunks
+    hold at most ``max_image_chunk`` images: they are the unit processes share under torchrun, so one
+    process and several compute every chunk with the same shapes (exact results)."""
     budget = int(memory_budget_mb * 2**20)  # fractional megabytes allowed (tiny budgets in tests)
     device = model_device(model)
     probe = features.streams(model.image_streams, slice(0, 1))
@@ -186,17 +186,16 @@ def score_pairs_naive(model: Matcher, features: ImageFeatures, captions: Caption
 def score_listed_pairs(model: Matcher, features: ImageFeatures, captions: Captions, lists: np.ndarray,
                        image_chunk: int = 256) -> np.ndarray:
     """(n_images, m) scores of each image against its own m captions: ``lists`` (n_images, m) indices
-    into ``captions`` (image i's row of the all-pairs matrix, those columns only). Only the captions
-    some list names are prepared, once; images are prepared ``image_chunk`` at a time."""
+    into ``captions`` (image i's row of the all-pairs matrix, those columns only). The captions are
+    prepared once (pass only those the lists name); images ``image_chunk`` at a time."""
     lists = np.asarray(lists, dtype=np.int64)
     out = np.zeros(lists.shape, dtype=np.float32)
     if not lists.size:
         return out
     device = model_device(model)
-    used, columns = np.unique(lists, return_inverse=True)  # columns: (n, m) positions in ``used``
-    columns = torch.from_numpy(columns.reshape(lists.shape)).to(device)
+    columns = torch.from_numpy(lists).to(device)
     with eval_mode(model):
-        prepared = model.prepare_captions(on_device(captions.select(torch.from_numpy(used)), device))
+        prepared = model.prepare_captions(on_device(captions, device))
         for start in range(0, len(features), image_chunk):
             streams = features.streams(model.image_streams, slice(start, start + image_chunk))
             images = model.prepare_images({k: v.to(device) for k, v in streams.items()})

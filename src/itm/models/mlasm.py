@@ -275,8 +275,8 @@ class MLASM(Matcher):
         n_words = mask.sum(-1)  # (Nc,)
         # |a_t|^2 = alpha_t^T (V V^T) alpha_t, one product per image; |w_t| = 1
         gram_alpha = torch.bmm(images["gram"], alpha.view(ni, r, nc * steps)).view(ni, r, nc, steps)
-        a_norm = (gram_alpha * alpha).sum(1).clamp_min(EPS * EPS).sqrt()  # (Ni, Nc, L)
         # clamped before the root: a padded word's a_t is 0, and sqrt has no finite gradient at 0
+        a_norm = (gram_alpha * alpha).sum(1).clamp_min(EPS * EPS).sqrt()  # (Ni, Nc, L)
         t2i = ((alpha * s).sum(1) / a_norm * mask).sum(-1) / n_words  # (Ni, Nc)
         # |b_r|^2 = beta_r^T (W W^T) beta_r, one product per caption; |v_r| = 1
         beta_by_caption = beta.permute(2, 0, 1, 3).reshape(nc, ni * r, steps)  # (Nc, Ni*R, L)

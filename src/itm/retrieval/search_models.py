@@ -90,11 +90,12 @@ class SearchModels:
             self._pool = tokens, np.asarray(photos), _POOL_VECTORS[key]
         return self._pool
 
-    def own_banks(self, vectors: np.ndarray, sha1s: list[str], chunk: int = 1024) -> np.ndarray:
-        """(n, BANK_NEIGHBOURS) pool indices: each photo's nearest pool captions by the shortlist (its
+    def own_banks(self, vectors: np.ndarray, sha1s: list[str], neighbours: int = BANK_NEIGHBOURS,
+                  chunk: int = 1024) -> np.ndarray:
+        """(n, neighbours) pool indices: each photo's nearest pool captions by the shortlist (its
         shortlist vector ``vectors[i]``), never captions of the photo itself (``sha1s[i]``), best first."""
         _, photos, pool_vectors = self.pool()
-        m = BANK_NEIGHBOURS
+        m = neighbours
         out = np.zeros((len(vectors), m), dtype=np.int64)
         for start in range(0, len(vectors), chunk):
             sims = vectors[start : start + chunk] @ pool_vectors.T  # (c, P)
@@ -106,15 +107,16 @@ class SearchModels:
         return out
 
     @torch.inference_mode()
-    def bank_scores(self, features: ImageFeatures, vectors: np.ndarray, sha1s: list[str]) -> list[np.ndarray]:
-        """Each re-ranker's (n, BANK_NEIGHBOURS) scores of these photos (shortlist ``vectors``, content
+    def bank_scores(self, features: ImageFeatures, vectors: np.ndarray, sha1s: list[str],
+                    neighbours: int = BANK_NEIGHBOURS) -> list[np.ndarray]:
+        """Each re-ranker's (n, neighbours) scores of these photos (shortlist ``vectors``, content
         ``sha1s``) against their own banks (``own_banks``)."""
         from itm.evaluation.engine import score_listed_pairs
         from itm.pipeline import word_vectors
 
         if not self.rerankers:
             return []
-        lists = self.own_banks(vectors, sha1s)
+        lists = self.own_banks(vectors, sha1s, neighbours)
         tokens = self.pool()[0]
         used = np.unique(lists)
         pool_part = [tokens[c] for c in used]  # only the captions some photo's bank names are encoded
