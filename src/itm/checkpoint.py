@@ -19,7 +19,7 @@ import torch
 from itm.config import Config, apply_overrides, parse_override
 from itm.data.vocab import Vocab
 from itm.devices import as_device
-from itm.errors import ItmError
+from itm.errors import ConfigError, ItmError
 from itm.models.base import InputDims, Matcher, WordEmbedder
 from itm.models.registry import build_model
 from itm.pipeline import explanation_features, feature_config
@@ -174,6 +174,23 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
     word_table = payload.get("word_table")
     vocab = reading_vocabulary(Vocab.from_list(payload["vocab"]), model, config, word_table, opened, path)
     return LoadedCheckpoint(model, config, vocab, dims, payload["feature_settings"], payload)
+
+
+def load_initial_weights(model: Matcher, path: str | Path, vocab: Vocab) -> None:
+    """Start a run from a trained checkpoint's weights (``train.init_from``: fine-tuning). The file must
+    hold the same model, as configured, over the same training vocabulary (its word ids index the
+    word table); a one-line ConfigError says which does not."""
+    payload = read_payload(path)
+    if list(payload["vocab"]) != vocab.to_list():
+        raise ConfigError(f"train.init_from: {path} has another training vocabulary ({len(payload['vocab'])} words, "
+                          f"this run {len(vocab)}): its word ids would not read this run's captions")
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        lines = str(exc).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else str(exc)
+        raise ConfigError(f"train.init_from: {path}: its weights do not fit this run's model as configured "
+                          f"({first})") from None
 
 
 def reading_vocabulary(vocab: Vocab, model: Matcher, config: Config, word_table: Any, opened: bool,

@@ -117,6 +117,10 @@ class TrainConfig:
     distill_from: list[str] = field(default_factory=list)
     distill_weight: float = 1.0
     distill_temperature: float = 0.25  # the teachers' z-scored block over this, softmaxed
+    # > 0 (in-batch objectives): pull the model's words-over-regions attention towards the backbone
+    # classifier's map of what each word names, with this weight (itm.training.grounding, issue 47)
+    concept_weight: float = 0.0
+    init_from: str | None = None  # start from this checkpoint's weights (same model and vocabulary): fine-tuning
 
 
 @dataclass
@@ -346,7 +350,8 @@ def validate(config: Config) -> None:
     check_fields("train", config.train,
                  positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience",
                            "distill_temperature"),
-                 non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes", "distill_weight"),
+                 non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes", "distill_weight",
+                               "concept_weight"),
                  fraction=("region_drop", "word_drop", "ema_decay"), optional_positive=("max_minutes", "threads"),
                  choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine"),
                           "precision": PRECISIONS})
@@ -365,6 +370,9 @@ def validate(config: Config) -> None:
     if config.train.distill_from and config.train.loss == "pairwise_hinge":
         raise ConfigError("train.distill_from: distillation matches in-batch score distributions; use an in-batch "
                           "train.loss (infonce or vse_hardest), not pairwise_hinge")
+    if config.train.concept_weight and config.train.loss == "pairwise_hinge":
+        raise ConfigError("train.concept_weight: the concept term rides on the in-batch objectives; use train.loss "
+                          "infonce or vse_hardest, not pairwise_hinge")
 
 
 def validate_features(features: FeatureConfig) -> None:

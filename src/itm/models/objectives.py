@@ -41,6 +41,9 @@ class TrainingBatch:
     share: slice | None = None  # under torchrun: this process's rows of the global batch
     # (image streams, captions) of the global batch -> (B, B) the teachers' logits (train.distill_from)
     teacher: Callable[[dict, Captions], torch.Tensor] | None = None
+    # (image streams, captions) of matched pairs -> a scalar training term on the model's attention
+    # (train.concept_weight: itm.training.grounding.ConceptGrounding)
+    grounding: Callable[[dict, Captions], torch.Tensor] | None = None
 
     @property
     def images(self) -> torch.Tensor:
@@ -108,6 +111,8 @@ def in_batch_objective(batch: TrainingBatch, aligned: AlignedScorer, block: Alig
         target = batch.teacher(streams, captions)  # (B, B), no gradient
         loss = loss + batch.cfg.distill_weight * sum(
             weights.get(name, 1.0) * distillation(s, target, batch.cfg.temperature) for name, s in parts.items())
+    if batch.grounding is not None:  # the batch's images and captions are matched pairs, row by row
+        loss = loss + batch.grounding({k: v[mine] for k, v in streams.items()}, captions.select(mine))
     return loss
 
 

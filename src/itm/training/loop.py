@@ -98,12 +98,12 @@ def training_inputs(model: Matcher, split: PreparedSplit, images: torch.Tensor, 
 
 
 def training_batch(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
-                   cfg: TrainConfig, gen: torch.Generator, teacher=None) -> TrainingBatch:
+                   cfg: TrainConfig, gen: torch.Generator, teacher=None, grounding=None) -> TrainingBatch:
     def inputs(images: torch.Tensor, captions: torch.Tensor):
         return training_inputs(model, split, images, captions, cfg, gen, teacher.image_streams if teacher else ())
 
     share = shard(len(caps)) if world_size() > 1 else None
-    return TrainingBatch(caps, owner, cfg, gen, inputs, share, teacher)
+    return TrainingBatch(caps, owner, cfg, gen, inputs, share, teacher, grounding)
 
 
 class LossModule(torch.nn.Module):
@@ -154,6 +154,7 @@ class Trainer:
         self.average = WeightAverage(model, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.loss = loss_function(model)
         self.teacher = None  # itm.training.distill.Teachers when train.distill_from names checkpoints
+        self.grounding = None  # itm.training.grounding.ConceptGrounding when train.concept_weight > 0
 
     # -- checkpoints ------------------------------------------------------------------------------
     def last_good(self) -> str:
@@ -214,7 +215,8 @@ class Trainer:
                 s = self.state.step
                 caps = order[s * self.cfg.batch_size : (s + 1) * self.cfg.batch_size]
                 with precision_context(model_device(self.model), self.cfg.precision):
-                    loss = self.loss(training_batch(self.model, train, caps, owner, self.cfg, gen, self.teacher))
+                    loss = self.loss(training_batch(self.model, train, caps, owner, self.cfg, gen, self.teacher,
+                                                           self.grounding))
                 loss = loss.float()  # the backward pass runs outside autocast, as torch recommends
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1} step {s + 1}; "

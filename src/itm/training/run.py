@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from itm.checkpoint import model_payload, new_model, read_payload
+from itm.checkpoint import load_initial_weights, model_payload, new_model, read_payload
 from itm.config import Config, apply_overrides, save_config
 from itm.data.load import load_dataset
 from itm.devices import as_device
@@ -115,7 +115,11 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     log(f"data ready in {time.time() - t0:.0f} s: {len(train.dataset)} train images, "
         f"{len(train.captions)} captions; validation on {len(val.dataset)} images")
     seed_everything(config.train.seed)
-    model = new_model(config, dims, table).to(device)  # before the Trainer builds its optimiser
+    model = new_model(config, dims, table)
+    if config.train.init_from and payload is None:  # a resumed run's weights come from its last.pt
+        load_initial_weights(model, config.train.init_from, vocab)
+        log(f"starting from the weights of {config.train.init_from}")
+    model = model.to(device)  # before the Trainer builds its optimiser
     settings = train.features.settings or {}
     word_table = word_table_record(config)
     trainer = Trainer(model, config, run_dir, lambda: model_payload(model, config, vocab, dims, settings, word_table))
@@ -125,6 +129,12 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
         trainer.teacher = load_teachers(config.train.distill_from, vocab, settings, config.train.distill_temperature,
                                         device)
         log(f"distilling from {len(trainer.teacher.members)} teachers: {', '.join(config.train.distill_from)}")
+    if config.train.concept_weight:
+        from itm.training.grounding import concept_grounding
+
+        trainer.grounding = concept_grounding(model, config.features, vocab.to_list(), config.train.concept_weight)
+        log(f"concept-guided attention: weight {config.train.concept_weight} on '{trainer.grounding.attention}', "
+            f"{int(trainer.grounding.targets.named.sum())} of {len(vocab)} words name ImageNet classes")
     if payload is not None:
         trainer.restore(payload)
     result = trainer.fit(train, val, progress=progress)
