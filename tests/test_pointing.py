@@ -211,6 +211,8 @@ def test_pointing_methods_end_to_end(tmp_path, monkeypatch, method):
     sources = set(result["by_map"])
     assert (sources <= {"concept", "zero-shot", "attention"} and sum(g["cases"] for g in result["by_map"].values()) == 1) \
         if method in ("concept", "attention+concept", "zero-shot") else sources == set()
+    # with the backbone's classifier at hand, every method marks whether the word has a concept map
+    assert sum(g["cases"] for g in result["by_concept_map"].values()) == 1
 
 
 def test_a_method_the_model_cannot_serve_is_one_line(tmp_path, monkeypatch, capsys):
@@ -326,3 +328,15 @@ def test_cases_split_by_the_map_their_point_came_from():
     assert groups["attention"]["hit"] == 0.0 and groups["attention"]["centre_cell"] == 100.0
     assert groups["concept"]["bootstrap"]["photos"] == 2
     assert summarise([case("dog", True)])["by_map"] == {}  # the attention method: one kind of map, no split
+
+
+def test_cases_split_by_whether_their_word_has_a_concept_map():
+    cases = [PointingCase("a.jpg", 0, 0, "dog", "dog", 0, True, 0.3, False, concept_map=True),
+             PointingCase("b.jpg", 0, 0, "man", "person", 0, False, 0.3, True, concept_map=False),
+             PointingCase("c.jpg", 0, 0, "woman", "person", 0, True, 0.3, False, concept_map=False)]
+    groups = summarise(cases)["by_concept_map"]
+    assert list(groups) == ["with", "without"]
+    assert groups["with"]["cases"] == 1 and groups["with"]["hit"] == 100.0
+    assert groups["without"]["cases"] == 2 and groups["without"]["hit"] == 50.0
+    assert groups["without"]["centre_cell"] == 50.0 and groups["without"]["bootstrap"]["photos"] == 2
+    assert summarise([case("dog", True)])["by_concept_map"] == {}  # not looked up: no split

@@ -56,11 +56,15 @@ def run(args: argparse.Namespace) -> int:
     split = prepare_split(dataset, config, ckpt.vocab, progress=False, device=device)
     others = tuple(prepare_split(dataset, at_image_size(config, size), ckpt.vocab, progress=False, device=device)
                    for size in args.fuse_sizes)
-    concepts = None
-    if args.method in COMBINE_CONCEPT:
-        from itm.features.concepts import concept_maps_for
+    from itm.errors import ItmError
+    from itm.features.concepts import concept_maps_for
 
-        concepts = concept_maps_for(config.features)  # the same backbone at every fused size
+    try:  # the same backbone at every fused size
+        concepts = concept_maps_for(config.features)
+    except ItmError:
+        if args.method in COMBINE_CONCEPT:
+            raise
+        concepts = None  # no classifier over the grid: the cases are not split by concept map
     cases = pointing_cases(ckpt.model, split, boxes, words, args.method, others, encode=query_encoder(ckpt),
                            concepts=concepts)
     result = summarise(cases, args.min_cases, seen=set(ckpt.vocab.to_list()))
@@ -118,6 +122,9 @@ def format_summary(result: dict, title: str) -> str:
     for name, group in result.get("by_vocabulary", {}).items():
         lines.append(f"  {name} words ({group['cases']} cases, {group['photos']} photos): hit {group['hit']:.1f}%, "
                      f"centre {group['centre_cell']:.1f}%; " + interval_line(group["bootstrap"]))
+    for name, group in result.get("by_concept_map", {}).items():
+        lines.append(f"  words {name} a concept map ({group['cases']} cases, {group['photos']} photos): hit "
+                     f"{group['hit']:.1f}%, centre {group['centre_cell']:.1f}%; " + interval_line(group["bootstrap"]))
     for name, group in result.get("by_map", {}).items():
         lines.append(f"  pointed by its {name} map ({group['cases']} cases, {group['photos']} photos): hit "
                      f"{group['hit']:.1f}%, centre {group['centre_cell']:.1f}%; " + interval_line(group["bootstrap"]))

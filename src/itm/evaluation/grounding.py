@@ -160,7 +160,8 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
     word's maps over all the grids are fused into one over the finest (``fuse_grids``; every method
     with a map over the grid, so not ``objects``).
     ``encode``: token lists -> the model's Captions (the gradient method's queries); ``concepts``: the
-    backbone's ``ConceptMaps`` (the concept methods)."""
+    backbone's ``ConceptMaps`` (the concept methods need them; with any other method they mark each case
+    by whether its word has a concept map, ``PointingCase.concept_map``)."""
     if method not in POINTING_METHODS:
         raise ItmError(f"pointing method '{method}': not one of {', '.join(POINTING_METHODS)}")
     if other_sizes and method == "objects":
@@ -175,15 +176,17 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
 
     zero_shot = method == "zero-shot"
 
-    def maps_of(s: PreparedSplit, i: int) -> tuple[list[np.ndarray], list[list[str]]]:
-        """Per caption: the words' rows the method points with, and each word's map source (the
-        concept methods: "concept", "zero-shot" or "attention"; "" for the others)."""
+    def maps_of(s: PreparedSplit, i: int) -> tuple[list[np.ndarray], list[list[str]], list[list[bool | None]]]:
+        """Per caption: the words' rows the method points with, each word's map source (the concept
+        methods: "concept", "zero-shot" or "attention"; "" for the others), and whether each word has
+        a concept map (None without ``concepts``)."""
+        concept = concept_rows(s, i, concepts, zero_shot) if concepts is not None else None
+        named = [[source == "concept" for source in sources] for _, sources in concept] if concept else None
         if not combine:
             rows = attention_rows(model, s, i, key) if key else gradient_rows(model, s, i, encode)
-            return rows, [[""] * len(r) for r in rows]
-        concept = concept_rows(s, i, concepts, zero_shot)
+            return rows, [[""] * len(r) for r in rows], named or [[None] * len(r) for r in rows]
         rows = [combine(att, con) for att, (con, _) in zip(attention_rows(model, s, i, key), concept, strict=True)]
-        return rows, [[source or "attention" for source in sources] for _, sources in concept]
+        return rows, [[source or "attention" for source in sources] for _, sources in concept], named
 
     splits = (split, *other_sizes)
     grids = [s.features.grid_shape for s in splits]
@@ -199,8 +202,8 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
         size = photo_size(record.path)
         image_boxes = None if split.features.boxes is None else split.features.boxes[i].float().numpy()  # (P, 4)
         per_size = [maps_of(s, i) for s in splits]
-        maps = [rows for rows, _ in per_size]  # per size: per caption (n_words, over)
-        sources = per_size[0][1]  # per caption, per word: the trained grid's concept gate decides
+        maps = [rows for rows, _, _ in per_size]  # per size: per caption (n_words, over)
+        _, sources, named = per_size[0]  # per caption, per word: the trained grid's concept gate decides
         for c, tokens in enumerate(record.tokens):
             for position, word in enumerate(tokens[: len(maps[0][c])]):
                 category = words.get(word)
@@ -210,5 +213,6 @@ def pointing_cases(model: Matcher, split: PreparedSplit, boxes: dict[str, ImageB
                 row, grid = fuse_grids(rows, grids) if len(splits) > 1 else (rows[0], grids[0])
                 cell, hit, random_hit, centre_hit = locate(row, grid, size, photo, category, image_boxes)
                 cases.append(PointingCase(record.filename, c, position, word, category, cell, hit,
-                                          random_hit, centre_hit, peakedness(row), sources[c][position]))
+                                          random_hit, centre_hit, peakedness(row), sources[c][position],
+                                          named[c][position]))
     return cases

@@ -131,6 +131,9 @@ class PointingCase:
     centre_hit: bool
     peak: float = float("nan")  # how peaked the word's map was (``peakedness``); nan where not measured
     source: str = ""  # the concept methods: the map the point came from ("concept", "zero-shot", "attention")
+    # whether the word has a concept map on its photo (its classes seen there); None where not looked up.
+    # The words without one are where a model's own attention has no classifier to lean on
+    concept_map: bool | None = None
 
 
 def peakedness(row: np.ndarray) -> float:
@@ -245,7 +248,8 @@ def summarise(cases: list[PointingCase], min_cases: int = 5, seen: set[str] | No
     """Hit rates overall and per category (in %), beside both baselines; the ``--json`` dict.
     ``seen``: the model's training words; the cases are then also split by whether their word is one
     (``by_vocabulary``: does a word read through the word table point as well as a trained one?).
-    Cases that record their map's ``source`` are split by it too (``by_map``)."""
+    Cases that record their map's ``source`` are split by it too (``by_map``), and cases that record
+    whether their word has a concept map by that (``by_concept_map``: "with", "without")."""
     def rates(group: list[PointingCase]) -> dict:
         n = len(group)
         # a box holding no cell centre cannot be hit by any attention on this grid
@@ -277,8 +281,10 @@ def summarise(cases: list[PointingCase], min_cases: int = 5, seen: set[str] | No
     # which map each point came from: how far each kind of panel of the concept sheet can be trusted
     by_map = with_intervals({name: [c for c in cases if c.source == name]
                              for name in sorted({c.source for c in cases if c.source})})
+    by_concept_map = with_intervals({"with": [c for c in cases if c.concept_map is True],
+                                     "without": [c for c in cases if c.concept_map is False]})
     return {"overall": rates(cases), "bootstrap": photo_bootstrap(cases), "halves": halves,
             "per_category": per_category, "categories_at_zero": zero,
             "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable,
             "reachable_at_zero": reachable_zero, "min_cases": min_cases, "by_peak": by_peak(cases),
-            "by_vocabulary": by_vocabulary, "by_map": by_map}
+            "by_vocabulary": by_vocabulary, "by_map": by_map, "by_concept_map": by_concept_map}
