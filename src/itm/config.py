@@ -121,6 +121,10 @@ class TrainConfig:
     # classifier's map of what each word names, with this weight (itm.training.grounding, issue 47)
     concept_weight: float = 0.0
     init_from: str | None = None  # start from this checkpoint's weights (same model and vocabulary): fine-tuning
+    # multi-scale training: the training photos are also extracted at these sizes (the same backbone over
+    # finer or coarser region grids) and each step reads one of features.image_size and these, drawn
+    # uniformly; validation and the checkpoint keep features.image_size (issue 48)
+    image_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -355,6 +359,11 @@ def validate(config: Config) -> None:
                  fraction=("region_drop", "word_drop", "ema_decay"), optional_positive=("max_minutes", "threads"),
                  choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine"),
                           "precision": PRECISIONS})
+    sizes = config.train.image_sizes
+    if any(type(v) is not int or v <= 0 for v in sizes) or config.features.image_size in sizes or \
+            len(set(sizes)) < len(sizes):
+        raise ConfigError(f"train.image_sizes: positive sizes, each once, none equal to features.image_size "
+                          f"{config.features.image_size} (always trained on), got {sizes!r}")
     check_fields("eval", config.eval, positive=("image_tile", "caption_tile", "memory_budget_mb"),
                  optional_positive=("explain_image_size",), positive_lists=("score_sizes",),
                  choices={"precision": PRECISIONS})

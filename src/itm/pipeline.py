@@ -31,6 +31,8 @@ class PreparedSplit:
     features: ImageFeatures
     captions: Captions
     caption_to_image: np.ndarray  # (n_captions,) int64
+    # the same images extracted at other sizes (train.image_sizes: multi-scale training), in the same order
+    views: tuple[ImageFeatures, ...] = ()
 
     def head(self, n_images: int) -> PreparedSplit:
         """The first ``n_images`` images and their captions (e.g. a cheaper validation set)."""

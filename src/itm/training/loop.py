@@ -8,6 +8,7 @@ and the epoch, so a resumed run continues with exactly the batches the killed on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -97,8 +98,19 @@ def training_inputs(model: Matcher, split: PreparedSplit, images: torch.Tensor, 
     return {k: v.to(device) for k, v in streams.items()}, on_device(captions, device)
 
 
+def step_view(split: PreparedSplit, gen: torch.Generator) -> PreparedSplit:
+    """The split whose photos one step reads: with other sizes extracted (``split.views``,
+    train.image_sizes), one of the sizes drawn uniformly from the loop's generator; else the split."""
+    if not split.views:
+        return split
+    k = int(torch.randint(len(split.views) + 1, (1,), generator=gen))
+    return dataclasses.replace(split, features=(split.features, *split.views)[k], views=())
+
+
 def training_batch(model: Matcher, split: PreparedSplit, caps: torch.Tensor, owner: torch.Tensor,
                    cfg: TrainConfig, gen: torch.Generator, teacher=None, grounding=None) -> TrainingBatch:
+    split = step_view(split, gen)
+
     def inputs(images: torch.Tensor, captions: torch.Tensor):
         return training_inputs(model, split, images, captions, cfg, gen, teacher.image_streams if teacher else ())
 

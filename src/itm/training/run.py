@@ -7,6 +7,7 @@ came from: its name, the overrides, the code's commit), metrics.jsonl (one line 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from itm.data.load import load_dataset
 from itm.devices import as_device
 from itm.distributed import is_main, setup, world_size
 from itm.errors import ItmError
-from itm.pipeline import build_vocab, initial_word_table, input_dims, prepare_split, word_table_record
+from itm.pipeline import (PreparedSplit, at_image_size, build_vocab, initial_word_table, input_dims, prepare_split,
+                          word_table_record)
 from itm.training.loop import Trainer, seed_everything
 
 # what every run's summary.json records, so that a reported figure says what produced it
@@ -82,6 +84,18 @@ def resume_inputs(run_dir: Path, overrides: list[str] | None = None) -> tuple[Co
     return config, Path(record["data"]), payload
 
 
+def with_views(train: PreparedSplit, train_set, config: Config, vocab, progress: bool, device) -> PreparedSplit:
+    """The training split with its photos also extracted at each of train.image_sizes (``views``)."""
+    views = []
+    for size in config.train.image_sizes:
+        view = prepare_split(train_set, at_image_size(config, size), vocab, progress=progress, device=device)
+        if [r.filename for r in view.dataset.images] != [r.filename for r in train.dataset.images]:
+            raise ItmError(f"train.image_sizes: at {size} px the readable training photos differ from those at "
+                           f"{config.features.image_size} px")
+        views.append(view.features)
+    return dataclasses.replace(train, views=tuple(views))
+
+
 def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str | Path, resume: bool = False,
               progress: bool = True, log=print, resume_overrides: list[str] | None = None,
               device: torch.device | str | None = None, source: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -110,6 +124,8 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     table, word_dim, coverage = initial_word_table(vocab, config)
     log(f"vocabulary: {len(vocab)} words from the train split; {coverage}")
     train = prepare_split(train_set, config, vocab, progress=progress, device=device)
+    if config.train.image_sizes:
+        train = with_views(train, train_set, config, vocab, progress, device)
     val = prepare_split(val_set, config, vocab, progress=progress, device=device).head(config.train.val_images)
     dims = input_dims(train, vocab, word_dim)
     log(f"data ready in {time.time() - t0:.0f} s: {len(train.dataset)} train images, "
