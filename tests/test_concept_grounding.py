@@ -41,7 +41,9 @@ def test_targets_are_each_words_concept_map_where_its_photo_shows_the_class():
     maps = concept_maps()
     regions, _ = make_images(3)  # (3, D, M)
     ids = torch.tensor([[1, 2, 3, 5], [6, 4, 9, 0], [2, 1, 1, 3]])
-    batched, has = ConceptTargets(maps, WORDS).maps(regions, ids)  # (3, 4, D), (3, 4)
+    batched, weights = ConceptTargets(maps, WORDS).maps(regions, ids)  # (3, 4, D), (3, 4)
+    has = weights > 0
+    assert set(weights.unique().tolist()) <= {0.0, 1.0}
     for b in range(3):
         rows, sources = maps.maps_and_sources(regions[b], [WORDS[i] for i in ids[b]])
         assert has[b].tolist() == [s == "concept" for s in sources]
@@ -61,7 +63,29 @@ def test_the_kl_is_zero_at_the_target_positive_elsewhere_and_reads_only_marked_w
     garbled = exact.clone()
     garbled[~has] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # unmarked words' attention does not count
     assert float(concept_kl(garbled, maps, has)) == pytest.approx(0.0, abs=1e-6)
-    assert float(concept_kl(uniform, maps, torch.zeros(2, 3, dtype=torch.bool))) == 0.0
+    assert float(concept_kl(uniform, maps, torch.zeros(2, 3))) == 0.0
+    half = has.float() * torch.tensor([[0.5, 1.0, 1.0], [1.0, 1.0, 1.0]])  # a stand-in's weaker target
+    full = concept_kl(uniform, maps, has.float())
+    per_word = concept_kl(uniform[:1, :1], maps[:1, :1], torch.ones(1, 1))
+    assert float(concept_kl(uniform, maps, half)) == pytest.approx(float(full) - 0.5 * float(per_word) / 3, rel=1e-5)
+
+
+WORN = [ImageNetClass(["jersey"], {"jersey"}), ImageNetClass(["suit"], {"suit"}), ImageNetClass(["pug"], {"pug", "dog"}),
+        ImageNetClass(["rock crab"], {"crab"})]  # never likely: the other three are likelier than their share
+
+
+def test_person_words_take_the_garments_map_as_a_weaker_target_only_when_asked():
+    maps = ConceptMaps(torch.eye(4), torch.tensor([5.0, 5.0, 5.0, -20.0]), WORN, WordTable({"pug": [0.0, 1.0]}))
+    words = ["<pad>", "<unk>", "woman", "dog", "rock"]
+    plain = ConceptTargets(maps, words)
+    assert plain.target_weight.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
+    targets = ConceptTargets(maps, words, stand_in_weight=0.3)
+    assert targets.target_weight.tolist() == pytest.approx([0.0, 0.0, 0.3, 1.0, 0.0])
+    regions = torch.rand(2, 5, 4)
+    rows, weights = targets.maps(regions, torch.tensor([[2, 3, 4], [3, 2, 0]]))
+    logits = regions + 5.0  # (2, D, 4): class k reads channel k
+    np.testing.assert_allclose(rows[0, 0].numpy(), (logits[0, :, 0] + logits[0, :, 1]).numpy() / 2, rtol=1e-5)
+    torch.testing.assert_close(weights, torch.tensor([[0.3, 1.0, 0.0], [1.0, 0.3, 0.0]]))
 
 
 def declares_word_region_attention(model) -> bool:
@@ -101,9 +125,9 @@ def test_the_term_joins_the_in_batch_objective_on_matched_pairs():
         return torch.tensor(3.0)
 
     batch = tiny_batch(model)
-    plain = float(objective_loss(model, batch))
+    plain = float(objective_loss(model, batch).detach())
     batch.grounding = grounding
-    assert float(objective_loss(model, batch)) == pytest.approx(plain + 3.0, abs=1e-5)
+    assert float(objective_loss(model, batch).detach()) == pytest.approx(plain + 3.0, abs=1e-5)
     assert seen == [(8, 8)]  # one photo row per caption: the batch's matched pairs
 
 

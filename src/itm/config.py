@@ -120,6 +120,9 @@ class TrainConfig:
     # > 0 (in-batch objectives): pull the model's words-over-regions attention towards the backbone
     # classifier's map of what each word names, with this weight (itm.training.grounding, issue 47)
     concept_weight: float = 0.0
+    # > 0: person words naming no class ("woman", "boy") take the garment classes' map as a target of this
+    # weight relative to a word's own classes (itm.training.grounding.PERSON_WORDS, WORN_CLASSES)
+    concept_stand_in_weight: float = 0.0
     init_from: str | None = None  # start from this checkpoint's weights (same model and vocabulary): fine-tuning
     # multi-scale training: the training photos are also extracted at these sizes (the same backbone over
     # finer or coarser region grids) and each step reads one of features.image_size and these, drawn
@@ -355,7 +358,7 @@ def validate(config: Config) -> None:
                  positive=("batch_size", "epochs", "negatives", "val_images", "lr", "temperature", "patience",
                            "distill_temperature"),
                  non_negative=("margin", "momentum", "grad_clip", "checkpoint_minutes", "distill_weight",
-                               "concept_weight"),
+                               "concept_weight", "concept_stand_in_weight"),
                  fraction=("region_drop", "word_drop", "ema_decay"), optional_positive=("max_minutes", "threads"),
                  choices={"optimizer": ("sgd", "adam"), "lr_schedule": ("constant", "cosine"),
                           "precision": PRECISIONS})

@@ -148,9 +148,12 @@ def train_run(config: Config | None, data_dir: str | Path | None, run_dir: str |
     if config.train.concept_weight:
         from itm.training.grounding import concept_grounding
 
-        trainer.grounding = concept_grounding(model, config.features, vocab.to_list(), config.train.concept_weight)
+        trainer.grounding = concept_grounding(model, config.features, vocab.to_list(), config.train.concept_weight,
+                                              config.train.concept_stand_in_weight)
+        targets = trainer.grounding.targets
         log(f"concept-guided attention: weight {config.train.concept_weight} on '{trainer.grounding.attention}', "
-            f"{int(trainer.grounding.targets.named.sum())} of {len(vocab)} words name ImageNet classes")
+            f"{int(targets.named.sum())} of {len(vocab)} words name ImageNet classes, "
+            f"{int(((targets.target_weight > 0) & ~targets.named).sum())} more take the garments' map")
     if payload is not None:
         trainer.restore(payload)
     result = trainer.fit(train, val, progress=progress)
