@@ -6,8 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import DIMS, M, V, WordTable, fit_quietly, make_captions, make_images, setup_run, streams, tiny_batch, \
-    tiny_model
+from helpers import (
+    DIMS,
+    M,
+    V,
+    WordTable,
+    fit_quietly,
+    make_captions,
+    make_images,
+    setup_run,
+    streams,
+    tiny_batch,
+    tiny_model,
+)
 
 from itm.checkpoint import load_initial_weights, model_payload, save_atomic
 from itm.config import load_config

@@ -21,8 +21,15 @@ from itm.data.load import load_dataset
 from itm.devices import as_device
 from itm.distributed import is_main, setup, world_size
 from itm.errors import ItmError
-from itm.pipeline import (PreparedSplit, at_image_size, build_vocab, initial_word_table, input_dims, prepare_split,
-                          word_table_record)
+from itm.pipeline import (
+    PreparedSplit,
+    at_image_size,
+    build_vocab,
+    initial_word_table,
+    input_dims,
+    prepare_split,
+    word_table_record,
+)
 from itm.training.loop import Trainer, seed_everything
 
 # what every run's summary.json records, so that a reported figure says what produced it
