@@ -3,6 +3,7 @@ the annotated photo's pixels and scaled to the shown photo, the two baselines, w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -340,3 +341,19 @@ def test_cases_split_by_whether_their_word_has_a_concept_map():
     assert groups["without"]["cases"] == 2 and groups["without"]["hit"] == 50.0
     assert groups["without"]["centre_cell"] == 50.0 and groups["without"]["bootstrap"]["photos"] == 2
     assert summarise([case("dog", True)])["by_concept_map"] == {}  # not looked up: no split
+
+
+def test_two_runs_compare_pairwise_by_photo_and_their_cases_survive_the_json():
+    from itm.evaluation.pointing import cases_from_record, cases_record, paired_difference
+
+    before = [PointingCase(f"p{i}.jpg", 0, 0, "dog", "dog", 0, i % 2 == 0, 0.3, False, concept_map=True)
+              for i in range(6)]
+    after = [dataclasses.replace(c, hit=True) for c in before]
+    result = paired_difference(before, after)
+    assert result["difference"] == pytest.approx(50.0) and result["photos"] == 6
+    low, high = result["interval"]
+    assert 0 < low <= 50.0 <= high <= 100
+    assert paired_difference(before, before)["interval"] == [0.0, 0.0]
+    assert cases_from_record(json.loads(json.dumps(cases_record(after)))) == after
+    with pytest.raises(DataError, match="cases differ"):
+        paired_difference(before, after[:-1])

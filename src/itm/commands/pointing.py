@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from itm.data.load import load_dataset
     from itm.devices import resolve_device
     from itm.evaluation.grounding import COMBINE_CONCEPT, pointing_cases
-    from itm.evaluation.pointing import read_coco_boxes, read_synonyms, summarise, word_table
+    from itm.evaluation.pointing import cases_record, read_coco_boxes, read_synonyms, summarise, word_table
     from itm.pipeline import at_image_size, prepare_split
 
     device = resolve_device(args.device)
@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         result.update(checkpoint=str(args.checkpoint), model=config.model.name, data=str(args.data), method=args.method,
                       fuse_sizes=[config.features.image_size, *args.fuse_sizes] if args.fuse_sizes else [],
-                      grid=[rows, cols], image_size=config.features.image_size, overrides=args.overrides)
+                      grid=[rows, cols], image_size=config.features.image_size, overrides=args.overrides,
+                      cases=cases_record(cases))  # for paired comparisons (scripts/pointing_compare.py)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
     if args.pictures:

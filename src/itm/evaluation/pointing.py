@@ -13,6 +13,7 @@ y in [r/gh, (r+1)/gh) of its height.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -185,6 +186,33 @@ def photo_bootstrap(cases: list[PointingCase], samples: int = BOOTSTRAP_SAMPLES,
     return {"photos": len(photos), "samples": samples, "confidence": CONFIDENCE,
             "hit": interval(hit_rate), "hit_minus_centre": 100 * float((hits.sum() - centre.sum()) / n.sum()),
             "hit_minus_centre_interval": interval(difference)}
+
+
+CASE_FIELDS = ("image", "caption", "position", "word", "category", "cell", "hit", "random_hit", "centre_hit",
+               "concept_map")
+
+
+def cases_record(cases: list[PointingCase]) -> list[list]:
+    """The cases as rows of ``CASE_FIELDS`` (the ``cases`` of ``--json``, for paired comparisons)."""
+    return [[getattr(c, name) for name in CASE_FIELDS] for c in cases]
+
+
+def cases_from_record(rows: list[list]) -> list[PointingCase]:
+    return [PointingCase(**dict(zip(CASE_FIELDS, row, strict=True))) for row in rows]
+
+
+def paired_difference(before: list[PointingCase], after: list[PointingCase], samples: int = BOOTSTRAP_SAMPLES,
+                      seed: int = 0) -> dict:
+    """Two pointers on the same cases (two checkpoints, matched by photo, caption and word position):
+    the hit rate of ``after`` minus that of ``before``, in points, with its 95% interval by the photo
+    bootstrap (``photo_bootstrap`` with ``before``'s hits in the place of the centre cell's)."""
+    key = {(c.image, c.caption, c.position): c for c in before}
+    if len(key) != len(after) or any((c.image, c.caption, c.position) not in key for c in after):
+        raise DataError("pointing game: the two runs' cases differ (another data set, boxes or vocabulary?)")
+    paired = [dataclasses.replace(c, centre_hit=key[(c.image, c.caption, c.position)].hit) for c in after]
+    boot = photo_bootstrap(paired, samples, seed)
+    return {"cases": len(paired), "photos": boot["photos"], "difference": boot["hit_minus_centre"],
+            "interval": boot["hit_minus_centre_interval"]}
 
 
 def photo_halves(cases: list[PointingCase]) -> dict[str, list[PointingCase]]:
