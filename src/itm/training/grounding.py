@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from itm.data.types import Captions
-from itm.errors import ConfigError
+from itm.errors import ConfigError, ItmError
+from itm.evaluation.grounding import declared_map
 from itm.features.concepts import ConceptMaps, WordConcepts
 from itm.models.base import Matcher, length_mask
 
@@ -102,11 +103,11 @@ class ConceptTargets:
 
 def words_over_regions(model: Matcher) -> str:
     """The name of the ("words", "regions") attention the model declares; a ConfigError otherwise."""
-    for name, spec in model.attention_specs().items():
-        if (spec.rows, spec.over) == WORDS_OVER_REGIONS:
-            return name
-    raise ConfigError(f"train.concept_weight: model '{type(model).__name__}' declares no attention of words over "
-                      "the region grid, so there is nothing for the concept maps to guide")
+    try:
+        return declared_map(model, WORDS_OVER_REGIONS)
+    except ItmError:
+        raise ConfigError(f"train.concept_weight: model '{type(model).__name__}' declares no attention of words "
+                          "over the region grid, so there is nothing for the concept maps to guide") from None
 
 
 def concept_kl(attention: torch.Tensor, concept_maps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
