@@ -90,6 +90,27 @@ def test_explain_returns_the_declared_pictures(tiny, tmp_path):
         model.explain(red, "a red dog", method="gradcam")
 
 
+def test_a_checkpoint_with_pointing_evidence_labels_its_attention_panels_by_it(tiny, tmp_path):
+    """The record ``itm pointing-game --record`` keeps replaces "a guess" on the grid it was measured on."""
+    from itm.checkpoint import record_in_checkpoint
+    from itm.evaluation.pointing import EVIDENCE_KEY
+
+    red = photo(tmp_path / "red.jpg", "red")
+    from itm.pipeline import cache_root
+    from itm.viz.explain import explain_photo
+
+    model = itm.load_model(tiny)
+    grid = list(explain_photo(model.checkpoint, red, "a red dog", cache_root(model.checkpoint.config)).grid_shape)
+
+    def labels(record: dict) -> list[str]:
+        record_in_checkpoint(tiny, EVIDENCE_KEY, record)
+        return [ax.get_xlabel() for ax in itm.load_model(tiny).explain(red, "a red dog")["concept"].axes]
+
+    points = {"hit_minus_centre": 10.4, "interval": [1.2, 19.0]}
+    assert "red\nno class\nattention: points (+10 vs centre)" in labels({"grid": grid, "without_concept_map": points})
+    assert "red\nno class\nattention: a guess" in labels({"grid": [g + 1 for g in grid], "without_concept_map": points})
+
+
 def test_build_then_open_an_index_and_search_it(tmp_path, monkeypatch):
     monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
     dual, bssan = index_checkpoint(tmp_path / "dual.pt", "dual"), index_checkpoint(tmp_path / "bssan.pt", "bssan")

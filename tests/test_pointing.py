@@ -357,3 +357,52 @@ def test_two_runs_compare_pairwise_by_photo_and_their_cases_survive_the_json():
     assert cases_from_record(json.loads(json.dumps(cases_record(after)))) == after
     with pytest.raises(DataError, match="cases differ"):
         paired_difference(before, after[:-1])
+
+
+def test_the_attention_figures_are_recorded_in_the_checkpoint_and_nothing_else_changes(tmp_path, monkeypatch, capsys):
+    """``--record`` adds the attention's hit - centre (overall and per concept-map group) to the file;
+    the weights and the rest of the payload are untouched; other methods are refused in one line."""
+    from helpers import boxed_photos, index_checkpoint
+
+    from itm.checkpoint import read_payload
+    from itm.cli import main
+    from itm.evaluation.pointing import EVIDENCE_KEY
+    from itm.features.cache import content_key
+
+    monkeypatch.setenv("ITM_CACHE", str(tmp_path / "cache"))
+    data, boxes = boxed_photos(tmp_path)
+    checkpoint = index_checkpoint(tmp_path / "bssan.pt", "bssan")
+    before, bytes_before = read_payload(checkpoint), checkpoint.read_bytes()
+    assert EVIDENCE_KEY not in before
+    args = ["pointing-game", "--checkpoint", str(checkpoint), "--data", str(data), "--boxes", str(boxes),
+            "--min-cases", "1"]
+    assert main([*args, "--method", "concept", "--record"]) == 2
+    err = capsys.readouterr().err
+    assert "--record keeps evidence about the model's own attention" in err and len(err.strip().splitlines()) == 1
+    assert EVIDENCE_KEY not in read_payload(checkpoint)
+    assert main([*args, "--json", str(tmp_path / "out.json"), "--record"]) == 0
+    after, result = read_payload(checkpoint), json.loads((tmp_path / "out.json").read_text())
+    record = after[EVIDENCE_KEY]
+    assert record["method"] == "attention" and record["grid"] == result["grid"] and "--record" in record["command"]
+    assert record["overall"]["cases"] == result["overall"]["cases"] == 1
+    assert record["overall"]["hit_minus_centre"] == pytest.approx(result["bootstrap"]["hit_minus_centre"], abs=0.01)
+    (group, summary), = result["by_concept_map"].items()
+    assert record[f"{group}_concept_map"]["interval"] == pytest.approx(
+        summary["bootstrap"]["hit_minus_centre_interval"], abs=0.01)
+    assert set(after) - {EVIDENCE_KEY, "earlier_sha1s"} == set(before) - {"earlier_sha1s"}
+    assert after["earlier_sha1s"][-1] == content_key(bytes_before)  # indexes built with the file still open
+    assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
+
+
+@pytest.mark.parametrize("group,grid,label", [
+    (None, [3, 4], "attention: a guess"),  # no record: as measured for models trained without the term
+    ({"hit_minus_centre": 10.4, "interval": [1.2, 19.0]}, [3, 4], "attention: points (+10 vs centre)"),
+    ({"hit_minus_centre": 7.1, "interval": [-7.1, 21.1]}, [3, 4], "attention: +7 vs centre, unsure"),
+    ({"hit_minus_centre": -2.0, "interval": [-15.0, 11.1]}, [3, 4], "attention: a guess"),
+    ({"hit_minus_centre": 10.4, "interval": [1.2, 19.0]}, [9, 9], "attention: a guess"),  # measured on another grid
+])
+def test_the_sheet_labels_attention_by_the_checkpoints_own_record(group, grid, label):
+    from itm.viz.explain import attention_label
+
+    evidence = None if group is None else {"grid": grid, "without_concept_map": group}
+    assert attention_label(evidence, (3, 4)) == label

@@ -176,6 +176,21 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None,
     return LoadedCheckpoint(model, config, vocab, dims, payload["feature_settings"], payload)
 
 
+def record_in_checkpoint(path: str | Path, key: str, record: dict[str, Any]) -> Path:
+    """Add ``record`` under ``key`` to a checkpoint file (a run folder: its best.pt), atomically; the
+    weights and everything else stay as they were, and the file keeps its sha1 before the change among
+    ``earlier_sha1s``, so indexes built with it still open. Returns the file written."""
+    from itm.features.cache import content_key
+
+    path = Path(path)
+    path = path / "best.pt" if path.is_dir() else path
+    payload = read_payload(path)
+    payload["earlier_sha1s"] = [*payload.get("earlier_sha1s", []), content_key(path.read_bytes())]
+    payload[key] = record
+    save_atomic(payload, path)
+    return path
+
+
 def load_initial_weights(model: Matcher, path: str | Path, vocab: Vocab) -> None:
     """Start a run from a trained checkpoint's weights (``train.init_from``: fine-tuning). The file must
     hold the same model, as configured, over the same training vocabulary (its word ids index the

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "into one over the finest (any method but objects), e.g. --fuse-sizes 416 512")
     parser.add_argument("--min-cases", type=int, default=5, help="categories with fewer cases are not flagged at 0%%")
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the result as JSON")
+    parser.add_argument("--record", action="store_true",
+                        help="with --method attention: keep the result's hit - centre figures in the checkpoint file, "
+                             "so that its explanations label the attention panels by them instead of 'a guess'")
     parser.add_argument("--pictures", metavar="DIR", help="draw misses of the worst categories into DIR")
     parser.add_argument("--categories", metavar="NAMES",
                         help="with --pictures: draw these categories' misses instead (comma-separated, e.g. dog,sink)")
@@ -43,10 +46,14 @@ def run(args: argparse.Namespace) -> int:
     from itm.checkpoint import load_checkpoint
     from itm.data.load import load_dataset
     from itm.devices import resolve_device
+    from itm.errors import ItmError
     from itm.evaluation.grounding import COMBINE_CONCEPT, pointing_cases
     from itm.evaluation.pointing import cases_record, read_coco_boxes, read_synonyms, summarise, word_table
     from itm.pipeline import at_image_size, prepare_split
 
+    if args.record and (args.method != "attention" or args.fuse_sizes):
+        raise ItmError("--record keeps evidence about the model's own attention: only with --method attention "
+                       "and no --fuse-sizes (the explanation sheet draws one grid)")
     device = resolve_device(args.device)
     boxes, categories = read_coco_boxes(args.boxes)
     words = word_table(categories, read_synonyms(args.synonyms) if args.synonyms else None)
@@ -56,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     split = prepare_split(dataset, config, ckpt.vocab, progress=False, device=device)
     others = tuple(prepare_split(dataset, at_image_size(config, size), ckpt.vocab, progress=False, device=device)
                    for size in args.fuse_sizes)
-    from itm.errors import ItmError
     from itm.features.concepts import concept_maps_for
 
     try:  # the same backbone at every fused size
@@ -82,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                       cases=cases_record(cases))  # for paired comparisons (scripts/pointing_compare.py)
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if args.record:
+        record_evidence(args, result, [rows, cols])
     if args.pictures:
         from itm.viz.pointing import draw_worst_misses
 
@@ -89,6 +97,21 @@ def run(args: argparse.Namespace) -> int:
         for path in draw_worst_misses(cases, result, shown, Path(args.pictures), boxes=boxes, names=names):
             print(f"wrote {path}")
     return 0
+
+
+def record_evidence(args: argparse.Namespace, result: dict, grid: list[int]) -> None:
+    """``--record``: the attention's figures into the checkpoint file (``pointing.attention_evidence``)."""
+    from itm.checkpoint import record_in_checkpoint
+    from itm.evaluation.pointing import EVIDENCE_KEY, attention_evidence
+
+    sets = "".join(f" --set {text}" for text in args.overrides)
+    command = f"itm pointing-game --data {args.data} --boxes {args.boxes} --split {args.split}{sets} --record"
+    if result.get("by_concept_map", {}).get("without") is None:
+        print("note: the backbone has no classifier over its map, so the evidence says nothing of the words "
+              "the explanation sheet draws attention for")
+    path = record_in_checkpoint(args.checkpoint, EVIDENCE_KEY,
+                                attention_evidence(result, str(args.data), grid, command))
+    print(f"recorded the attention's figures in {path}")
 
 
 def query_encoder(ckpt):

@@ -316,3 +316,23 @@ def summarise(cases: list[PointingCase], min_cases: int = 5, seen: set[str] | No
             "photos_at_zero": photos_at_zero, "unreachable_at_zero": unreachable,
             "reachable_at_zero": reachable_zero, "min_cases": min_cases, "by_peak": by_peak(cases),
             "by_vocabulary": by_vocabulary, "by_map": by_map, "by_concept_map": by_concept_map}
+
+
+# The evidence a checkpoint can carry about its own attention (``itm pointing-game --record``), read by
+# the explanation sheet to label the attention panels it draws (``itm.viz.explain.attention_label``).
+EVIDENCE_KEY = "pointing_evidence"
+
+
+def attention_evidence(result: dict, data: str, grid: list[int], command: str) -> dict:
+    """The compact record of an ``--method attention`` pointing game kept in a checkpoint: overall
+    and per concept-map group, hit - centre and its photo-bootstrap interval; where and how measured."""
+    def group(summary: dict, boot: dict) -> dict:
+        return {"cases": summary["cases"], "photos": boot["photos"], "hit": round(summary["hit"], 2),
+                "centre_cell": round(summary["centre_cell"], 2),
+                "hit_minus_centre": round(boot["hit_minus_centre"], 2),
+                "interval": [round(v, 2) for v in boot["hit_minus_centre_interval"]]}
+
+    groups = {name: group(g, g["bootstrap"]) for name, g in result.get("by_concept_map", {}).items()}
+    return {"method": "attention", "data": data, "grid": list(grid), "command": command,
+            "overall": group(result["overall"], result["bootstrap"]),
+            "with_concept_map": groups.get("with"), "without_concept_map": groups.get("without")}

@@ -22,6 +22,7 @@ from itm.data.vocab import Vocab
 from itm.data.word_report import WordReport
 from itm.devices import model_device, on_device
 from itm.errors import DataError, ItmError
+from itm.evaluation.pointing import EVIDENCE_KEY
 from itm.features.images import load_image
 from itm.models.base import AttentionSpec, Matcher, PairScores
 from itm.viz.attention import object_word_figure, word_attention_figure, word_weights_figure
@@ -214,12 +215,29 @@ def check_explain_method(method: str) -> str:
     return method
 
 
-def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: torch.Tensor, settings) -> Figure | str:
+def attention_label(evidence: dict | None, grid_shape: tuple[int, int] | None) -> str:
+    """What the sheet may say of a fallback attention panel, from the checkpoint's own pointing-game
+    record (``itm pointing-game --record``) for the words with no concept map on the same grid: "points"
+    when its photo-bootstrap interval of hit - centre lies above zero, the figure and "unsure" when only
+    the estimate does, otherwise (or with no record for this grid) "a guess", as measured for every
+    model trained without ``train.concept_weight`` (docs/explain.md, "Which panels to trust")."""
+    group = (evidence or {}).get("without_concept_map")
+    if not group or grid_shape is None or list(evidence.get("grid", [])) != list(grid_shape):
+        return "attention: a guess"
+    gain, (low, _) = group["hit_minus_centre"], group["interval"]
+    if low > 0:
+        return f"attention: points ({gain:+.0f} vs centre)"
+    return f"attention: {gain:+.0f} vs centre, unsure" if gain > 0 else "attention: a guess"
+
+
+def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: torch.Tensor, settings,
+                   evidence: dict | None = None) -> Figure | str:
     """The "where" sheet: per word, its concept map where it names an ImageNet class, the model's
     words-over-regions attention where it names none, nothing where the model could not read it; no
     panel for a function word ("a", "near": ``panel_words``).
     ``regions`` (D, C): the photo's grid features; ``settings``: their FeatureConfig. A one-line reason
-    (str) instead when the backbone has no classifier over its map or the model no such attention."""
+    (str) instead when the backbone has no classifier over its map or the model no such attention.
+    ``evidence``: the checkpoint's pointing-game record, which labels the attention panels (``attention_label``)."""
     from itm.evaluation.grounding import unit_range
     from itm.features.concepts import cached_concept_maps
 
@@ -233,6 +251,7 @@ def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: to
     key = next((n for n, sp in explanation.specs.items() if (sp.rows, sp.over) == ("words", "regions")), None)
     attention = explanation.attention.get(key) if key else None
     keep = content_positions(explanation.words)  # function words ("a", "near") get no panel
+    said = attention_label(evidence, ctx.grid_shape)
     rows, labels = np.zeros((len(keep), maps.shape[1]), maps.dtype), []
     for m, n in enumerate(keep):
         word = explanation.words[n]
@@ -246,10 +265,11 @@ def concept_figure(explanation: PairExplanation, ctx: FigureContext, regions: to
             labels.append(f"{word}\nImageNet: {name}")
         elif attention is not None:
             rows[m] = unit_range(attention[n : n + 1])[0]
-            # measured: where the sheet falls back to attention, it points no better than the photo's centre
-            # (docs/explain.md, "by_map"), so the panel says it is a guess
+            # measured: where the sheet falls back to attention, the shipped models point no better than the
+            # photo's centre (docs/explain.md, "by_map"): a guess, unless the checkpoint's record says otherwise;
+            # a word never trained on stays a guess whatever the record
             untrained = ", untrained" if word in explanation.untrained else ""
-            labels.append(f"{word}\n{fallback}{untrained}\nattention: a guess")
+            labels.append(f"{word}\n{fallback}{untrained}\n{'attention: a guess' if untrained else said}")
         else:
             labels.append(f"{word}\n{fallback}, no map")
     return word_attention_figure(ctx.image, rows, labels, score=explanation.score, parts=explanation.parts,
@@ -298,7 +318,8 @@ def explain_photo(ckpt: LoadedCheckpoint, image: str | Path, caption: str, cache
     drawn = pair_figures(explanation, photo, features, 0, title=str(caption))
     if method == "concept":
         ctx = FigureContext(explanation, photo, features.grid_shape, None, str(caption))
-        where = concept_figure(explanation, ctx, features.regions[0], settings)
+        where = concept_figure(explanation, ctx, features.regions[0], settings,
+                               evidence=ckpt.payload.get(EVIDENCE_KEY))
         if isinstance(where, str):
             drawn.not_drawn.insert(0, f"concept (where each word's thing is): not drawn: {where}")
         else:
