@@ -44,10 +44,13 @@ def test_second_order_contexts_equal_the_literal_products():
     image_values, caption_values = torch.randn(5, 6, generator=gen), torch.randn(3, 4, 6, generator=gen)
     literal_r = row_normalise(r2w @ r2w.transpose(-1, -2)) @ image_values
     literal_w = row_normalise(w2r.transpose(-1, -2) @ w2r) @ caption_values
-    # the model's layout is words by regions, (Nc, L, R), with A^T passed as a strided view
-    r2w_lr = r2w.transpose(1, 2).contiguous()
-    torch.testing.assert_close(CAAN.region_second_order(r2w_lr, r2w_lr.transpose(1, 2), image_values), literal_r)
-    torch.testing.assert_close(CAAN.word_second_order(w2r.transpose(1, 2).contiguous(), caption_values), literal_w)
+    # the model's layout is words by regions, (Ni, Nc, L, R) for a block of images (here one), with A^T
+    # passed as a strided view
+    r2w_lr = r2w.transpose(1, 2).contiguous()[None]
+    torch.testing.assert_close(CAAN.region_second_order(r2w_lr, r2w_lr.transpose(2, 3), image_values[None]),
+                               literal_r[None])
+    torch.testing.assert_close(CAAN.word_second_order(w2r.transpose(1, 2).contiguous()[None], caption_values),
+                               literal_w[None])
 
 
 def test_cosine_score_is_bounded_and_scale_free():

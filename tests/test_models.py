@@ -190,3 +190,32 @@ def test_cli_models_lists_every_model(capsys):
     listed = [line.split()[0] for line in registry.splitlines()]
     assert sorted(listed) == sorted(VARIANTS)
     assert shipped.startswith("shipped")
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_the_all_pairs_block_trains_the_function_of_the_one_pair_forward(name):
+    """In-batch training differentiates ``score_block``; its loss and every parameter's gradient must be
+    those of the literal one-pair ``forward`` over the same pairs (eval mode: no dropout), so that a
+    faster block cannot change what a model learns."""
+    from itm.models.base import TOTAL
+
+    model, _ = tiny_model(name, "text.trainable=true")
+    model.eval()
+    images, captions = streams(*make_images(3)), make_captions(LENGTHS)
+    ni, nc = 3, len(LENGTHS)
+    weights = torch.linspace(-1.0, 2.0, ni * nc).view(ni, nc)
+
+    def gradients(loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    block = model.score_block(model.prepare_images(images), model.prepare_captions(captions), parts=True)[TOTAL]
+    block_loss, block_grads = gradients((block * weights).sum())
+    image_of, caption_of = torch.arange(ni).repeat_interleave(nc), torch.arange(nc).repeat(ni)
+    pairs = model({k: v[image_of] for k, v in images.items()}, captions.select(caption_of)).score.view(ni, nc)
+    pair_loss, pair_grads = gradients((pairs * weights).sum())
+    torch.testing.assert_close(block_loss, pair_loss, rtol=1e-4, atol=1e-5)
+    assert block_grads.keys() == pair_grads.keys() and block_grads
+    for param_name, grad in pair_grads.items():
+        torch.testing.assert_close(block_grads[param_name], grad, rtol=1e-3, atol=1e-5, msg=param_name)

@@ -74,6 +74,11 @@ class CAANConfig(ModelConfig):
 
 
 
+# pairs per block when scoring (``CAAN.pooled_scores``): 128 pairs keep the (pairs, R, h) temporaries
+# in a core's cache at 81 regions; blocks of 256 and 512 pairs scored 1.7-2.1x slower a pair here
+SCORING_PAIRS = 128
+
+
 def word_column_softmax(logits: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
     """(..., R, L) -> softmax over R per word column, columns of padded words all 0."""
     return torch.softmax(logits, dim=-2) * word_mask.unsqueeze(-2)
@@ -201,67 +206,77 @@ class CAAN(Matcher):
         return with_total(self.pooled_scores(images, captions), parts)
 
     def pooled_scores(self, images: State, captions: State) -> torch.Tensor:
-        """(Ni, Nc) scores, one image against the whole caption block at a time (``image_scores``)."""
+        """(Ni, Nc) scores, by blocks of images (``block_scores``). Training (gradients kept) runs the whole
+        block at once: fewer, larger operations, each image's slice no longer a gradient of the whole state;
+        scoring runs blocks of at most ``SCORING_PAIRS`` pairs, so that the per-pair temporaries stay in
+        the cache (larger blocks measured slower on this machine, docs/results/speed.md)."""
         mask = length_mask(captions["lengths"], captions["u"].shape[1])  # (Nc, L)
-        rows = [self.image_scores({k: v[i] for k, v in images.items()}, captions, mask)
-                for i in range(images["v"].shape[0])]
-        return torch.stack(rows) if rows else images["v"].new_zeros(0, len(mask))
+        n = images["v"].shape[0]
+        size = n if torch.is_grad_enabled() else max(1, SCORING_PAIRS // max(len(mask), 1))
+        if size >= n:
+            return self.block_scores(images, captions, mask)
+        blocks = [self.block_scores({k: t[i : i + size] for k, t in images.items()}, captions, mask)
+                  for i in range(0, n, size)]
+        return torch.cat(blocks)
 
-    def image_scores(self, image: State, captions: State, mask: torch.Tensor) -> torch.Tensor:
-        """(Nc,) scores of one prepared image against every caption. Per pair tensors are laid out
-        (Nc, L, R), words by regions, so that every product is one GEMM or a batch of them over the
-        captions, with no copies (transposes are strides the BLAS call takes as they are)."""
-        nc, steps, d = captions["u"].shape
+    def block_scores(self, images: State, captions: State, mask: torch.Tensor) -> torch.Tensor:
+        """(Ni, Nc) scores of prepared images against prepared captions. Per pair tensors are laid out
+        (Ni, Nc, L, R), words by regions, so that every product is one GEMM per image or a batch of them
+        over the pairs; every normalisation multiplies by a reciprocal (one pass, a cheaper backward)."""
+        v, u = images["v"], captions["u"]
+        (ni, r, d), (nc, steps) = v.shape, u.shape[:2]
         lam = self.config.temperature
-        h = (captions["u"].reshape(nc * steps, d) @ image["v"].T).view(nc, steps, -1)  # (Nc, L, R)
+        h = (u.reshape(1, nc * steps, d) @ v.transpose(1, 2)).view(ni, nc, steps, r)  # (Ni, Nc, L, R)
+        real = mask[:, :, None].to(h.dtype)  # (Nc, L, 1)
         if lam <= EXP_SAFE_BOUND:  # |h| <= 1 (unit vectors): one exp serves both softmaxes
-            e = bounded_exp_(lam * h, lam, -1)  # (Nc, L, R)
-            w2r = e / e.sum(-1, keepdim=True) * mask[..., None]  # each real word's row sums to 1 over R
-            e_real = e * mask[..., None]
-            r2w = e_real / e_real.sum(1, keepdim=True)  # each region over the real words
+            e = bounded_exp_(lam * h, lam, -1) * real  # padded words' rows 0
+            w2r = e * e.sum(-1, keepdim=True).clamp_min(EPS).reciprocal()  # each real word's row: 1 over R
+            r2w = e * e.sum(2, keepdim=True).reciprocal()  # each region over the real words
         else:
-            logits = lam * h
-            w2r = torch.softmax(logits, dim=-1) * mask[..., None]
-            r2w = torch.softmax(logits.masked_fill(~mask[..., None], float("-inf")), dim=1)
-        r2w_t = r2w.transpose(1, 2)  # (Nc, R, L) view
-        region_terms = image["own"]  # (R, h)
+            w2r = torch.softmax(lam * h, dim=-1) * real
+            r2w = masked_row_softmax((lam * h).transpose(2, 3), mask[:, None, :]).transpose(2, 3)
+        r2w_t = r2w.transpose(2, 3)  # (Ni, Nc, R, L) view
+        hidden = images["own"].shape[-1]
+        region_terms = images["own"][:, None]  # (Ni, 1, R, h)
         word_terms = captions["own"]  # (Nc, L, h)
         if self.config.use_inter:
-            region_terms = region_terms + torch.bmm(r2w_t, captions["to_regions"])  # c_r = A_r2w U W2
-            word_terms = word_terms + w2r @ image["to_words"]  # c_w = A_w2r^T V W5
+            region_terms = region_terms + r2w_t @ captions["to_regions"]  # c_r = A_r2w U W2: (Ni, Nc, R, h)
+            per_word = w2r.reshape(ni, nc * steps, r) @ images["to_words"]  # c_w = A_w2r^T V W5
+            word_terms = word_terms + per_word.view(ni, nc, steps, hidden)
         if self.config.use_intra:
             if self.config.intra_source == "semantic":
-                region_terms = region_terms + self.region_second_order(r2w, r2w_t, image["intra"])
+                region_terms = region_terms + self.region_second_order(r2w, r2w_t, images["intra"])
                 word_terms = word_terms + self.word_second_order(w2r, captions["intra"])
             else:
-                region_terms = region_terms + image["intra_context"]
+                region_terms = region_terms + images["intra_context"][:, None]
                 word_terms = word_terms + captions["intra_context"]
-        a_r = torch.softmax(self.region_out(torch.tanh(region_terms)).squeeze(-1), dim=-1)  # (Nc, R)
-        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask)  # (Nc, L)
-        pooled_h = torch.bmm(a_w[:, None, :], h).squeeze(1)  # (Nc, R): a_w^T H
-        dot = (pooled_h * a_r).sum(-1)  # <v*, u*> = a_r^T H a_w
+        region_terms = region_terms.expand(ni, nc, r, hidden)
+        word_terms = word_terms.expand(ni, nc, steps, hidden)
+        a_r = torch.softmax(self.region_out(torch.tanh(region_terms)).squeeze(-1), dim=-1)  # (Ni, Nc, R)
+        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask)  # (Ni, Nc, L)
+        dot = ((a_w[:, :, None, :] @ h).squeeze(2) * a_r).sum(-1)  # <v*, u*> = a_r^T H a_w: (Ni, Nc)
         if self.config.score == "dot":
             return dot
-        v_norm2 = ((a_r @ image["gram"]) * a_r).sum(-1)  # |v*|^2
-        u_norm2 = (torch.bmm(a_w[:, None, :], captions["gram"]).squeeze(1) * a_w).sum(-1)  # |u*|^2
+        v_norm2 = ((a_r @ images["gram"]) * a_r).sum(-1)  # |v*|^2
+        u_norm2 = ((a_w[:, :, None, :] @ captions["gram"]).squeeze(2) * a_w).sum(-1)  # |u*|^2
         return dot / (v_norm2.clamp_min(EPS * EPS).sqrt() * u_norm2.clamp_min(EPS * EPS).sqrt())
 
     @staticmethod
     def region_second_order(r2w: torch.Tensor, r2w_t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """row_normalise(A A^T) @ values for A = r2w_t (Nc, R, L) of one image, values (R, h), without
-        the R x R matrix: A (A^T values) over the row sums A (A^T 1). 2 R L h per pair instead of
-        R^2 h (with 81 grid regions the R x R product was most of a training step)."""
-        through_words = r2w @ values  # (Nc, L, h): A^T values
-        row_sums = torch.bmm(r2w_t, r2w.sum(-1, keepdim=True))  # (Nc, R, 1): (A A^T 1)_r
-        return torch.bmm(r2w_t, through_words) / row_sums.clamp_min(EPS)
+        """row_normalise(A A^T) @ values for A = r2w_t (Ni, Nc, R, L), values (Ni, R, h), without the
+        R x R matrix: A (A^T values) over the row sums A (A^T 1). 2 R L h per pair instead of R^2 h
+        (with 81 grid regions the R x R product was most of a training step)."""
+        ni, nc, steps, r = r2w.shape
+        through_words = (r2w.reshape(ni, nc * steps, r) @ values).view(ni, nc, steps, -1)  # A^T values
+        row_sums = r2w_t @ r2w.sum(-1, keepdim=True)  # (Ni, Nc, R, 1): (A A^T 1)_r
+        return (r2w_t * row_sums.clamp_min(EPS).reciprocal()) @ through_words
 
     @staticmethod
     def word_second_order(w2r: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """row_normalise(A^T A) @ values for A^T = w2r (Nc, L, R) of one image, values (Nc, L, h)."""
-        w2r_t = w2r.transpose(1, 2)  # (Nc, R, L) = A
-        through_regions = torch.bmm(w2r_t, values)  # (Nc, R, h): A values
-        row_sums = torch.bmm(w2r, w2r.sum(1)[..., None])  # (Nc, L, 1): (A^T A 1)_l
-        return torch.bmm(w2r, through_regions) / row_sums.clamp_min(EPS)
+        """row_normalise(A^T A) @ values for A^T = w2r (Ni, Nc, L, R), values (Nc, L, h), through the
+        L x L matrix: 2 L^2 (R + h) per pair, against 4 R L h through the regions (L << R)."""
+        q = w2r @ w2r.transpose(2, 3)  # (Ni, Nc, L, L) = A^T A
+        return (q * q.sum(-1, keepdim=True).clamp_min(EPS).reciprocal()) @ values
 
     def pair_bytes(self, images: State, steps: int) -> int:
         r, hidden = images["own"].shape[1:]
