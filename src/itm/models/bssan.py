@@ -135,10 +135,10 @@ def attended_alignment(weights: torch.Tensor, align: torch.Tensor) -> torch.Tens
 def lstm_step(gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: torch.Tensor):
     """One nn.LSTM step with the input part (incl. both biases) precomputed: gates (N, 4H)."""
     gates = torch.addmm(gates_in, h, w_hh_t)  # (N, 4H)
-    hidden = h.shape[1]
-    act = torch.sigmoid(gates)  # i, f, o use it; g's slice is recomputed with tanh (fewer passes)
-    i, f, o = act[:, :hidden], act[:, hidden : 2 * hidden], act[:, 3 * hidden :]
-    c = torch.addcmul(f * c, i, torch.tanh(gates[:, 2 * hidden : 3 * hidden]))
+    # i, f, o from one sigmoid over all four (fewer passes), g from tanh of its own quarter; chunks, not
+    # slices: a chunk's gradient is one concatenation, each slice's a zero-filled (N, 4H) tensor
+    i, f, _, o = torch.sigmoid(gates).chunk(4, dim=1)
+    c = torch.addcmul(f * c, i, torch.tanh(gates.chunk(4, dim=1)[2]))
     h = o * torch.tanh(c)
     return h, c
 
@@ -156,8 +156,10 @@ def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tenso
     h_last = h
     last = lengths - 1  # (N,)
     finishing = set(last.tolist())
-    for k in range(steps):
-        h, c = lstm_step(gates[k], h, c, w_hh_t)
+    # unbind, not gates[k]: when training, each indexed step's gradient would be a zero-filled copy of
+    # the whole (L, N, 4H) tensor; unbind's is one stack of the steps' gradients
+    for k, step_gates in enumerate(gates.unbind(0)):
+        h, c = lstm_step(step_gates, h, c, w_hh_t)
         if k in finishing:
             h_last = torch.where((last == k)[:, None], h, h_last)
     return h_last
