@@ -348,3 +348,30 @@ def test_speedup_is_the_reference_time_over_the_current_one_per_config():
     out = bench.speedups(floor(90.0, 300.0), floor(30.0, 200.0))
     assert out == {"m": {"score": 3.0, "train": 1.5, "score_x_floor_now": 3.0, "train_x_floor_now": 200 / 30}}
     assert bench.speedups(floor(90.0, 300.0), {"models": {}}) == {}  # a config the current tree lacks
+
+
+def test_pointing_seeds_pool_each_photos_cases_over_the_seeds(tmp_path):
+    """The pooled hit - centre is the seeds' mean; a photo keeps all its seeds' cases in one draw;
+    runs over different cases are refused."""
+    import dataclasses as dc
+
+    from itm.evaluation.pointing import PointingCase, cases_record
+
+    seeds = load_script("pointing_seeds")
+    base = [PointingCase(f"p{i}.jpg", 0, 0, "dog", "dog", 0, False, 0.3, False, concept_map=i % 2 == 0)
+            for i in range(8)]
+    runs = [[dc.replace(c, hit=n < hits) for n, c in enumerate(base)] for hits in (2, 4, 6)]  # 25 / 50 / 75 %
+    paths = []
+    for k, run in enumerate(runs):
+        paths.append(tmp_path / f"run{k}.json")
+        paths[-1].write_text(json.dumps({"cases": cases_record(run)}))
+    out = seeds.main([str(p) for p in paths])
+    assert out["overall"]["per_seed"] == pytest.approx([25.0, 50.0, 75.0])
+    assert out["overall"]["hit_minus_centre"] == pytest.approx(50.0) and out["overall"]["photos"] == 8
+    low, high = out["overall"]["interval"]
+    assert low < 50.0 < high
+    assert out["without"]["cases_per_seed"] == 4
+    paths.append(tmp_path / "other.json")
+    paths[-1].write_text(json.dumps({"cases": cases_record(base[:-1])}))
+    with pytest.raises(SystemExit, match="different cases"):
+        seeds.main([str(p) for p in paths])
