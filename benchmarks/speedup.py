@@ -1,6 +1,7 @@
 """Speed-ups against a reference commit, measured in one run: the same benchmarks on both trees.
 
     python benchmarks/speedup.py --reference facf45c [--threads 1] [--json results/speedup.json]
+    python benchmarks/speedup.py --reference bcfe252 --skip-floor --same-weights 12
     python benchmarks/speedup.py --reference facf45c --skip-floor --eval-threads 2 \\
         --eval "--checkpoint src/itm/assets/models/bssan.pt src/itm/assets/models/caan.pt \\
                 src/itm/assets/models/mlasm.pt --data ../shared/data/flickr8k --split test"
@@ -40,6 +41,22 @@ def run_tree(tree: Path, argv: list[str], threads: int, cwd: Path) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, *argv], cwd=cwd, env=env, check=True)
     return time.perf_counter() - started
+
+
+def same_weights(tree: Path, config: str, steps: int, scratch: Path) -> dict:
+    """Train ``config`` ``steps`` steps under the reference tree and under this one (one thread each, the
+    same seed); whether the weights are bitwise equal, and else their largest relative difference."""
+    import torch
+
+    weights = []
+    for label, root in (("reference", tree), ("current", REPO)):
+        out = scratch / f"{config}_{label}.pt"
+        run_tree(root, [str(HERE / "train_weights.py"), config, str(steps), str(out)], 1, HERE)
+        weights.append(torch.load(out, weights_only=True))
+    ref, now = weights
+    relative = max(float((ref[k].float() - now[k].float()).abs().max() / ref[k].float().abs().max().clamp_min(1e-12))
+                   for k in ref)
+    return {"bitwise_equal": all(torch.equal(ref[k], now[k]) for k in ref), "max_relative_difference": relative}
 
 
 def floor(tree: Path, threads: int, out: Path) -> dict:
@@ -101,6 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--search-index", help="an index: its search latency (raw scores) timed under each tree")
     parser.add_argument("--search-data", help="the dataset whose test captions are the queries")
     parser.add_argument("--search-queries", type=int, default=500)
+    parser.add_argument("--configs", nargs="+", default=["bssan_cpu_lite2", "caan_cpu", "mlasm_cpu", "dual_cpu"],
+                        help="the configs --same-weights trains")
+    parser.add_argument("--same-weights", type=int, metavar="STEPS", default=0,
+                        help="also train each config STEPS steps under both trees (train_weights.py) and compare "
+                             "the weights: bitwise equal, or their largest difference relative to the tensor's scale")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", args.reference], cwd=REPO, check=True, capture_output=True,
@@ -115,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
                 ref = floor(tree, args.threads, Path(scratch) / "ref_floor.json")
                 now = floor(REPO, args.threads, Path(scratch) / "now_floor.json")
                 result.update({"reference_floor": ref, "current_floor": now, "speedup": speedups(ref, now)})
+            if args.same_weights:
+                result["same_weights"] = {"steps": args.same_weights, **{
+                    name: same_weights(tree, name, args.same_weights, Path(scratch)) for name in args.configs}}
             if args.eval:
                 eval_args = shlex.split(args.eval)
                 run_tree(REPO, ["-m", "itm", "eval", *eval_args], args.eval_threads, REPO)  # warm-up: the cache

@@ -375,3 +375,13 @@ def test_pointing_seeds_pool_each_photos_cases_over_the_seeds(tmp_path):
     paths[-1].write_text(json.dumps({"cases": cases_record(base[:-1])}))
     with pytest.raises(SystemExit, match="different cases"):
         seeds.main([str(p) for p in paths])
+
+
+def test_train_weights_are_reproducible_so_two_trees_can_be_compared_bitwise():
+    """``speedup.py --same-weights`` compares two trees' weights bitwise: one tree twice must agree, and a
+    step more must not."""
+    bench = load_script("train_weights", "benchmarks")
+    first, second = bench.trained_weights("dual_cpu", 2), bench.trained_weights("dual_cpu", 2)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    more = bench.trained_weights("dual_cpu", 3)  # one step more: other weights
+    assert any(not torch.equal(first[k], more[k]) for k in first if first[k].is_floating_point())
