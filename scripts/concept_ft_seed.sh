@@ -10,6 +10,7 @@ bash scripts/experiment.sh "$name" configs/bssan_cpu_lite2.yaml --set train.init
   "${term[@]}" --set train.seed="$seed" --set train.lr=0.0001 --set train.epochs=3 --set train.max_minutes=50 \
   --set train.threads=1 --set "eval.score_sizes=[]" "$@"
 . .venv/bin/activate
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # as experiment.sh: two such runs share the 2-core machine
 mkdir -p results/flickr8k/concept_term results/coco_boxes_dev/concept_term
 itm eval --checkpoint "runs/flickr8k/$name" --data ../shared/data/flickr8k --split val --no-progress \
   --json "results/flickr8k/concept_term/${name}_val.json"
