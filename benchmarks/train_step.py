@@ -32,7 +32,7 @@ from _report import measure_each, save_json
 
 import itm.models  # noqa: F401  (registers every model)
 from itm.checkpoint import new_model
-from itm.config import load_config
+from itm.config import Config, load_config
 from itm.data.synthetic import random_captions
 from itm.data.types import Dataset, ImageFeatures
 from itm.models.base import InputDims
@@ -54,26 +54,38 @@ def random_split(n_captions: int, gen: torch.Generator) -> PreparedSplit:
     return PreparedSplit(Dataset("random", Path("."), []), features, random_captions(n_captions, VOCAB, gen), owner)
 
 
-def step_seconds(config_name: str, steps: int, overrides: list[str] | None = None) -> tuple[float, dict]:
+def one_epoch_run(config: Config, batches: int):
+    """(model, run config, train split, val split) for one epoch of ``batches`` plain steps of ``config``:
+    random data, the model and every draw seeded with 0; no time budget and no checkpoint within it."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    config = load_config(config_name, overrides or [])
-    cfg = config.train
-    b = cfg.batch_size
-    # one epoch of steps + warm-up + 1 batches (the first update only starts the clock); no time
-    # budget and no checkpoint within it, so every batch is a plain step
-    run = dataclasses.replace(config, train=dataclasses.replace(cfg, epochs=1, max_minutes=None,
+    run = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1, max_minutes=None,
                                                                 checkpoint_minutes=float("inf")))
-    train = random_split((steps + WARM_UP + 1) * b, gen)
+    train = random_split(batches * config.train.batch_size, gen)
     val = PreparedSplit(train.dataset, train.features.select(slice(0, 2)), train.captions.select(slice(0, 10)),
                         train.caption_to_image[:10])
-    model = new_model(run, InputDims(50, 1280, 1280, vocab_size=VOCAB))
-    stamps: list[float] = []
+    return new_model(run, InputDims(50, 1280, 1280, vocab_size=VOCAB)), run, train, val
+
+
+def fit_quietly(model, run, train: PreparedSplit, val: PreparedSplit, after_step=None) -> None:
+    """``Trainer.fit`` in a scratch run folder, its validation line silenced; ``after_step`` (if given)
+    is called after every optimiser update."""
     with tempfile.TemporaryDirectory(prefix="itm-train-step-") as run_dir:
         trainer = Trainer(model, run, Path(run_dir), meta=dict)
-        trainer.optimizer.register_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
+        if after_step is not None:
+            trainer.optimizer.register_step_post_hook(lambda *_: after_step())
         with contextlib.redirect_stdout(io.StringIO()):  # the epoch's validation line
             trainer.fit(train, val, progress=False)
+
+
+def step_seconds(config_name: str, steps: int, overrides: list[str] | None = None) -> tuple[float, dict]:
+    config = load_config(config_name, overrides or [])
+    cfg = config.train
+    # one epoch of steps + warm-up + 1 batches (the first update only starts the clock)
+    model, run, train, val = one_epoch_run(config, steps + WARM_UP + 1)
+    b = cfg.batch_size
+    stamps: list[float] = []
+    fit_quietly(model, run, train, val, after_step=lambda: stamps.append(time.perf_counter()))
     times = np.diff(stamps)[WARM_UP:]
     median = statistics.median(times)
     per_epoch = FLICKR8K_TRAIN_CAPTIONS // b

@@ -14,14 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from itm.evaluation.pointing import cases_from_record, paired_difference, photo_halves
-
-
-def groups(cases):
-    named = {"with a concept map": [c for c in cases if c.concept_map is True],
-             "without": [c for c in cases if c.concept_map is False]}
-    return {"overall": cases, **{f"half {k}": v for k, v in photo_halves(cases).items()},
-            **{k: v for k, v in named.items() if v}}
+from itm.errors import DataError
+from itm.evaluation.pointing import cases_of_run, comparison_groups, paired_difference
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,15 +24,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("after", type=Path)
     parser.add_argument("--json", dest="json_out", type=Path)
     args = parser.parse_args(argv)
-    runs = []
-    for path in (args.before, args.after):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if "cases" not in record:
-            raise SystemExit(f"pointing_compare.py: {path} holds no cases (written before itm pointing-game kept them)")
-        runs.append(cases_from_record(record["cases"]))
-    before, after = runs
+    try:
+        before, after = cases_of_run(args.before), cases_of_run(args.after)
+    except DataError as exc:
+        raise SystemExit(f"pointing_compare.py: {exc}") from None
     out = {}
-    for name, group in groups(after).items():
+    for name, group in comparison_groups(after).items():
         chosen = {(c.image, c.caption, c.position) for c in group}
         out[name] = paired_difference([c for c in before if (c.image, c.caption, c.position) in chosen], group)
         low, high = out[name]["interval"]

@@ -14,15 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from itm.evaluation.pointing import cases_from_record, photo_bootstrap, photo_halves
-
-
-def groups(cases) -> dict:
-    """The pointing game's groups of a case list: overall, the two halves of the photos, concept map or not."""
-    named = {"with a concept map": [c for c in cases if c.concept_map is True],
-             "without": [c for c in cases if c.concept_map is False]}
-    return {"overall": cases, **{f"half {k}": v for k, v in photo_halves(cases).items()},
-            **{k: v for k, v in named.items() if v}}
+from itm.errors import DataError
+from itm.evaluation.pointing import cases_of_run, comparison_groups, photo_bootstrap
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,18 +23,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--json", dest="json_out", type=Path)
     args = parser.parse_args(argv)
-    runs = []
-    for path in args.runs:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if "cases" not in record:
-            raise SystemExit(f"pointing_seeds.py: {path} holds no cases (written before itm pointing-game kept them)")
-        runs.append(cases_from_record(record["cases"]))
+    try:
+        runs = [cases_of_run(path) for path in args.runs]
+    except DataError as exc:
+        raise SystemExit(f"pointing_seeds.py: {exc}") from None
     keys = [sorted((c.image, c.caption, c.position) for c in run) for run in runs]
     if any(k != keys[0] for k in keys):
         raise SystemExit("pointing_seeds.py: the runs hold different cases (another data set, grid or word table)")
     pooled = [case for run in runs for case in run]
     out = {"runs": [str(p) for p in args.runs]}
-    for name, group in groups(pooled).items():
+    for name, group in comparison_groups(pooled).items():
         boot = photo_bootstrap(group)
         chosen = {id(c) for c in group}
         per_seed = [photo_bootstrap([c for c in run if id(c) in chosen])["hit_minus_centre"] for run in runs]

@@ -215,6 +215,23 @@ def paired_difference(before: list[PointingCase], after: list[PointingCase], sam
             "interval": boot["hit_minus_centre_interval"]}
 
 
+def cases_of_run(path: str | Path) -> list[PointingCase]:
+    """The cases an ``itm pointing-game --json`` file keeps; a DataError naming the file when it keeps none."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    if "cases" not in record:
+        raise DataError(f"{path} holds no cases (written before itm pointing-game kept them)")
+    return cases_from_record(record["cases"])
+
+
+def comparison_groups(cases: list[PointingCase]) -> dict[str, list[PointingCase]]:
+    """The groups runs are compared over (scripts/pointing_compare.py, pointing_seeds.py): all cases, the
+    two halves of the photos, and the words with and without a concept map (where the split is known)."""
+    named = {"with a concept map": [c for c in cases if c.concept_map is True],
+             "without": [c for c in cases if c.concept_map is False]}
+    return {"overall": cases, **{f"half {k}": v for k, v in photo_halves(cases).items()},
+            **{k: v for k, v in named.items() if v}}
+
+
 def photo_halves(cases: list[PointingCase]) -> dict[str, list[PointingCase]]:
     """The cases split in two by photo (photos in name order, alternately): a lever that helps only
     one half is noise."""
