@@ -331,6 +331,22 @@ def test_floor_benchmark_reports_each_config_against_the_matmul_floor(monkeypatc
     assert entry["train_x_floor"] == pytest.approx(entry["train_us_per_pair"] / (3 * floor_us), rel=2e-2)
 
 
+def test_the_flop_count_includes_products_accumulated_in_place():
+    """A model that accumulates a product into a tensor it owns (``baddbmm_``, ``addmm_``) is charged the
+    same FLOPs as the out-of-place product: torch's counter alone drops them, and the floor with them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench = load_script("coco5k_estimate", "benchmarks")
+    a, b, acc = torch.randn(3, 5, 7), torch.randn(3, 7, 2), torch.zeros(3, 5, 2)
+    with FlopCounterMode(display=False, custom_mapping=bench.IN_PLACE_PRODUCTS) as counter:
+        acc.baddbmm_(a, b)
+        acc[0].addmm_(a[0], b[0])
+    assert counter.get_total_flops() == 2 * 3 * 5 * 7 * 2 + 2 * 5 * 7 * 2
+    with FlopCounterMode(display=False, custom_mapping=bench.IN_PLACE_PRODUCTS) as counter:
+        torch.baddbmm(acc, a, b)
+    assert counter.get_total_flops() == 2 * 3 * 5 * 7 * 2
+
+
 def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
     bench = load_script("floor", "benchmarks")
     clock = iter(range(100))
