@@ -242,7 +242,7 @@ class CAAN(Matcher):
         region_terms = self.region_terms(images, captions, r2w)  # (Ni, Nc, R, h)
         word_terms = self.word_terms(images, captions, w2r)  # (Ni, Nc, L, h)
         a_r = torch.softmax(self.region_out(region_terms.tanh_()).squeeze(-1), dim=-1)  # (Ni, Nc, R)
-        a_w = masked_row_softmax(self.word_out(word_terms.tanh_()).squeeze(-1), mask)  # (Ni, Nc, L)
+        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask)  # (Ni, Nc, L)
         dot = ((a_w[:, :, None, :] @ h).squeeze(2) * a_r).sum(-1)  # <v*, u*> = a_r^T H a_w: (Ni, Nc)
         if self.config.score == "dot":
             return dot
@@ -253,10 +253,10 @@ class CAAN(Matcher):
     def region_terms(self, images: State, captions: State, r2w: torch.Tensor) -> torch.Tensor:
         """(Ni, Nc, R, h): each region's own term plus its pair's contexts, c_r = A U W2 (inter) and
         row_normalise(A A^T) V W3 (second-order intra; A = r2w^T: R x L), as one GEMM per pair: [A | A / rowsum]
-        (R x 2L) times [U W2 ; A^T V W3] (2L x h), accumulated into a copy of the own term. The R x h
-        tensors are most of a pair's memory traffic: one copy and one GEMM pass over them, not two
-        products, two sums and their temporaries. A A^T never forms (R^2 h a pair; with 81 grid regions
-        it was most of a training step): (A A^T) x = A (A^T x)."""
+        (R x 2L) times [U W2 ; A^T V W3] (2L x h), the own term added in place. The R x h tensors are
+        most of a pair's memory traffic: one product and one sum pass over them, not two products, two
+        sums and their temporaries. A A^T never forms (R^2 h a pair; with 81 grid regions it was most of
+        a training step): (A A^T) x = A (A^T x). Always a fresh tensor: the caller's tanh is in place."""
         ni, nc, steps, r = r2w.shape
         own = images["own"]  # (Ni, R, h)
         if self.config.use_intra and self.config.intra_source == "feature":  # per image: no caption involved
@@ -270,29 +270,27 @@ class CAAN(Matcher):
             row_sums = r2w.sum(-1).unsqueeze(-2) @ r2w  # (Ni, Nc, 1, R): (A A^T 1)_r
             lefts.append(r2w * row_sums.clamp_min(EPS).reciprocal())
             rights.append(through_words)
-        # a fresh tensor, never a view of the prepared state (one pair's expand is already contiguous)
-        terms = own[:, None].expand(ni, nc, r, own.shape[-1]).clone(memory_format=torch.contiguous_format)
-        if lefts:
-            left = torch.cat(lefts, 2).view(ni * nc, -1, r)  # (pairs, kL, R): contiguous, read transposed
-            right = torch.cat(rights, 2).view(ni * nc, -1, own.shape[-1])  # (pairs, kL, h)
-            terms.view(ni * nc, r, -1).baddbmm_(left.transpose(1, 2), right)
-        return terms
+        if not lefts:  # a fresh tensor all the same: the caller's tanh is in place
+            return own[:, None].expand(ni, nc, r, own.shape[-1]).clone(memory_format=torch.contiguous_format)
+        # the product is a fresh (Ni, Nc, R, h) tensor the own term is added into: no copy of the own
+        # term per pair, and no in-place step on a view (whose gradient would copy the whole tensor)
+        terms = torch.matmul(torch.cat(lefts, 2).transpose(2, 3), torch.cat(rights, 2))  # (Ni, Nc, R, h)
+        return terms.add_(own[:, None])
 
     def word_terms(self, images: State, captions: State, w2r: torch.Tensor) -> torch.Tensor:
         """(Ni, Nc, L, h): each word's own term plus its pair's contexts, c_w = A_w2r^T V W5 (inter) and
-        row_normalise(A^T A) U W6 (second-order intra, A^T = w2r), summed in place into a fresh tensor."""
+        row_normalise(A^T A) U W6 (second-order intra, A^T = w2r); the word side is small (L x h a pair), so
+        plain sums: an in-place one on a product's view would copy the whole tensor in the backward pass."""
         ni, nc, steps, r = w2r.shape
         own = captions["own"]  # (Nc, L, h)
         if self.config.use_intra and self.config.intra_source == "feature":
             own = own + captions["intra_context"]
+        terms = own  # (Nc, L, h), broadcast over the images by the first sum
         if self.config.use_inter:
-            terms = (w2r.reshape(ni, nc * steps, r) @ images["to_words"]).view(ni, nc, steps, -1)  # c_w
-            terms.add_(own)
-        else:
-            terms = own.expand(ni, nc, steps, own.shape[-1]).clone(memory_format=torch.contiguous_format)
+            terms = terms + (w2r.reshape(ni, nc * steps, r) @ images["to_words"]).view(ni, nc, steps, -1)  # c_w
         if self.config.use_intra and self.config.intra_source == "semantic":
-            terms.add_(self.word_second_order(w2r, captions["intra"]))
-        return terms
+            terms = terms + self.word_second_order(w2r, captions["intra"])
+        return terms.expand(ni, nc, steps, own.shape[-1])
 
     @staticmethod
     def word_second_order(w2r: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
