@@ -143,12 +143,26 @@ def lstm_step(gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: 
     return h, c
 
 
+def lstm_step_(gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: torch.Tensor):
+    """``lstm_step`` with no gradient, in place on ``gates`` (N, 4H), a step of a tensor the caller
+    owns: no copy of the input part for the product, each activation on its own quarters only, no
+    fresh (N, 4H) tensors. The same operations on the same values: bitwise the same states."""
+    hidden = h.shape[1]
+    gates.addmm_(h.to(gates.dtype), w_hh_t.to(gates.dtype))  # (under autocast the gates are bfloat16)
+    g = gates[:, 2 * hidden : 3 * hidden].tanh_()
+    input_forget = gates[:, : 2 * hidden].sigmoid_()
+    o = gates[:, 3 * hidden :].sigmoid_()
+    c = torch.addcmul(input_forget[:, hidden:] * c, input_forget[:, :hidden], g)
+    return o * torch.tanh(c), c
+
+
 def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tensor) -> torch.Tensor:
     """LSTM over precomputed input gates (L, N, 4H), time first so that each step reads one contiguous
     block, from a zero state; the state at each row's last real step (N, H). Rows past their length
     keep stepping (their extra states are never read): the engine sorts captions by length, so a
     tile's lengths are nearly equal and little is wasted, while masking each step or regrouping rows
-    would cost a full pass over the state per step."""
+    would cost a full pass over the state per step. Without gradients the steps run in place on
+    ``gates``, which the caller hands over (scoring writes it fresh)."""
     steps, n, _ = gates.shape
     w_hh_t = w_hh.t()
     h = gates.new_zeros(n, w_hh.shape[1])
@@ -156,10 +170,11 @@ def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tenso
     h_last = h
     last = lengths - 1  # (N,)
     finishing = set(last.tolist())
+    step = lstm_step if torch.is_grad_enabled() and (gates.requires_grad or w_hh.requires_grad) else lstm_step_
     # unbind, not gates[k]: when training, each indexed step's gradient would be a zero-filled copy of
     # the whole (L, N, 4H) tensor; unbind's is one stack of the steps' gradients
     for k, step_gates in enumerate(gates.unbind(0)):
-        h, c = lstm_step(step_gates, h, c, w_hh_t)
+        h, c = step(step_gates, h, c, w_hh_t)
         if k in finishing:
             h_last = torch.where((last == k)[:, None], h, h_last)
     return h_last
