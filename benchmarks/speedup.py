@@ -2,6 +2,7 @@
 
     python benchmarks/speedup.py --reference facf45c [--threads 1] [--json results/speedup.json]
     python benchmarks/speedup.py --reference bcfe252 --skip-floor --same-weights 12
+    python benchmarks/speedup.py --reference facf45c --repeats 3   # alternating runs, median figures
     python benchmarks/speedup.py --reference facf45c --skip-floor --eval-threads 2 \\
         --eval "--checkpoint src/itm/assets/models/bssan.pt src/itm/assets/models/caan.pt \\
                 src/itm/assets/models/mlasm.pt --data ../shared/data/flickr8k --split test"
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,32 @@ def floor(tree: Path, threads: int, out: Path) -> dict:
     run_tree(tree, [str(tree / "benchmarks" / "floor.py"), "--threads", str(threads), "--json", str(out)], threads,
              tree / "benchmarks")
     return json.loads(out.read_text(encoding="utf-8"))
+
+
+def median_floor(runs: list[dict]) -> dict:
+    """One floor.py result from several runs of it: every figure the median of the runs' (a busy shared
+    machine moves single runs by 10-15 %); the runs' scoring and training times kept per config."""
+    first = runs[0]
+    merged = {k: v for k, v in first.items() if k != "models"}
+    for key in ("fp32_gflops", "bf16_gflops"):
+        merged[key] = statistics.median(run[key] for run in runs)
+    merged["models"] = {}
+    for name, entry in first["models"].items():
+        merged["models"][name] = {k: statistics.median(run["models"][name][k] for run in runs) for k in entry}
+        merged["models"][name]["runs"] = {k: [run["models"][name][k] for run in runs]
+                                          for k in ("score_us_per_pair", "train_us_per_pair")}
+    merged["repeats"] = len(runs)
+    return merged
+
+
+def alternating_floors(tree: Path, threads: int, repeats: int, scratch: Path) -> tuple[dict, dict]:
+    """floor.py under the reference tree and this one, alternately ``repeats`` times each (so a slow spell
+    of the machine falls on both); each tree's median figures."""
+    ref_runs, now_runs = [], []
+    for i in range(repeats):
+        ref_runs.append(floor(tree, threads, scratch / f"ref_floor_{i}.json"))
+        now_runs.append(floor(REPO, threads, scratch / f"now_floor_{i}.json"))
+    return median_floor(ref_runs), median_floor(now_runs)
 
 
 def timed_eval(tree: Path, eval_args: list[str], threads: int, out: Path) -> dict:
@@ -123,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--same-weights", type=int, metavar="STEPS", default=0,
                         help="also train each config STEPS steps under both trees (train_weights.py) and compare "
                              "the weights: bitwise equal, or their largest difference relative to the tensor's scale")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="floor.py runs per tree, alternating; each figure the median of its runs")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", args.reference], cwd=REPO, check=True, capture_output=True,
@@ -134,8 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
                        capture_output=True)
         try:
             if not args.skip_floor:
-                ref = floor(tree, args.threads, Path(scratch) / "ref_floor.json")
-                now = floor(REPO, args.threads, Path(scratch) / "now_floor.json")
+                ref, now = alternating_floors(tree, args.threads, args.repeats, Path(scratch))
                 result.update({"reference_floor": ref, "current_floor": now, "speedup": speedups(ref, now)})
             if args.same_weights:
                 result["same_weights"] = {"steps": args.same_weights, **{

@@ -366,6 +366,28 @@ def test_speedup_is_the_reference_time_over_the_current_one_per_config():
     assert bench.speedups(floor(90.0, 300.0), {"models": {}}) == {}  # a config the current tree lacks
 
 
+def test_repeated_floor_runs_alternate_the_trees_and_report_medians(monkeypatch, tmp_path):
+    """``--repeats``: reference and current floor.py runs alternate; every figure is its runs' median."""
+    bench = load_script("speedup", "benchmarks")
+    calls = []
+
+    def fake_floor(tree, threads, out):
+        calls.append(tree)
+        score = {0: 90.0, 1: 30.0, 2: 120.0, 3: 10.0, 4: 60.0, 5: 20.0}[len(calls) - 1]
+        return {"threads": threads, "fp32_gflops": 100.0 + len(calls), "bf16_gflops": 700.0,
+                "models": {"m": {"score_us_per_pair": score, "train_us_per_pair": 2 * score, "score_x_floor": 1.0,
+                                 "train_x_floor": 2.0}}}
+
+    monkeypatch.setattr(bench, "floor", fake_floor)
+    ref, now = bench.alternating_floors(Path("ref"), 1, 3, tmp_path)
+    assert calls == [Path("ref"), bench.REPO] * 3
+    assert ref["models"]["m"]["score_us_per_pair"] == 90.0  # median of 90, 120, 60
+    assert now["models"]["m"]["score_us_per_pair"] == 20.0  # median of 30, 10, 20
+    assert now["models"]["m"]["runs"]["train_us_per_pair"] == [60.0, 20.0, 40.0]
+    assert (ref["fp32_gflops"], now["fp32_gflops"], ref["repeats"]) == (103.0, 104.0, 3)
+    assert bench.speedups(ref, now)["m"]["score"] == 4.5
+
+
 def test_pointing_seeds_pool_each_photos_cases_over_the_seeds(tmp_path):
     """The pooled hit - centre is the seeds' mean; a photo keeps all its seeds' cases in one draw;
     runs over different cases are refused."""
