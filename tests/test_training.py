@@ -478,6 +478,13 @@ def test_cli_eval_over_two_grids_is_the_mean_of_the_two_views(cli_env, reference
     np.testing.assert_allclose(both, combine_scores([trained, finer], "zscore"), rtol=1e-5, atol=1e-5)
     assert views["both"][0]["score_sizes"] == [[224, 320]] and views["both"][0]["ensemble_norm"] == "zscore"
     assert "score_sizes" not in views["trained"][0] and "at 224 + 320 px" in done.stdout
+    # each view's own figures come with the combination, equal to scoring that grid alone
+    alone = views["both"][0]["members"]
+    assert [(m["checkpoint"], m["image_size"]) for m in alone] == [(str(reference_run), 224), (str(reference_run), 320)]
+    for member, name in zip(alone, ("trained", "finer"), strict=True):
+        assert member["rsum"] == pytest.approx(views[name][0]["rsum"], abs=1e-6)
+        assert member["t2i"] == pytest.approx(views[name][0]["t2i"], abs=1e-6)
+    assert "members" not in views["trained"][0] and "alone: " in done.stdout
     bad = itm(["eval", "--checkpoint", str(reference_run), "--data", str(data), "--set", "eval.score_sizes=[224]"], env)
     assert bad.returncode != 0 and "none equal to features.image_size 224" in bad.stderr
     assert "Traceback" not in bad.stderr

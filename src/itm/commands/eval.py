@@ -70,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, args.split).split(args.split)
     if not len(dataset):
         raise ItmError(f"dataset {args.data}: no images in split '{args.split}'")
-    members, owners, splits, member_checkpoints = [], [], [], []
-    for ckpt in checkpoints:
+    members, owners, splits, member_checkpoints, member_views = [], [], [], [], []
+    for path, ckpt in zip(args.checkpoint, checkpoints, strict=True):
         for view in scoring_views(ckpt.config):  # the trained grid, then any eval.score_sizes
+            member_views.append((path, view.features.image_size))
             split = prepare_split(dataset, view, ckpt.vocab, skip_bad=args.skip_bad, progress=not args.no_progress,
                                   device=device)
             members.append(Member(ckpt.model, split.features, split.captions))
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     member_scores = result.pop("member_scores", None)
     if member_scores is not None:
         result["hubness"] = hubness(result["scores"])
+        if len(members) > 1:  # what each checkpoint and grid scores alone: from the matrices already computed
+            result["members"] = member_figures(member_scores, owners[0], member_views)
     if args.normalise != "none":
         result["normalised"] = normalised_report(members, member_checkpoints, member_scores, owners[0],
                                                  DEFAULTS[args.normalise], args.ensemble_norm, precision)
@@ -115,9 +118,11 @@ def run(args: argparse.Namespace) -> int:
         print(hubness_line(args.normalise, result["normalised"]["hubness"]))
     if args.by_vocabulary:
         print(vocabulary_lines(result))
+    for member in result.get("members", []):
+        print(f"  alone: {member['checkpoint']} at {member['image_size']} px: rsum {member['rsum']:.1f}")
     if args.json_out:
         out = {k: result[k] for k in ("i2t", "t2i", "rsum", "n_images", "n_captions", "seconds", "protocol")}
-        for key in ("hubness", "normalised", "by_vocabulary", "concept_probe", "concept_search"):
+        for key in ("hubness", "normalised", "by_vocabulary", "concept_probe", "concept_search", "members"):
             if key in result:
                 out[key] = result[key]
         out["checkpoint"] = " + ".join(args.checkpoint)
@@ -139,6 +144,18 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2), encoding="utf-8")
     return 0
+
+
+def member_figures(member_scores, owner, views) -> list[dict]:
+    """Each ensemble member's own figures (one checkpoint at one grid: ``views``, (path, image size) per
+    member), from its score matrix: what every view and checkpoint brings, with no second scoring."""
+    from itm.evaluation.metrics import retrieval_metrics
+
+    figures = []
+    for scores, (path, size) in zip(member_scores, views, strict=True):
+        metrics = retrieval_metrics(scores, owner)
+        figures.append({"checkpoint": path, "image_size": size, **{k: metrics[k] for k in ("i2t", "t2i", "rsum")}})
+    return figures
 
 
 def normalised_report(members, checkpoints, member_scores, owner, norm, ensemble_norm: str, precision: str) -> dict:
