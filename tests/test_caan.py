@@ -1,5 +1,5 @@
-"""CAAN's particulars: the ablation switches change what the fragment weights see, the second-order
-context equals the literal row-normalised A A^T product, and the score is a cosine."""
+"""CAAN's particulars: the ablation switches change what the fragment weights see, the contexts equal
+the literal products (the second order the row-normalised A A^T), and the score is a cosine."""
 
 from __future__ import annotations
 
@@ -37,20 +37,31 @@ def test_intra_source_changes_the_fragment_weights():
     torch.testing.assert_close(semantic.attention["words_over_regions"], feature.attention["words_over_regions"])
 
 
-def test_second_order_contexts_equal_the_literal_products():
+@pytest.mark.parametrize("name", ["caan", "caan_no_inter", "caan_no_intra"])
+def test_region_and_word_contexts_equal_the_literal_products(name):
+    """``region_terms`` / ``word_terms`` (one GEMM per pair, A A^T never formed) against the literal
+    sums: own term + A U W2 (inter) + row_normalise(A A^T) V W3 (second-order intra), and the word side's."""
+    model, _ = tiny_model(name)
+    cfg = model.config
     gen = torch.Generator().manual_seed(0)
-    r2w = torch.softmax(torch.randn(3, 5, 4, generator=gen), -1)  # A: (Nc, R, L), one image
-    w2r = torch.softmax(torch.randn(3, 5, 4, generator=gen), -2)
-    image_values, caption_values = torch.randn(5, 6, generator=gen), torch.randn(3, 4, 6, generator=gen)
-    literal_r = row_normalise(r2w @ r2w.transpose(-1, -2)) @ image_values
-    literal_w = row_normalise(w2r.transpose(-1, -2) @ w2r) @ caption_values
-    # the model's layout is words by regions, (Ni, Nc, L, R) for a block of images (here one), with A^T
-    # passed as a strided view
-    r2w_lr = r2w.transpose(1, 2).contiguous()[None]
-    torch.testing.assert_close(CAAN.region_second_order(r2w_lr, r2w_lr.transpose(2, 3), image_values[None]),
-                               literal_r[None])
-    torch.testing.assert_close(CAAN.word_second_order(w2r.transpose(1, 2).contiguous()[None], caption_values),
-                               literal_w[None])
+    ni, nc, steps, r, h = 2, 3, 4, 5, 6
+    r2w = torch.softmax(torch.randn(ni, nc, steps, r, generator=gen), -2)  # (Ni, Nc, L, R): A^T, words by regions
+    w2r = torch.softmax(torch.randn(ni, nc, steps, r, generator=gen), -1)
+    images = {k: torch.randn(ni, r, h, generator=gen) for k in ("own", "intra", "to_words")}
+    captions = {k: torch.randn(nc, steps, h, generator=gen) for k in ("own", "intra", "to_regions")}
+    a = r2w.transpose(2, 3)  # (Ni, Nc, R, L)
+    expected_r = images["own"][:, None].expand(ni, nc, r, h)
+    expected_w = captions["own"].expand(ni, nc, steps, h)
+    if cfg.use_inter:
+        expected_r = expected_r + a @ captions["to_regions"]
+        expected_w = expected_w + w2r @ images["to_words"][:, None]
+    if cfg.use_intra:
+        expected_r = expected_r + row_normalise(a @ a.transpose(-1, -2)) @ images["intra"][:, None]
+        expected_w = expected_w + row_normalise(w2r @ w2r.transpose(-1, -2)) @ captions["intra"]
+    own_before = images["own"].clone()
+    torch.testing.assert_close(model.region_terms(images, captions, r2w), expected_r)
+    torch.testing.assert_close(model.word_terms(images, captions, w2r), expected_w)
+    assert torch.equal(images["own"], own_before)  # a fresh tensor: the prepared state is untouched
 
 
 def test_cosine_score_is_bounded_and_scale_free():
