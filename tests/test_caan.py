@@ -8,7 +8,7 @@ import torch
 from helpers import make_captions, make_images, streams, tiny_model
 
 from itm.config import ConfigError, load_config
-from itm.models.caan import CAAN, row_normalise
+from itm.models.caan import row_normalise
 
 
 def weights_of(name: str, *overrides: str):
