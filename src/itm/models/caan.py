@@ -165,7 +165,7 @@ class CAAN(Matcher):
             region_terms = region_terms + self.region_intra(q_rr @ v)
             word_terms = word_terms + self.word_intra(q_ww @ u)
         a_r = torch.softmax(self.region_out(torch.tanh(region_terms)).squeeze(-1), dim=-1)  # (B, R)
-        a_w = masked_row_softmax(self.word_out(word_terms.tanh_()).squeeze(-1), mask)  # (B, L)
+        a_w = masked_row_softmax(self.word_out(torch.tanh(word_terms)).squeeze(-1), mask)  # (B, L)
         v_star = (a_r[:, :, None] * v).sum(1)  # (B, D)
         u_star = (a_w[:, :, None] * u).sum(1)  # (B, D)
         score = (v_star * u_star).sum(-1)
