@@ -452,3 +452,27 @@ def test_score_block_eq8_uniform_matches_forward(name):
         pair = model(features.streams(model.image_streams, ii), picked, uniform=uniform.reshape(-1)).score
     torch.testing.assert_close(block.reshape(-1), pair, rtol=1e-4, atol=1e-4)
     assert uniform.any() and (~uniform).any()
+
+
+def test_the_in_place_lstm_step_gives_the_states_of_the_plain_one():
+    """Scoring's ``lstm_step_`` (in place on gates it owns) against training's ``lstm_step``, within float
+    rounding (an activation over a row's slice may round a last bit unlike one over the whole row); and
+    ``run_recurrence`` takes the in-place step only where no gradient is wanted."""
+    from itm.models.bssan import lstm_step, lstm_step_, run_recurrence
+
+    gen = torch.Generator().manual_seed(0)
+    n, hidden, steps = 7, 5, 4
+    gates = torch.randn(steps, n, 4 * hidden, generator=gen)
+    w_hh = torch.randn(4 * hidden, hidden, generator=gen)
+    h, c = torch.randn(n, hidden, generator=gen), torch.randn(n, hidden, generator=gen)
+    plain = lstm_step(gates[0], h, c, w_hh.t())
+    in_place = lstm_step_(gates[0].clone(), h, c, w_hh.t())
+    for a, b in zip(plain, in_place, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    lengths = torch.tensor([4, 1, 3, 4, 2, 4, 1])
+    with torch.no_grad():
+        owned = gates.clone()
+        scored = run_recurrence(owned, lengths, w_hh)
+    assert not torch.equal(owned, gates)  # stepped in place on the tensor handed over
+    trained = run_recurrence(gates.clone().requires_grad_(), lengths, w_hh)
+    torch.testing.assert_close(scored, trained.detach(), rtol=1e-6, atol=1e-6)

@@ -146,7 +146,8 @@ def lstm_step(gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: 
 def lstm_step_(gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: torch.Tensor):
     """``lstm_step`` with no gradient, in place on ``gates`` (N, 4H), a step of a tensor the caller
     owns: no copy of the input part for the product, each activation on its own quarters only, no
-    fresh (N, 4H) tensors. The same operations on the same values: bitwise the same states."""
+    fresh (N, 4H) tensors. The same operations on the same values: the same states up to the last bit
+    an activation over a row's slice may round unlike one over the whole row."""
     hidden = h.shape[1]
     gates.addmm_(h.to(gates.dtype), w_hh_t.to(gates.dtype))  # (under autocast the gates are bfloat16)
     g = gates[:, 2 * hidden : 3 * hidden].tanh_()
