@@ -184,8 +184,8 @@ def test_an_ensemble_of_rerankers_averages_their_z_scored_scores(folder, tmp_pat
     assert not np.allclose(zscored[0], zscored[1], atol=1e-3)  # two different members: the mean is not either
     by_image = searcher.search_image((folder / "red.jpg").read_bytes(), "red.jpg", k=3)
     assert len(by_image) == 3 and abs(sum(h.score for h in by_image)) < 1e-4  # z-scored over all 3 captions
-    with pytest.raises(ItmError, match="other models"):  # the index is tied to its ensemble
-        Searcher(out, SearchModels(models[0], models[1]))
+    fewer = Searcher(out, SearchModels(models[0], models[1]))  # the re-rankers may change: the banks are stale
+    assert [c.config.model.name for c in fewer.models.rerankers] == ["bssan"]
     single = tmp_path / "single"
     index_once(folder, single, models)
     assert isinstance(IndexStore(single).meta("checkpoints")["rerank"], str)  # one re-ranker: recorded as before
@@ -266,13 +266,46 @@ def test_an_index_opens_with_its_model_files_re_saved_with_their_earlier_sha1(fo
     before = [h.image_id for h in Searcher(out, SearchModels(dual, bssan)).search("a red square", 3)]
     payload = read_payload(bssan)
     payload["config"]["eval"]["explain_image_size"] = 96
-    save_atomic(payload, bssan)  # new bytes, no record of the old ones
-    with pytest.raises(ItmError, match="other models"):
-        Searcher(out, SearchModels(dual, bssan))
+    save_atomic(payload, bssan)  # new bytes, no record of the old ones: another re-ranker, its banks stale
+    assert "scored by other re-rankers" in Searcher(out, SearchModels(dual, bssan)).notes[0]
     payload["earlier_sha1s"] = [content_key(Path(models[1]).read_bytes())]
     save_atomic(payload, bssan)
-    assert [h.image_id for h in Searcher(out, SearchModels(dual, bssan)).search("a red square", 3)] == before
+    same = Searcher(out, SearchModels(dual, bssan))
+    assert same.notes == [] and [h.image_id for h in same.search("a red square", 3)] == before
     assert index_once(folder, out, (dual, bssan)).unchanged == 5  # and updates as before
+    resaved_dual = read_payload(dual)
+    resaved_dual["config"]["eval"]["explain_image_size"] = 96
+    save_atomic(resaved_dual, dual)  # the shortlist's vectors fill the index: another shortlist is refused
+    with pytest.raises(ItmError, match="other models"):
+        Searcher(out, SearchModels(dual, bssan))
+
+
+def test_another_re_ranker_opens_the_index_uncorrected_until_an_update_scores_its_banks(folder, tmp_path, models,
+                                                                                       monkeypatch):
+    """A newer matcher (the shipped re-ranker replaced, say) reads the features the index already
+    holds: the index opens, says its banks are stale and searches uncorrected; the next update scores
+    the banks from the feature cache, extracting nothing, exactly as a fresh index does."""
+    import itm.features.extract as extract
+
+    other = checkpoint(tmp_path / "caan.pt", "caan")
+    out = tmp_path / "idx"
+    index_once(folder, out, models)
+    stale = Searcher(out, SearchModels(models[0], other))
+    assert len(stale.notes) == 1 and "scored by other re-rankers" in stale.notes[0] and "\n" not in stale.notes[0]
+    raw = Searcher(out, SearchModels(models[0], other), normalise="none")
+    assert [h.score for h in stale.search("a red square", k=5)] == [h.score for h in raw.search("a red square", k=5)]
+    calls = []
+    monkeypatch.setattr(extract, "extract_features", lambda *a, **k: calls.append(a))
+    assert index_once(folder, out, (models[0], other)).unchanged == 5 and calls == []
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh"
+    index_once(folder, fresh, (models[0], other))
+    updated = Searcher(out, SearchModels(models[0], other))
+    assert updated.notes == []
+    (rescored,), (fresh_bank,) = (IndexStore(f).banks(updated.models.bank_identity()) for f in (out, fresh))
+    np.testing.assert_allclose(rescored, fresh_bank, atol=2e-3)  # same rows: both indexes list the photos alike
+    assert [h.image_id for h in updated.search("a red square", k=5)] == [
+        h.image_id for h in Searcher(fresh, SearchModels(models[0], other)).search("a red square", k=5)]
 
 
 def test_search_corrects_hub_photos_by_the_bank_scores_the_index_holds(folder, tmp_path, models):

@@ -9,8 +9,13 @@ An index is one folder:
 - ``bank<m>-<n>.npy``: re-ranker m's scores of each image against its own bank, its nearest captions
   of the caption pool (``itm.data.caption_bank``, ``SearchModels.own_banks``), float16, one row per
   image: the statistics search's hubness correction normalises by (``itm.evaluation.hubness``). An
-  index built before them (or with another pool) opens without the correction; the next update
-  scores the banks of every photo it holds.
+  index built before them, with another pool, or with other re-rankers (a newer shipped matcher, say)
+  opens without the correction; the next update scores the banks of every photo it holds, from the
+  feature cache (no photo is extracted again).
+
+The vectors and the features tie an index to its shortlist model and feature setting: another of
+either is refused. The re-rankers read the features at query time, so they may change; only the banks
+depend on them.
 
 Each update walks the folder, hashes only files whose size or mtime changed, reuses the vector of
 any content it already holds (a rename or a duplicate costs no extraction), extracts the rest through
@@ -111,12 +116,18 @@ class IndexStore:
         return default if row is None else json.loads(row[0])
 
     def check_identity(self, identity: dict, earlier_sha1s: dict[str, str] | None = None) -> None:
-        """One index, one set of models: another model's vectors and features do not mix. ``earlier_sha1s``
-        ({old: now}): model files re-saved with their weights untouched, which the index may name by their old sha1."""
+        """One index, one shortlist model and feature setting: another's vectors and features do not mix
+        (other re-rankers only make the banks stale: ``banks``). ``earlier_sha1s`` ({old: now}): model
+        files re-saved with their weights untouched, which the index may name by their old sha1."""
         stored = self.meta("identity")
-        if stored is not None and as_now(stored, earlier_sha1s or {}) != identity:
+        if stored is not None and vector_part(as_now(stored, earlier_sha1s or {})) != vector_part(identity):
             raise ItmError(f"index {self.folder} was built with other models ({describe(stored)}); "
                            f"re-index into a new folder with these ({describe(identity)})")
+
+    def rerankers_changed(self, identity: dict, earlier_sha1s: dict[str, str] | None = None) -> bool:
+        """Whether the index's banks were scored by other re-rankers than ``identity``'s."""
+        stored = self.meta("identity")
+        return stored is not None and as_now(stored, earlier_sha1s or {}).get(RERANK_KEY) != identity.get(RERANK_KEY)
 
     # -- reading ---------------------------------------------------------------------------------------
     def files(self) -> dict[str, tuple[int, int, str | None, str, str | None]]:
@@ -137,11 +148,12 @@ class IndexStore:
         """sha1 -> (image id, row in the vectors file)."""
         return {sha1: (image_id, row) for image_id, sha1, row in self.db.execute("SELECT image_id, sha1, row FROM images")}
 
-    def banks(self, identity: dict | None) -> list[np.ndarray] | None:
+    def banks(self, identity: dict | None, rerankers_changed: bool = False) -> list[np.ndarray] | None:
         """Each re-ranker's (n_images, n_bank) caption-bank scores, rows as ``vectors``'; None when the
-        index holds none of the bank ``identity`` names (built before them, or with another bank)."""
+        index holds none of the bank ``identity`` names (built before them, or with another bank) or
+        they were scored by other re-rankers (``rerankers_changed``)."""
         names = self.meta("bank_files") or []
-        if identity is None or not names or self.meta("bank") != identity:
+        if identity is None or not names or self.meta("bank") != identity or rerankers_changed:
             return None
         try:
             return [np.load(self.folder / name, allow_pickle=False) for name in names]
@@ -214,6 +226,14 @@ class IndexStore:
         for path in self.folder.glob(f"*{prefix}-*.npy*"):
             if path.name not in kept:
                 path.unlink(missing_ok=True)
+
+
+RERANK_KEY = "rerank_model"
+
+
+def vector_part(identity: dict) -> dict:
+    """What an index's vectors and features depend on: all of its identity but the re-rankers."""
+    return {key: value for key, value in identity.items() if key != RERANK_KEY}
 
 
 def as_now(identity: dict, earlier_sha1s: dict[str, str]) -> dict:
@@ -312,7 +332,8 @@ def update_index(store: IndexStore, root: str | Path, models, progress: bool = T
     report = IndexReport()
     held = store.images()
     old_vectors = store.vectors()
-    old_banks = store.banks(models.bank_identity())  # None: built before them: every photo gets scored
+    # None (built before them, or by other re-rankers): every photo's banks are scored
+    old_banks = store.banks(models.bank_identity(), store.rerankers_changed(models.identity(), models.earlier_sha1s()))
     stored = store.files()
     plan = plan_update(root, scan_folder(root), stored, held, report)
 

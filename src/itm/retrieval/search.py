@@ -117,11 +117,13 @@ class Searcher:
         norm = SEARCH_METHODS[method]
         if norm.method == "none" or not self.models.rerankers:
             return norm, None, []
-        banks = self.store.banks(self.models.bank_identity())
+        changed = self.store.rerankers_changed(self.models.identity(), self.models.earlier_sha1s())
+        banks = self.store.banks(self.models.bank_identity(), changed)
         if banks is None:
+            why = "scored by other re-rankers" if changed else "built before them"
             return norm, None, [f"index {self.store.folder} holds no scores of its photos' own caption banks "
-                                "(built before them): its hub photos are not corrected; run itm index on it "
-                                "again to add them (only the banks are scored)"]
+                                f"by these re-rankers ({why}): its hub photos are not corrected; run itm index "
+                                "on it again to add them (only the banks are scored)"]
         return norm, [photo_stats(bank, norm) for bank in banks], []
 
     @torch.inference_mode()
