@@ -23,6 +23,16 @@ shipped files left to the card, into the files themselves, weights untouched; ea
 records the sha1 it had (``earlier_sha1s``), so indexes built with it still open, and the card's
 bytes and sha1 follow.
 
+    python scripts/ship_models.py --replace-rerank caan runs/flickr8k/caan_ms_distill_seed0 \
+        --replace-command "bash scripts/experiment.sh caan_ms_distill_seed0 ..." --data ../shared/data/flickr8k
+
+``--replace-rerank NAME RUN`` puts a newer run in place of the shipped re-ranker NAME (the file keeps
+its name, so indexes that name it open; their banks are re-scored by the next ``itm index``). It is
+measured as ``itm eval`` measures it (all its grids, ``eval.score_sizes``) and on its trained grid
+alone, the one search scores (``flickr8k_test_search_grid``; that matrix is the one the ensemble's
+figures combine); the card keeps what it replaced (``replaces``). The other members' test matrices
+are scored again unless ``--scores NAME=NPY`` gives them.
+
 ``--add-rerank`` adds re-rankers to what ships, leaving the shipped files as they are (indexes record their
 checkpoints' bytes): each is written and measured as above, and the card's ``rerank_ensemble``
 lists the shipped re-rankers in order, with the ensemble's Flickr8k test metrics computed from the
@@ -53,10 +63,12 @@ def half_payload(run: Path) -> dict:
     return payload
 
 
-def evaluate(path: Path, data: str, name: str, scores: Path | None) -> dict:
+def evaluate(path: Path, data: str, name: str, scores: Path | None, overrides: tuple[str, ...] = ()) -> dict:
     out = ROOT / "results" / "flickr8k" / f"shipped_{name}.json"
     command = [sys.executable, "-m", "itm", "eval", "--checkpoint", str(path), "--data", data, "--split", "test",
                "--json", str(out), "--no-progress"] + (["--scores", str(scores)] if scores else [])
+    for override in overrides:
+        command += ["--set", override]
     subprocess.run(command, check=True)
     return json.loads(out.read_text(encoding="utf-8"))
 
@@ -118,6 +130,49 @@ def add_rerankers(args) -> None:
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
+def replace_reranker(args) -> None:
+    """``--replace-rerank NAME RUN``: a newer run in place of the shipped re-ranker NAME, and the card."""
+    folder = shipped_folder()
+    card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    name, run = args.replace_rerank[0], Path(args.replace_rerank[1])
+    entry = card["models"].get(name)
+    if entry is None or entry["role"] != "rerank":
+        raise SystemExit(f"--replace-rerank {name}: no shipped re-ranker of that name ({', '.join(card['models'])})")
+    if not args.replace_command:
+        raise SystemExit("--replace-command: the command that trained the run")
+    path = folder / entry["file"]
+    payload = half_payload(run)
+    explain = read_payload(path)["config"].get("eval", {}).get("explain_image_size")
+    payload["config"].setdefault("eval", {})["explain_image_size"] = explain  # the shipped pictures' grid
+    save_atomic(payload, path)
+    metrics = evaluate(path, args.data, name, None)  # as itm eval scores it: every grid it declares
+    scores = ROOT / "runs" / f"shipped_{name}_scores.npy"
+    one_grid = evaluate(path, args.data, f"{name}_search_grid", scores, ("eval.score_sizes=[]",))
+    new_entry = card_entry("rerank", path, run, args.replace_command, metrics)
+    new_entry["flickr8k_test_search_grid"] = {k: one_grid[k] for k in ("i2t", "t2i", "rsum")}
+    new_entry["score_sizes"] = [payload["config"]["features"]["image_size"],
+                                *payload["config"].get("eval", {}).get("score_sizes", [])]
+    new_entry["replaces"] = {k: entry[k] for k in ("sha1", "trained_by", "flickr8k_test")}
+    card["models"][name] = new_entry
+    print(f"{name}: {path.stat().st_size / 1e6:.1f} MB, Flickr8k test rsum {metrics['rsum']:.1f} "
+          f"({one_grid['rsum']:.1f} on search's one grid), replacing {entry['flickr8k_test']['rsum']:.1f}")
+    members = card.get("rerank_ensemble", {}).get("members", [])
+    if len(members) > 1:
+        given = dict(item.split("=", 1) for item in args.scores)
+        matrices = [scores if member == name else Path(given[member]) if member in given
+                    else member_matrix(card, folder, member, args.data) for member in members]
+        card["rerank_ensemble"]["flickr8k_test"] = ensemble_metrics(matrices, args.data)
+        print(f"ensemble {' + '.join(members)}: Flickr8k test rsum {card['rerank_ensemble']['flickr8k_test']['rsum']:.1f}")
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+
+
+def member_matrix(card: dict, folder: Path, name: str, data: str) -> Path:
+    """A shipped re-ranker's test matrix on its trained grid, scored now (a saved one may be an older file's)."""
+    scores = ROOT / "runs" / f"shipped_{name}_scores.npy"
+    evaluate(folder / card["models"][name]["file"], data, f"{name}_search_grid", scores, ("eval.score_sizes=[]",))
+    return scores
+
+
 LOAD_FIELDS = ("word_table", "explain_image_size")  # what the first card held for its files' loading
 
 
@@ -151,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--add-rerank", nargs="+", type=Path, default=[],
                         help="run folders of more re-rankers to ship beside the shipped files (an ensemble)")
     parser.add_argument("--add-command", nargs="+", default=[], help="the commands that trained --add-rerank")
+    parser.add_argument("--replace-rerank", nargs=2, metavar=("NAME", "RUN"),
+                        help="a newer run in place of the shipped re-ranker NAME (e.g. caan)")
+    parser.add_argument("--replace-command", help="the command that trained --replace-rerank's run")
     parser.add_argument("--scores", nargs="+", default=[], metavar="NAME=NPY",
                         help="a shipped re-ranker's saved test matrix (default runs/shipped_NAME_scores.npy)")
     parser.add_argument("--explain-image-size", type=int, default=416,
@@ -164,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--data: the Flickr8k folder the shipped files are measured on")
     if args.add_rerank:
         return add_rerankers(args)
+    if args.replace_rerank:
+        return replace_reranker(args)
     if not (args.rerank and args.shortlist and args.rerank_command and args.shortlist_command):
         parser.error("--rerank, --shortlist and their commands (or --add-rerank, or --self-describe)")
     folder = shipped_folder()

@@ -282,6 +282,57 @@ def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypat
     assert card["rerank_ensemble"]["flickr8k_test"]["rsum"] == expected["rsum"]
 
 
+def test_ship_models_replaces_a_shipped_reranker_and_measures_it_on_search_grid(tmp_path, monkeypatch):
+    """--replace-rerank writes the newer run over the shipped file (same name, the old pictures' grid
+    kept), records what it replaced, and the ensemble's figures combine its one-grid matrix (search's)
+    with the other members' matrices, as itm eval combines them."""
+    ship = load_script("ship_models")
+    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=1, n_val=1, n_test=4, size=32, captions_per_image=2)
+    _, owner = load_dataset(data, "test").split("test").caption_tokens()
+    rng = np.random.default_rng(1)
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    index_checkpoint(shipped / "caan.pt", "caan", overrides=("eval.explain_image_size=96",))
+    old = {"role": "rerank", "file": "caan.pt", "sha1": "old", "trained_by": "bash old", "flickr8k_test": {"rsum": 1.0}}
+    card = {"models": {"bssan": {"role": "rerank", "file": "bssan.pt"}, "caan": old},
+            "rerank_ensemble": {"members": ["bssan", "caan"], "norm": "zscore"}}
+    (shipped / "card.json").write_text(json.dumps(card))
+    np.save(tmp_path / "bssan.npy", rng.normal(size=(4, 8)).astype(np.float32))
+    run = tmp_path / "caan_run"
+    run.mkdir()
+    index_checkpoint(run / "best.pt", "caan", seed=3, overrides=("eval.score_sizes=[96]",))
+    (run / "summary.json").write_text(json.dumps({"model": "caan", "epochs": 1}))
+    matrices = {(): rng.normal(size=(4, 8)).astype(np.float32), ("eval.score_sizes=[]",): rng.normal(size=(4, 8))}
+    calls = []
+
+    def evaluate(path, data, name, scores, overrides=()):
+        calls.append((name, overrides))
+        if scores is not None:
+            np.save(scores, matrices[overrides])
+        return retrieval_metrics(matrices[overrides], owner)
+
+    monkeypatch.setattr(ship, "shipped_folder", lambda: shipped)
+    monkeypatch.setattr(ship, "ROOT", tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(ship, "evaluate", evaluate)
+    ship.main(["--replace-rerank", "caan", str(run), "--replace-command", "bash train caan", "--data", str(data),
+               "--scores", f"bssan={tmp_path / 'bssan.npy'}"])
+    card = json.loads((shipped / "card.json").read_text())
+    entry = card["models"]["caan"]
+    assert calls == [("caan", ()), ("caan_search_grid", ("eval.score_sizes=[]",))]  # bssan's matrix was given
+    assert entry["replaces"] == {"sha1": "old", "trained_by": "bash old", "flickr8k_test": {"rsum": 1.0}}
+    assert entry["trained_by"] == "bash train caan" and entry["score_sizes"] == [64, 96]
+    assert entry["flickr8k_test"]["rsum"] == retrieval_metrics(matrices[()], owner)["rsum"]
+    one_grid = matrices[("eval.score_sizes=[]",)]
+    assert entry["flickr8k_test_search_grid"]["rsum"] == retrieval_metrics(one_grid, owner)["rsum"]
+    saved = load_checkpoint(shipped / "caan.pt")
+    assert saved.config.eval.explain_image_size == 96 and saved.config.eval.score_sizes == [96]
+    expected = retrieval_metrics(combine_scores([np.load(tmp_path / "bssan.npy"), one_grid]), owner)
+    assert card["rerank_ensemble"]["flickr8k_test"]["rsum"] == expected["rsum"]
+    with pytest.raises(SystemExit, match="no shipped re-ranker"):
+        ship.main(["--replace-rerank", "dual", str(run), "--replace-command", "x", "--data", str(data)])
+
+
 def test_library_search_measures_the_product_path_with_and_without_the_hub_correction(tmp_path, monkeypatch):
     """benchmarks/library_search.py: every photo of the dataset indexed, the split's captions searched;
     its figures are those of the searcher's own answers, recomputed here."""
