@@ -405,6 +405,26 @@ def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
     assert bench.matmul_gflops(torch.float32, n=64, repeats=3) == pytest.approx(2 * 64**3 / 1e9)
 
 
+def test_tile_benchmark_times_each_tiling_and_puts_the_engines_tile_back(monkeypatch):
+    """benchmarks/tiles.py: one figure per config, grid and tile; the tilings are the ones asked
+    for (the engine saw each), and the engine's own tile is restored afterwards."""
+    import itm.evaluation.engine as engine
+
+    bench = load_script("tiles", "benchmarks")
+    seen, real = [], engine.score_all_pairs
+
+    def spying(*args, **kwargs):
+        seen.append(engine.CACHE_TILE_BYTES)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "score_all_pairs", spying)
+    before = engine.CACHE_TILE_BYTES
+    result = bench.main(["--configs", "caan_cpu", "--tiles", "2", "0.5", "--grids", "9", "--images", "2",
+                         "--captions", "16", "--repeats", "2"])
+    assert set(result["us_per_pair"]) == {"caan_cpu@9"} and set(result["us_per_pair"]["caan_cpu@9"]) == {"2", "0.5"}
+    assert seen == [2 * 2**20, 2**19] * 2 and engine.CACHE_TILE_BYTES == before
+
+
 def test_speedup_is_the_reference_time_over_the_current_one_per_config():
     bench = load_script("speedup", "benchmarks")
 
