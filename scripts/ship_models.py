@@ -31,7 +31,8 @@ its name, so indexes that name it open; their banks are re-scored by the next ``
 measured as ``itm eval`` measures it (all its grids, ``eval.score_sizes``) and on its trained grid
 alone, the one search scores (``flickr8k_test_search_grid``; that matrix is the one the ensemble's
 figures combine); the card keeps what it replaced (``replaces``). The other members' test matrices
-are scored again unless ``--scores NAME=NPY`` gives them.
+are scored again unless ``--scores NAME=NPY`` gives them, and their card figures follow them (the
+code scores a file differently as it changes: the open vocabulary, for one).
 
 ``--add-rerank`` adds re-rankers to what ships, leaving the shipped files as they are (indexes record their
 checkpoints' bytes): each is written and measured as above, and the card's ``rerank_ensemble``
@@ -161,6 +162,9 @@ def replace_reranker(args) -> None:
         given = dict(item.split("=", 1) for item in args.scores)
         matrices = [scores if member == name else Path(given[member]) if member in given
                     else member_matrix(card, folder, member, args.data) for member in members]
+        for member, matrix in zip(members, matrices, strict=True):
+            if member != name:  # the other files re-measured as this code scores them (their matrices)
+                card["models"][member]["flickr8k_test"] = ensemble_metrics([matrix], args.data)
         card["rerank_ensemble"]["flickr8k_test"] = ensemble_metrics(matrices, args.data)
         print(f"ensemble {' + '.join(members)}: Flickr8k test rsum {card['rerank_ensemble']['flickr8k_test']['rsum']:.1f}")
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")

@@ -329,6 +329,8 @@ def test_ship_models_replaces_a_shipped_reranker_and_measures_it_on_search_grid(
     assert saved.config.eval.explain_image_size == 96 and saved.config.eval.score_sizes == [96]
     expected = retrieval_metrics(combine_scores([np.load(tmp_path / "bssan.npy"), one_grid]), owner)
     assert card["rerank_ensemble"]["flickr8k_test"]["rsum"] == expected["rsum"]
+    bssan_now = retrieval_metrics(np.load(tmp_path / "bssan.npy"), owner)
+    assert card["models"]["bssan"]["flickr8k_test"]["rsum"] == bssan_now["rsum"]  # re-measured from its matrix
     with pytest.raises(SystemExit, match="no shipped re-ranker"):
         ship.main(["--replace-rerank", "dual", str(run), "--replace-command", "x", "--data", str(data)])
 
