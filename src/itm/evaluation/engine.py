@@ -24,12 +24,11 @@ from itm.devices import model_device, on_device, precision_context
 from itm.models.base import TOTAL, Matcher, State, select_state
 
 FLOAT_BYTES = 4
-# A tile's per-pair temporaries are sized to stay near the core's cache (2 MiB of L2 a core here, the
-# rest in L3) rather than to fill the memory budget: on the project's CPU, tiles of ~64 captions x a
-# few images scored BSSAN, CAAN and MLASM 1.8-3x faster than tiles of 512 captions x the budget's
-# images, and 8 MiB tiles (one or two images at 64 captions) CAAN and MLASM 1.3-1.6x faster again than
-# 24 MiB, BSSAN alike (docs/results/speed.md, "Tiles"). The budget still caps both.
-CACHE_TILE_BYTES = 8 * 2**20
+# A tile's per-pair temporaries are sized to stay near the core's cache (4 MiB of L2 here, the rest in L3)
+# rather than to fill the memory budget: on the project's CPU, tiles of ~64 captions x a few images
+# scored BSSAN, CAAN and MLASM 1.8-3x faster than tiles of 512 captions x the budget's images
+# (docs/results/speed.md, "Tiles"). The budget still caps both.
+CACHE_TILE_BYTES = 24 * 2**20
 CACHE_CAPTION_TILE = 64
 
 
