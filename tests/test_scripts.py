@@ -242,15 +242,25 @@ def test_ensembles_from_saved_matrices_are_the_combined_matrices(tmp_path, capsy
         load_script("ensembles").main(["--data", str(data), "--dir", str(tmp_path), "--ensemble", "a,b"])
 
 
-def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypatch):
-    """--add-rerank writes the run in float16 as <model>.pt, leaves the shipped files' bytes alone, and
-    the card's ensemble metrics are the members' saved matrices combined as itm eval combines them."""
+def ship_models_setting(tmp_path, monkeypatch):
+    """ship_models.py loaded with its shipped folder, ROOT and runs/ in ``tmp_path``; a 4-photo test
+    split: (the script, the data folder, the captions' owners, the shipped folder)."""
     ship = load_script("ship_models")
     data = synthetic_karpathy_dir(tmp_path / "synth", n_train=1, n_val=1, n_test=4, size=32, captions_per_image=2)
     _, owner = load_dataset(data, "test").split("test").caption_tokens()
-    rng = np.random.default_rng(0)
     shipped = tmp_path / "models"
     shipped.mkdir()
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(ship, "shipped_folder", lambda: shipped)
+    monkeypatch.setattr(ship, "ROOT", tmp_path)
+    return ship, data, owner, shipped
+
+
+def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypatch):
+    """--add-rerank writes the run in float16 as <model>.pt, leaves the shipped files' bytes alone, and
+    the card's ensemble metrics are the members' saved matrices combined as itm eval combines them."""
+    ship, data, owner, shipped = ship_models_setting(tmp_path, monkeypatch)
+    rng = np.random.default_rng(0)
     (shipped / "bssan.pt").write_bytes(b"the shipped file")
     np.save(tmp_path / "bssan.npy", rng.normal(size=(4, 8)).astype(np.float32))
     (shipped / "card.json").write_text(json.dumps({"models": {"bssan": {"role": "rerank"}, "dual": {"role": "shortlist"}}}))
@@ -265,9 +275,6 @@ def test_ship_models_adds_rerankers_beside_the_shipped_files(tmp_path, monkeypat
         np.save(scores, caan_scores)
         return retrieval_metrics(caan_scores, owner)
 
-    monkeypatch.setattr(ship, "shipped_folder", lambda: shipped)
-    monkeypatch.setattr(ship, "ROOT", tmp_path)
-    (tmp_path / "runs").mkdir()
     monkeypatch.setattr(ship, "evaluate", evaluate)
     monkeypatch.setattr(ship, "shipped_role", lambda role: ["bssan"])
     ship.main(["--add-rerank", str(run), "--add-command", "bash train caan", "--data", str(data),
@@ -286,12 +293,8 @@ def test_ship_models_replaces_a_shipped_reranker_and_measures_it_on_search_grid(
     """--replace-rerank writes the newer run over the shipped file (same name, the old pictures' grid
     kept), records what it replaced, and the ensemble's figures combine its one-grid matrix (search's)
     with the other members' matrices, as itm eval combines them."""
-    ship = load_script("ship_models")
-    data = synthetic_karpathy_dir(tmp_path / "synth", n_train=1, n_val=1, n_test=4, size=32, captions_per_image=2)
-    _, owner = load_dataset(data, "test").split("test").caption_tokens()
+    ship, data, owner, shipped = ship_models_setting(tmp_path, monkeypatch)
     rng = np.random.default_rng(1)
-    shipped = tmp_path / "models"
-    shipped.mkdir()
     index_checkpoint(shipped / "caan.pt", "caan", overrides=("eval.explain_image_size=96",))
     old = {"role": "rerank", "file": "caan.pt", "sha1": "old", "trained_by": "bash old", "flickr8k_test": {"rsum": 1.0}}
     card = {"models": {"bssan": {"role": "rerank", "file": "bssan.pt"}, "caan": old},
@@ -311,9 +314,6 @@ def test_ship_models_replaces_a_shipped_reranker_and_measures_it_on_search_grid(
             np.save(scores, matrices[overrides])
         return retrieval_metrics(matrices[overrides], owner)
 
-    monkeypatch.setattr(ship, "shipped_folder", lambda: shipped)
-    monkeypatch.setattr(ship, "ROOT", tmp_path)
-    (tmp_path / "runs").mkdir()
     monkeypatch.setattr(ship, "evaluate", evaluate)
     ship.main(["--replace-rerank", "caan", str(run), "--replace-command", "bash train caan", "--data", str(data),
                "--scores", f"bssan={tmp_path / 'bssan.npy'}"])
