@@ -56,10 +56,10 @@ VOCAB_OPEN = "[vocabulary.md](results/vocabulary.md#bssan-and-caan-on-the-open-t
 
 ROWS = (
     Row("CAAN trained on both grids and distilled from the shipped BSSAN + CAAN + MLASM, scored on two grids "
-        "(`caan_cpu`, `train.image_sizes: [416]`, `train.distill_from`, 10 epochs; run `caan_ms_distill_seed0`, "
-        "seeds 1-2 not yet measured)",
-        ("flickr8k/caan_ms_distill_seed0.json",), "one run",
-        "[ensembles.md](results/ensembles.md#one-model-at-280-issue-48-the-levers-so-far)", bold=False),
+        "(`caan_cpu`, `train.image_sizes: [416]`, `train.distill_from`, 10 epochs, `eval.score_sizes: [416]`; runs "
+        "`caan_ms_distill_seed0-2`; seed 0 ships as `caan.pt`)",
+        tuple(f"flickr8k/caan_ms_distill_seed{s}.json" for s in range(3)), "three seeds",
+        "[ensembles.md](results/ensembles.md#one-model-at-280-issue-48-the-levers-so-far)"),
     Row("CAAN distilled from BSSAN x 2 + MLASM, scored on two grids (`caan_cpu`, `train.distill_from`, 8 epochs, "
         "`eval.score_sizes: [416]`: the 9 x 9 and 13 x 13 views' z-scored mean, twice the scoring cost)",
         tuple(views("caan_distill_views", f"caan_distill_seed{s}", f"caan_distill_seed{s}_416") for s in range(3)),
