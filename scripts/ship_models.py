@@ -147,8 +147,7 @@ def replace_reranker(args) -> None:
     payload["config"].setdefault("eval", {})["explain_image_size"] = explain  # the shipped pictures' grid
     save_atomic(payload, path)
     metrics = evaluate(path, args.data, name, None)  # as itm eval scores it: every grid it declares
-    scores = ROOT / "runs" / f"shipped_{name}_scores.npy"
-    one_grid = evaluate(path, args.data, f"{name}_search_grid", scores, ("eval.score_sizes=[]",))
+    one_grid, scores = search_grid(path, args.data, name)
     new_entry = card_entry("rerank", path, run, args.replace_command, metrics)
     new_entry["flickr8k_test_search_grid"] = {k: one_grid[k] for k in ("i2t", "t2i", "rsum")}
     new_entry["score_sizes"] = [payload["config"]["features"]["image_size"],
@@ -161,7 +160,8 @@ def replace_reranker(args) -> None:
     if len(members) > 1:
         given = dict(item.split("=", 1) for item in args.scores)
         matrices = [scores if member == name else Path(given[member]) if member in given
-                    else member_matrix(card, folder, member, args.data) for member in members]
+                    else search_grid(folder / card["models"][member]["file"], args.data, member)[1]
+                    for member in members]
         for member, matrix in zip(members, matrices, strict=True):
             if member != name:  # the other files re-measured as this code scores them (their matrices)
                 card["models"][member]["flickr8k_test"] = ensemble_metrics([matrix], args.data)
@@ -170,11 +170,11 @@ def replace_reranker(args) -> None:
     (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
 
 
-def member_matrix(card: dict, folder: Path, name: str, data: str) -> Path:
-    """A shipped re-ranker's test matrix on its trained grid, scored now (a saved one may be an older file's)."""
+def search_grid(path: Path, data: str, name: str) -> tuple[dict, Path]:
+    """A shipped re-ranker's test metrics and saved matrix on its trained grid alone, the one search
+    scores, scored now (a matrix saved earlier may be an older file's)."""
     scores = ROOT / "runs" / f"shipped_{name}_scores.npy"
-    evaluate(folder / card["models"][name]["file"], data, f"{name}_search_grid", scores, ("eval.score_sizes=[]",))
-    return scores
+    return evaluate(path, data, f"{name}_search_grid", scores, ("eval.score_sizes=[]",)), scores
 
 
 LOAD_FIELDS = ("word_table", "explain_image_size")  # what the first card held for its files' loading
