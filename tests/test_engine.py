@@ -8,7 +8,9 @@ is ``retrieval_metrics`` of the full matrix.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import numpy as np
 import pytest
@@ -284,3 +286,55 @@ def test_sharp_attention_past_the_exp_bound_still_equals_one_pair_at_a_time(name
     pairs = [(i, c) for i in range(len(features)) for c in range(len(captions))]
     naive = score_pairs_naive(model, features, captions, pairs).reshape(len(features), len(captions))
     np.testing.assert_allclose(score_all_pairs(model, features, captions), naive, rtol=1e-4, atol=1e-4)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_workers_give_the_one_thread_matrix_bit_for_bit(name, monkeypatch):
+    """N torch threads score as N one-thread workers over the caption tiles: every part's matrix equals
+    one thread's exactly, for any plan, and torch's thread count is back afterwards."""
+    model, features, captions, naive = reference(name)
+    monkeypatch.setattr(engine, "plan_tiles", lambda *args, **kwargs: TilePlan(2, 2, 1))  # 3 chunks x 5 tiles
+    with torch_threads(1):
+        alone = engine.score_all_parts(model, features, captions)
+    seen = []
+    score_block = type(model).score_block
+
+    def spying(self, *args, **kwargs):
+        seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        return score_block(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "score_block", spying)
+    with torch_threads(3):
+        shared = engine.score_all_parts(model, features, captions)
+        assert torch.get_num_threads() == 3
+    assert set(shared) == set(alone)
+    for part in alone:
+        np.testing.assert_array_equal(shared[part], alone[part])
+    np.testing.assert_allclose(shared[TOTAL], naive, rtol=1e-4, atol=1e-4)
+    assert len({ident for ident, _, _ in seen}) > 1  # the tiles did run on several threads
+    assert {(threads, inference) for _, threads, inference in seen} == {(1, True)}
+
+
+def test_a_workers_error_reaches_the_caller_and_threads_are_restored(monkeypatch):
+    model, _ = tiny_model(EXAMPLE)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in a worker")
+
+    monkeypatch.setattr(model, "score_block", broken)
+    features, captions = make_data()
+    with torch_threads(2), pytest.raises(RuntimeError, match="boom in a worker"):
+        try:
+            score_all_pairs(model, features, captions)
+        finally:
+            assert torch.get_num_threads() == 2

@@ -6,14 +6,20 @@ tile as one batched computation. Captions are sorted by length so that a tile's 
 only as many steps as its longest caption. Per-pair tensors exist for one tile at a time.
 
 Everything runs on the model's device; ``precision="bf16"`` scores under bf16 autocast and the
-matrix is float32 either way.
+matrix is float32 either way. On the CPU, torch's N threads become N scoring workers of one thread
+each, taking a chunk's caption tiles in turn: the blocks are the same operations on the same shapes
+whichever worker runs them, so the matrix is the one thread's bit for bit (threads inside each small
+operation did 1.2x worse on two cores: docs/results/speed.md, "Workers").
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -111,20 +117,39 @@ def _score(model: Matcher, features: ImageFeatures, captions: Captions, parts: b
     n_img, n_cap = len(features), len(captions)
     if n_img == 0 or n_cap == 0:
         return {TOTAL: np.zeros((n_img, n_cap), dtype=np.float32)}
-    with eval_mode(model), precision_context(model_device(model), precision):
+    device = model_device(model)
+    with eval_mode(model), precision_context(device, precision), one_thread_per_worker(device) as workers:
         plan = plan_tiles(model, features, captions, memory_budget_mb, caption_tile, max_image_chunk)
         starts = list(range(0, n_img, plan.image_chunk))
         mine = starts[shard(len(starts))]  # all of them in one process
-        rows = score_chunks(model, features, captions, plan, mine, progress, parts)  # name -> (my rows, n_cap)
+        rows = score_chunks(model, features, captions, plan, mine, progress, parts, workers,
+                            precision)  # name -> (my rows, n_cap)
     if world_size() > 1:
         return {name: gather_rows(torch.from_numpy(block)).numpy() for name, block in rows.items()}
     return rows
 
 
+@contextmanager
+def one_thread_per_worker(device: torch.device) -> Iterator[int]:
+    """The number of scoring workers: torch's threads on the CPU (each worker runs at one thread
+    meanwhile, restored after), one elsewhere (a GPU parallelises inside its operations)."""
+    workers = torch.get_num_threads() if device.type == "cpu" else 1
+    if workers == 1:
+        yield 1
+        return
+    torch.set_num_threads(1)  # threads started from here on run their operations at one thread too
+    try:
+        yield workers
+    finally:
+        torch.set_num_threads(workers)
+
+
 def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, plan: TilePlan,
-                 starts: list[int], progress: bool, parts: bool = False) -> dict[str, np.ndarray]:
+                 starts: list[int], progress: bool, parts: bool = False, workers: int = 1,
+                 precision: str = "fp32") -> dict[str, np.ndarray]:
     """The rows of the image chunks beginning at ``starts`` (consecutive), every caption: the score
-    (``TOTAL``) and, with ``parts``, each part the model reports."""
+    (``TOTAL``) and, with ``parts``, each part the model reports. Each chunk's images are prepared
+    once; its caption tiles go to ``workers`` threads (see the module's docstring)."""
     device = model_device(model)
     n_img, n_cap = len(features), len(captions)
     order = torch.argsort(captions.lengths, descending=True, stable=True)  # similar lengths per tile
@@ -133,14 +158,13 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
     last = min(starts[-1] + plan.image_chunk, n_img) if starts else 0
     # filled and reordered where the blocks are computed: one copy to the CPU at the end
     matrices: dict[str, torch.Tensor] = {TOTAL: torch.empty(last - first, n_cap, dtype=torch.float32, device=device)}
-    bar = tqdm(total=(last - first) * n_cap, desc="scoring pairs", unit="pair", unit_scale=True,
-               disable=not progress, leave=False)
-    for i0 in starts:
-        chunk = slice(i0, min(i0 + plan.image_chunk, n_img))
-        streams = features.streams(model.image_streams, chunk)
-        images = model.prepare_images({k: v.to(device) for k, v in streams.items()})
-        n_chunk = chunk.stop - chunk.start
-        for c0 in range(0, n_cap, plan.caption_tile):
+    new_part = threading.Lock()
+
+    def score_tile(images: State, top: int, n_chunk: int, c0: int) -> int:
+        """One caption tile against a prepared chunk of ``n_chunk`` images whose rows start at ``top``;
+        the pairs it scored."""
+        # grad mode and autocast are per thread: a worker sets its own
+        with torch.inference_mode(), precision_context(device, precision):
             tile = ordered.select(slice(c0, c0 + plan.caption_tile))
             tile = Captions(tile.ids[:, : int(tile.lengths.max())], tile.lengths,
                             None if tile.vectors is None else tile.vectors[:, : int(tile.lengths.max())])
@@ -149,12 +173,24 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
                 rows = slice(j0, min(j0 + plan.image_tile, n_chunk))
                 blocks = model.score_block(select_state(images, rows), caption_state, parts=parts)
                 blocks = blocks if parts else {TOTAL: blocks}  # name -> (ni, nc)
-                top = chunk.start - first + rows.start
                 for name, block in blocks.items():
                     if name not in matrices:
-                        matrices[name] = torch.empty_like(matrices[TOTAL])
-                    matrices[name][top : top + rows.stop - rows.start, c0 : c0 + len(tile)] = block.float()
-                bar.update(blocks[TOTAL].numel())
+                        with new_part:
+                            matrices.setdefault(name, torch.empty_like(matrices[TOTAL]))
+                    matrices[name][top + rows.start : top + rows.stop, c0 : c0 + len(tile)] = block.float()
+            return n_chunk * len(tile)
+
+    bar = tqdm(total=(last - first) * n_cap, desc="scoring pairs", unit="pair", unit_scale=True,
+               disable=not progress, leave=False)
+    with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        for i0 in starts:
+            chunk = slice(i0, min(i0 + plan.image_chunk, n_img))
+            streams = features.streams(model.image_streams, chunk)
+            images = model.prepare_images({k: v.to(device) for k, v in streams.items()})
+            tiles = range(0, n_cap, plan.caption_tile)
+            run = partial(score_tile, images, chunk.start - first, chunk.stop - chunk.start)
+            for pairs in pool.map(run, tiles) if pool else map(run, tiles):
+                bar.update(pairs)
     bar.close()
     return {name: _in_caption_order(scores, order) for name, scores in matrices.items()}
 
