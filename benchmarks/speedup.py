@@ -12,8 +12,8 @@ and training time per pair of every CPU config, the matmul rates) runs under the
 then under this one, one after the other on the same machine; reported: each tree's figures and the
 speed-up (reference time / current time) per config. With ``--eval``, ``itm eval ARGS --json`` runs
 under each tree at ``--eval-threads`` (after one untimed warm-up run under this tree that fills the
-feature cache), timed wall-clock, with both trees' rsum beside it: the same model, so the rankings
-should agree to float tolerance. With ``--search-index``, the same ``--search-queries`` test captions
+feature cache), timed wall-clock (alternating ``--repeats`` times, medians), with both trees' rsum
+beside it: the same model, so the rankings should agree to float tolerance. With ``--search-index``, the same ``--search-queries`` test captions
 are searched under each tree with raw scores (the shortlist and the exact re-rank, the same work in
 both), median and p95 ms a query.
 """
@@ -99,6 +99,25 @@ def timed_eval(tree: Path, eval_args: list[str], threads: int, out: Path) -> dic
     return {"seconds": round(seconds, 1), "eval_seconds": result.get("seconds"), "rsum": result.get("rsum")}
 
 
+def median_eval(runs: list[dict]) -> dict:
+    """One tree's evaluation from several runs: median seconds (wall and the engine's), every run's rsum
+    (the same code on the same data: they should agree), the runs themselves."""
+    return {"seconds": statistics.median(run["seconds"] for run in runs),
+            "eval_seconds": statistics.median(run["eval_seconds"] for run in runs),
+            "rsum": sorted({run["rsum"] for run in runs}), "runs": runs}
+
+
+def alternating_evals(tree: Path, eval_args: list[str], threads: int, repeats: int, scratch: Path) -> dict:
+    """``itm eval`` under the reference tree and this one, alternately ``repeats`` times each; medians."""
+    runs: dict[str, list[dict]] = {"reference": [], "current": []}
+    for i in range(repeats):
+        for name, where in (("reference", tree), ("current", REPO)):
+            runs[name].append(timed_eval(where, eval_args, threads, scratch / f"{name}_eval_{i}.json"))
+    result = {name: median_eval(name_runs) for name, name_runs in runs.items()}
+    result["speedup"] = round(result["reference"]["seconds"] / result["current"]["seconds"], 2)
+    return result
+
+
 SEARCH_WORKER = r"""
 import json, sys, time
 import numpy as np
@@ -152,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also train each config STEPS steps under both trees (train_weights.py) and compare "
                              "the weights: bitwise equal, or their largest difference relative to the tensor's scale")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="floor.py runs per tree, alternating; each figure the median of its runs")
+                        help="floor.py (and --eval) runs per tree, alternating; each figure the median of its runs")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", args.reference], cwd=REPO, check=True, capture_output=True,
@@ -172,11 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
             if args.eval:
                 eval_args = shlex.split(args.eval)
                 run_tree(REPO, ["-m", "itm", "eval", *eval_args], args.eval_threads, REPO)  # warm-up: the cache
-                result["eval"] = {"args": args.eval, "threads": args.eval_threads,
-                                  "reference": timed_eval(tree, eval_args, args.eval_threads, Path(scratch) / "r.json"),
-                                  "current": timed_eval(REPO, eval_args, args.eval_threads, Path(scratch) / "c.json")}
-                result["eval"]["speedup"] = round(result["eval"]["reference"]["seconds"] /
-                                                  result["eval"]["current"]["seconds"], 2)
+                result["eval"] = {"args": args.eval, "threads": args.eval_threads, **alternating_evals(
+                    tree, eval_args, args.eval_threads, args.repeats, Path(scratch))}
             if args.search_index:
                 result["search"] = {"index": args.search_index, "threads": args.threads, **{
                     name: timed_search(where, args.search_index, args.search_data, args.search_queries, args.threads,

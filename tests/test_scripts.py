@@ -461,6 +461,26 @@ def test_repeated_floor_runs_alternate_the_trees_and_report_medians(monkeypatch,
     assert bench.speedups(ref, now)["m"]["score"] == 4.5
 
 
+def test_repeated_evaluations_alternate_the_trees_and_report_medians(monkeypatch, tmp_path):
+    """``--eval`` with ``--repeats``: the trees' ``itm eval`` runs alternate; seconds are medians, the
+    speed-up their ratio, and every distinct rsum is kept (a tree whose runs disagree shows two)."""
+    bench = load_script("speedup", "benchmarks")
+    calls = []
+
+    def fake_eval(tree, eval_args, threads, out):
+        calls.append(tree)
+        seconds = [600.0, 200.0, 900.0, 300.0, 700.0, 250.0][len(calls) - 1]
+        return {"seconds": seconds, "eval_seconds": seconds - 10, "rsum": 299.0 if len(calls) != 5 else 298.9}
+
+    monkeypatch.setattr(bench, "timed_eval", fake_eval)
+    out = bench.alternating_evals(Path("ref"), ["--data", "d"], 2, 3, tmp_path)
+    assert calls == [Path("ref"), bench.REPO] * 3
+    assert (out["reference"]["seconds"], out["current"]["seconds"], out["speedup"]) == (700.0, 250.0, 2.8)
+    assert out["current"]["eval_seconds"] == 240.0
+    assert out["reference"]["rsum"] == [298.9, 299.0] and out["current"]["rsum"] == [299.0]
+    assert len(out["reference"]["runs"]) == 3
+
+
 def test_pointing_seeds_pool_each_photos_cases_over_the_seeds(tmp_path):
     """The pooled hit - centre is the seeds' mean; a photo keeps all its seeds' cases in one draw;
     runs over different cases are refused."""
