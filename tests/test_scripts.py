@@ -516,3 +516,15 @@ def test_train_weights_are_reproducible_so_two_trees_can_be_compared_bitwise():
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     more = bench.trained_weights("dual_cpu", 3)  # one step more: other weights
     assert any(not torch.equal(first[k], more[k]) for k in first if first[k].is_floating_point())
+
+
+def test_a_subset_dataset_holds_the_first_images_of_its_split(tmp_path):
+    from itm.data.load import load_dataset
+
+    bench = load_script("subset_data", "benchmarks")
+    mini = Path(__file__).resolve().parent.parent / "src" / "itm" / "assets" / "flickr8k_mini"
+    full = load_dataset(str(mini), "test").split("test").images
+    assert bench.write_subset(mini, 2, tmp_path / "sub") == 2
+    subset = load_dataset(str(tmp_path / "sub"), "test").split("test").images
+    assert [image.tokens for image in subset] == [image.tokens for image in full[:2]]
+    assert all(Path(image.path).read_bytes() == Path(ref.path).read_bytes() for image, ref in zip(subset, full[:2], strict=True))
