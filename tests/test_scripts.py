@@ -528,3 +528,19 @@ def test_a_subset_dataset_holds_the_first_images_of_its_split(tmp_path):
     subset = load_dataset(str(tmp_path / "sub"), "test").split("test").images
     assert [image.tokens for image in subset] == [image.tokens for image in full[:2]]
     assert all(Path(image.path).read_bytes() == Path(ref.path).read_bytes() for image, ref in zip(subset, full[:2], strict=True))
+
+
+def test_the_fused_step_benchmark_refuses_a_step_that_computes_other_states():
+    from itm.models.bssan import lstm_step
+
+    bench = load_script("fused_step", "benchmarks")
+    with torch.inference_mode():
+        figures = bench.compare(6, 3, 2, lstm_step)  # the out-of-place step, uncompiled: the same states
+        assert figures["max_difference"] < 1e-6 and figures["eager_ms"] > 0
+
+        def wrong(gates, h, c, w_hh_t):
+            h, c = lstm_step(gates, h, c, w_hh_t)
+            return h + 1e-3, c
+
+        with pytest.raises(AssertionError, match="other states"):
+            bench.compare(6, 3, 2, wrong)
