@@ -47,11 +47,16 @@ def test_torchrun_eval_equals_one_process(tmp_path):
          str(tmp_path / "one.npy")], env)
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "itm", *common,
          "--json", str(tmp_path / "two.json"), "--scores", str(tmp_path / "two.npy")], env)
+    # one process at two threads: the engine's two one-thread workers, the one thread's matrix too
+    run([sys.executable, "-m", "itm", *common, "--json", str(tmp_path / "threads.json"), "--scores",
+         str(tmp_path / "threads.npy")], {**env, "OMP_NUM_THREADS": "2"})
     one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
     assert one.shape == (7, 35)
     np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, np.load(tmp_path / "threads.npy"))
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert (a["processes"], b["processes"]) == (1, 2)
+    assert (a["threads"], json.loads((tmp_path / "threads.json").read_text())["threads"]) == (1, 2)
     assert (a["i2t"], a["t2i"], a["rsum"]) == (b["i2t"], b["t2i"], b["rsum"])
 
 

@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from itm.checkpoint import load_checkpoint
     from itm.data.load import load_dataset
     from itm.devices import resolve_device
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         out["peak_rss_mb"] = peak_rss_mb()  # the whole process: data, model and the engine's tiles
         out["model"] = model_name
         out["processes"] = world_size()
+        out["threads"] = torch.get_num_threads()  # per process: the engine's one-thread workers on the CPU
         out["device"], out["precision"] = str(device), precision
         if len(checkpoints) > 1:
             out["ensemble"] = list(args.checkpoint)
