@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -325,16 +326,23 @@ def test_workers_give_the_one_thread_matrix_bit_for_bit(name, monkeypatch):
     assert {(threads, inference) for _, threads, inference in seen} == {(1, True)}
 
 
-def test_a_workers_error_reaches_the_caller_and_threads_are_restored(monkeypatch):
+def test_a_workers_error_reaches_the_caller_at_once_and_threads_are_restored(monkeypatch):
+    """The first tile fails: the error reaches the caller, the tiles not yet started are dropped (not
+    scored before the error surfaces), and torch's thread count is the caller's again."""
     model, _ = tiny_model(EXAMPLE)
+    calls = []
 
     def broken(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.05)
         raise RuntimeError("boom in a worker")
 
     monkeypatch.setattr(model, "score_block", broken)
+    monkeypatch.setattr(engine, "plan_tiles", lambda *args, **kwargs: TilePlan(5, 1, 5))  # one chunk, 9 tiles
     features, captions = make_data()
     with torch_threads(2), pytest.raises(RuntimeError, match="boom in a worker"):
         try:
             score_all_pairs(model, features, captions)
         finally:
             assert torch.get_num_threads() == 2
+    assert len(calls) < len(LENGTHS)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -182,7 +182,8 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
 
     bar = tqdm(total=(last - first) * n_cap, desc="scoring pairs", unit="pair", unit_scale=True,
                disable=not progress, leave=False)
-    with ThreadPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
         for i0 in starts:
             chunk = slice(i0, min(i0 + plan.image_chunk, n_img))
             streams = features.streams(model.image_streams, chunk)
@@ -191,7 +192,10 @@ def score_chunks(model: Matcher, features: ImageFeatures, captions: Captions, pl
             run = partial(score_tile, images, chunk.start - first, chunk.stop - chunk.start)
             for pairs in pool.map(run, tiles) if pool else map(run, tiles):
                 bar.update(pairs)
-    bar.close()
+    finally:  # on an error or Ctrl-C the tiles not started are dropped, not scored first
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return {name: _in_caption_order(scores, order) for name, scores in matrices.items()}
 
 
