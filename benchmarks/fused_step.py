@@ -18,18 +18,19 @@ import time
 import torch
 from _report import report
 
-from itm.models.bssan import lstm_step, lstm_step_
+from itm.models.bssan import lstm_step, lstm_step_, step_views
 
 HIDDEN = 64
 
 
 def run_steps(step, gates: torch.Tensor, w_hh_t: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Seconds for the recurrence over a fresh copy of ``gates`` (L, N, 4H), and its last state."""
+    """Seconds for the recurrence over a fresh copy of ``gates`` (L, N, 4H), and its last state; the
+    model's in-place step reads each step's views as the model makes them (``step_views``)."""
     gates = gates.clone()
     h = gates.new_zeros(gates.shape[1], HIDDEN)
     c = torch.zeros_like(h)
     started = time.perf_counter()
-    for step_gates in gates.unbind(0):
+    for step_gates in step_views(gates) if step is lstm_step_ else gates.unbind(0):
         h, c = step(step_gates, h, c, w_hh_t)
     return time.perf_counter() - started, h
 

@@ -143,17 +143,27 @@ def lstm_step(gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: 
     return h, c
 
 
-def lstm_step_(gates: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh_t: torch.Tensor):
-    """``lstm_step`` with no gradient, in place on ``gates`` (N, 4H), a step of a tensor the caller
+def step_views(gates: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Each step of (L, N, 4H) gates as views (step, i|f, i, f, g, o), made by one unbind per part rather
+    than half a dozen slices a step in the loop: with several engine workers scoring at once, the
+    Python between the small operations is what they queue for (docs/results/speed.md, "Fifth round")."""
+    hidden = gates.shape[-1] // 4
+    parts = (gates, gates[..., : 2 * hidden], gates[..., :hidden], gates[..., hidden : 2 * hidden],
+             gates[..., 2 * hidden : 3 * hidden], gates[..., 3 * hidden :])
+    return list(zip(*(part.unbind(0) for part in parts), strict=True))
+
+
+def lstm_step_(views: tuple[torch.Tensor, ...], h: torch.Tensor, c: torch.Tensor, w_hh_t: torch.Tensor):
+    """``lstm_step`` with no gradient, in place on one step's gates (``step_views``), a tensor the caller
     owns: no copy of the input part for the product, each activation on its own quarters only, no
     fresh (N, 4H) tensors. The same operations on the same values: the same states up to the last bit
     an activation over a row's slice may round unlike one over the whole row."""
-    hidden = h.shape[1]
+    gates, input_forget, i, f, g, o = views
     gates.addmm_(h.to(gates.dtype), w_hh_t.to(gates.dtype))  # (under autocast the gates are bfloat16)
-    g = gates[:, 2 * hidden : 3 * hidden].tanh_()
-    input_forget = gates[:, : 2 * hidden].sigmoid_()
-    o = gates[:, 3 * hidden :].sigmoid_()
-    c = torch.addcmul(input_forget[:, hidden:] * c, input_forget[:, :hidden], g)
+    g.tanh_()
+    input_forget.sigmoid_()
+    o.sigmoid_()
+    c = torch.addcmul(f * c, i, g)
     return o * torch.tanh(c), c
 
 
@@ -164,17 +174,19 @@ def run_recurrence(gates: torch.Tensor, lengths: torch.Tensor, w_hh: torch.Tenso
     tile's lengths are nearly equal and little is wasted, while masking each step or regrouping rows
     would cost a full pass over the state per step. Without gradients the steps run in place on
     ``gates``, which the caller hands over (scoring writes it fresh)."""
-    steps, n, _ = gates.shape
     w_hh_t = w_hh.t()
-    h = gates.new_zeros(n, w_hh.shape[1])
+    h = gates.new_zeros(gates.shape[1], w_hh.shape[1])
     c = torch.zeros_like(h)
     h_last = h
     last = lengths - 1  # (N,)
     finishing = set(last.tolist())
-    step = lstm_step if torch.is_grad_enabled() and (gates.requires_grad or w_hh.requires_grad) else lstm_step_
-    # unbind, not gates[k]: when training, each indexed step's gradient would be a zero-filled copy of
-    # the whole (L, N, 4H) tensor; unbind's is one stack of the steps' gradients
-    for k, step_gates in enumerate(gates.unbind(0)):
+    if torch.is_grad_enabled() and (gates.requires_grad or w_hh.requires_grad):
+        # unbind, not gates[k]: when training, each indexed step's gradient would be a zero-filled copy of
+        # the whole (L, N, 4H) tensor; unbind's is one stack of the steps' gradients
+        step, by_step = lstm_step, gates.unbind(0)
+    else:
+        step, by_step = lstm_step_, step_views(gates)
+    for k, step_gates in enumerate(by_step):
         h, c = step(step_gates, h, c, w_hh_t)
         if k in finishing:
             h_last = torch.where((last == k)[:, None], h, h_last)
