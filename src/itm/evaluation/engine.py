@@ -9,7 +9,7 @@ Everything runs on the model's device; ``precision="bf16"`` scores under bf16 au
 matrix is float32 either way. On the CPU, torch's N threads become N scoring workers of one thread
 each, taking a chunk's caption tiles in turn: the blocks are the same operations on the same shapes
 whichever worker runs them, so the matrix is the one thread's bit for bit (threads inside each small
-operation were 1.12x slower on two cores: docs/results/speed.md, "Fifth round").
+operation were slower on two cores: docs/results/speed.md, "Fifth round").
 """
 
 from __future__ import annotations
