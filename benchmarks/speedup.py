@@ -13,9 +13,9 @@ then under this one, one after the other on the same machine; reported: each tre
 speed-up (reference time / current time) per config. With ``--eval``, ``itm eval ARGS --json`` runs
 under each tree at ``--eval-threads`` (after one untimed warm-up run under this tree that fills the
 feature cache), timed wall-clock (alternating ``--repeats`` times, medians), with both trees' rsum
-beside it: the same model, so the rankings should agree to float tolerance. With ``--search-index``, the same ``--search-queries`` test captions
-are searched under each tree with raw scores (the shortlist and the exact re-rank, the same work in
-both), median and p95 ms a query.
+beside it: the same model, so the rankings should agree to float tolerance. With ``--search-index``,
+the same ``--search-queries`` test captions are searched under each tree with raw scores (the
+shortlist and the exact re-rank, the same work in both), median and p95 ms a query.
 """
 
 from __future__ import annotations
